@@ -1,0 +1,1 @@
+"""casstore: a content-addressed archive store with a dedup index (public API filled in below)."""

@@ -1,0 +1,85 @@
+"""One hierarchy of errors. Each also inherits the builtin a caller would expect, so
+`except FileNotFoundError` keeps working for code written against MLtraq or the stdlib."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CasStoreError(Exception):
+    """Base of every error casstore raises on purpose."""
+
+
+class InvalidInput(CasStoreError, ValueError):
+    """An argument that cannot be used (bad arc_dir, bad option value, bad URL...)."""
+
+
+class UnsupportedValue(CasStoreError, TypeError):
+    """A field value of a type casstore cannot store. Raised before anything is written."""
+
+
+class ExperimentNotFound(CasStoreError, LookupError):
+    """No experiment with that name or id in the database."""
+
+
+class ExperimentAlreadyExists(CasStoreError, FileExistsError):
+    """persist(if_exists="fail") on a name that is already stored."""
+
+
+class SourceNotFound(CasStoreError, FileNotFoundError):
+    """The folder to archive does not exist (or vanished)."""
+
+
+class SourceChanged(CasStoreError, RuntimeError):
+    """A file changed while it was being archived: no blob is written for it."""
+
+
+class BlobNotFound(CasStoreError, FileNotFoundError):
+    """A blob id that the datastore does not hold."""
+
+
+class CorruptBlob(CasStoreError, ValueError):
+    """A blob whose bytes do not match its id, or that does not read as an archive."""
+
+
+class UnsafeArchive(CasStoreError, ValueError):
+    """An archive member that would escape the target or is of a forbidden type."""
+
+
+class DatastoreError(CasStoreError, OSError):
+    """The datastore cannot be used (unreadable, wrong format version, not a datastore)."""
+
+
+class SchemaOutdated(CasStoreError, RuntimeError):
+    """The database holds an older casstore schema: run `casstore db upgrade`."""
+
+
+@dataclass(frozen=True)
+class FieldFailure:
+    """One field of an experiment that could not be extracted."""
+
+    experiment: str
+    field: str
+    blob: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        return f"field {self.field!r} (experiment {self.experiment}, blob {self.blob}): {self.error}"
+
+
+class LoadError(CasStoreError, RuntimeError):
+    """Some fields of an experiment could not be extracted; the others were.
+
+    `failures` lists every failed field; `experiment` holds the loaded experiment so that
+    callers can still use the fields that did extract."""
+
+    def __init__(self, failures: list[FieldFailure], experiment: object = None):
+        self.failures = failures
+        self.experiment = experiment
+        lines = "; ".join(str(f) for f in failures)
+        super().__init__(f"{len(failures)} field(s) failed to extract: {lines}")
+
+
+# MLtraq's names, so code catching them keeps working after the import swap.
+ExperimentNotFoundException = ExperimentNotFound
+ExperimentAlreadyExistsException = ExperimentAlreadyExists

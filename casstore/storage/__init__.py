@@ -1,0 +1,1 @@
+"""casstore.storage: the MLtraq-shaped storage API (Archive, ArchiveStore, ArchiveStoreIO) and field encoding."""

@@ -1,0 +1,1 @@
+"""casstore.utils: file-system helpers with MLtraq's names."""
