@@ -83,3 +83,7 @@ class LoadError(CasStoreError, RuntimeError):
 # MLtraq's names, so code catching them keeps working after the import swap.
 ExperimentNotFoundException = ExperimentNotFound
 ExperimentAlreadyExistsException = ExperimentAlreadyExists
+
+
+class TargetConflict(CasStoreError, IsADirectoryError):
+    """Extraction would replace a folder of the target by a file, or write through a file."""

@@ -1,0 +1,291 @@
+"""The blob store: immutable blobs under their ids, plus the small objects that live beside
+them in the datastore (named references, leases, the registry of databases).
+
+Layout of a datastore (docs/datastore.md):
+
+    casstore/FORMAT                              "casstore-datastore 1"
+    casstore/blobs/<algo>/<hex[:2]>/<hex[2:]>.tar[.zst]   read-only blobs
+    casstore/tmp/<random>.partial                ingests in progress (or interrupted)
+    casstore/leases/<lease id>.json              blobs a writer is about to reference
+    casstore/registry/<key>.json                 databases that reference blobs here
+    <prefix>/<uuid hex>                          named references (ArchiveStoreIO.create)
+
+`BlobStore` is the interface every backend implements; `LocalBlobStore` is the local folder.
+A blob is published only complete: written to tmp, fsynced, then hard-linked to its final
+name, which fails instead of overwriting when the id is already there."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from casstore.cas.digest import parse_id
+from casstore.errors import BlobNotFound, DatastoreError
+
+FORMAT_KEY = "casstore/FORMAT"
+FORMAT_TEXT = b"casstore-datastore 1\n"
+INTERNAL = "casstore"
+CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    blob_id: str
+    stored_size: int
+    codec: str
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStat:
+    key: str
+    size: int
+    mtime: float
+
+
+def blob_key(blob_id: str, codec: str) -> str:
+    algorithm, hexdigest = parse_id(blob_id)
+    return f"{INTERNAL}/blobs/{algorithm}/{hexdigest[:2]}/{hexdigest[2:]}{CODEC_SUFFIX[codec]}"
+
+
+def parse_blob_key(key: str) -> tuple[str, str] | None:
+    """(blob id, codec) of a blob key, None for anything else found under blobs/."""
+    parts = key.split("/")
+    if len(parts) != 5 or parts[:2] != [INTERNAL, "blobs"]:
+        return None
+    for codec, suffix in sorted(CODEC_SUFFIX.items(), key=lambda kv: -len(kv[1])):
+        if parts[4].endswith(suffix):
+            candidate = f"{parts[2]}:{parts[3]}{parts[4][:-len(suffix)]}"
+            try:
+                parse_id(candidate)
+            except ValueError:
+                return None
+            return candidate, codec
+    return None
+
+
+class Ingest(ABC):
+    """A blob being written. `commit` publishes it under an id; leaving without commit
+    discards it."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def commit(self, blob_id: str, codec: str) -> bool:
+        """Publish; False if the id was already there (the new copy is dropped)."""
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+class BlobStore(ABC):
+    """What casstore needs of a datastore. Keys are '/'-separated, relative to its root."""
+
+    url: str
+
+    @abstractmethod
+    def find(self, blob_id: str) -> BlobStat | None: ...
+
+    @abstractmethod
+    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]: ...
+
+    @abstractmethod
+    def begin_ingest(self) -> Ingest: ...
+
+    @abstractmethod
+    def delete_blob(self, blob_id: str, codec: str) -> None: ...
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[BlobStat]: ...
+
+    @abstractmethod
+    def put_object(self, key: str, data: bytes) -> None:
+        """Write a small object atomically (readers see the old or the new content)."""
+
+    @abstractmethod
+    def get_object(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def delete_object(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
+        """Every object below `prefix` (recursively); missing prefix: nothing."""
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the datastore has been created."""
+
+    def ensure_format(self) -> None:
+        """Create the datastore's format file, or refuse a datastore of another format."""
+        found = self.get_object(FORMAT_KEY)
+        if found is None:
+            self.put_object(FORMAT_KEY, FORMAT_TEXT)
+        elif found != FORMAT_TEXT:
+            raise DatastoreError(f"{self.url}: unsupported datastore format {found.strip()!r}")
+
+
+class LocalBlobStore(BlobStore):
+    """A datastore in a local folder."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = self.root
+        self._tmp = os.path.join(self.root, INTERNAL, "tmp")
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def exists(self) -> bool:
+        return os.path.isfile(self._path(FORMAT_KEY))
+
+    def find(self, blob_id: str) -> BlobStat | None:
+        for codec in CODEC_SUFFIX:
+            try:
+                st = os.stat(self._path(blob_key(blob_id, codec)))
+            except FileNotFoundError:
+                continue
+            return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+        return None
+
+    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]:
+        for codec in CODEC_SUFFIX:
+            try:
+                f = open(self._path(blob_key(blob_id, codec)), "rb")
+            except FileNotFoundError:
+                continue
+            st = os.fstat(f.fileno())
+            return f, BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+        raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}")
+
+    def begin_ingest(self) -> Ingest:
+        os.makedirs(self._tmp, exist_ok=True)
+        return _LocalIngest(self, os.path.join(self._tmp, f"{uuid.uuid4().hex}.partial"))
+
+    def delete_blob(self, blob_id: str, codec: str) -> None:
+        try:
+            os.unlink(self._path(blob_key(blob_id, codec)))
+        except FileNotFoundError:
+            pass
+
+    def iter_blobs(self) -> Iterator[BlobStat]:
+        for obj in self.list_objects(f"{INTERNAL}/blobs"):
+            parsed = parse_blob_key(obj.key)
+            if parsed is not None:
+                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime)
+
+    def put_object(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+
+    def get_object(self, key: str) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def delete_object(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
+        base = self._path(prefix)
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                key = os.path.relpath(path, self.root).replace(os.sep, "/")
+                yield ObjectStat(key, st.st_size, st.st_mtime)
+
+    def publish(self, tmp_path: str, blob_id: str, codec: str) -> bool:
+        final = self._path(blob_key(blob_id, codec))
+        if self.find(blob_id) is not None:
+            return False
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        try:
+            os.link(tmp_path, final)
+        except FileExistsError:
+            return False
+        _fsync_dir(os.path.dirname(final))
+        return True
+
+
+class _LocalIngest(Ingest):
+    def __init__(self, store: LocalBlobStore, path: str):
+        self._store = store
+        self.path = path
+        self._file: BinaryIO | None = open(path, "xb", buffering=0)
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view):]
+
+    def commit(self, blob_id: str, codec: str) -> bool:
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        os.fchmod(self._file.fileno(), 0o444)
+        self._file.close()
+        self._file = None
+        try:
+            return self._store.publish(self.path, blob_id, codec)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def open_blobstore(url: str, storage_options: dict | None = None) -> BlobStore:
+    """The blob store at `url`: a local path, `file:///relative`, `file:////absolute`, or
+    (with the `s3` extra) an fsspec URL such as `s3://bucket/prefix`."""
+    if "://" not in url:
+        return LocalBlobStore(url)
+    scheme = url.split("://", 1)[0]
+    if scheme == "file":
+        from casstore.opts import file_url_to_path
+
+        return LocalBlobStore(file_url_to_path(url))
+    raise DatastoreError(f"datastore URL scheme {scheme!r} is not supported yet: {url}")

@@ -1,0 +1,327 @@
+"""Read TAR streams and extract them safely.
+
+Every member is validated here, by casstore, before anything is written to the target:
+tarfile's `data` filter had bypasses until Python 3.11.13 (CVE-2025-4517 and siblings).
+Extraction is staged: members are written into a hidden folder inside the target, the
+caller checks the blob's digest, and only then are they renamed into place. A corrupt or
+hostile blob therefore leaves the target as it was."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from casstore.cas.tarball import BLOCK, CHUNK, DIRECTORY, FILE, HARDLINK, SYMLINK
+from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
+
+MAX_LONG_NAME = 64 * 1024
+MAX_PAX_HEADER = 1 << 20
+_FILE_KINDS = {b"0", b"\0", b"7"}
+_SKIP_KINDS = {b"g"}
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member as read from a TAR header (names are raw bytes)."""
+
+    name: bytes
+    kind: bytes
+    mode: int
+    size: int
+    linkname: bytes
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise CorruptBlob(f"archive truncated: expected {n} more bytes, got {len(data)}")
+        data += more
+    return data
+
+
+def _number(field: bytes) -> int:
+    if field[:1] == b"\x80":
+        return int.from_bytes(field[1:], "big")
+    if field[:1] == b"\xff":
+        raise CorruptBlob("negative number in a TAR header")
+    text = field.replace(b"\0", b" ").strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError as exc:
+        raise CorruptBlob(f"bad number field in a TAR header: {field!r}") from exc
+
+
+def _nts(field: bytes) -> bytes:
+    end = field.find(b"\0")
+    return field if end < 0 else field[:end]
+
+
+def _check_checksum(block: bytes) -> None:
+    stored = _number(block[148:156])
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
+    if stored not in (unsigned, signed):
+        raise CorruptBlob("TAR header checksum mismatch")
+
+
+def _skip(stream: BinaryIO, size: int) -> None:
+    remaining = size + (-size % BLOCK)
+    while remaining:
+        chunk = stream.read(min(remaining, CHUNK))
+        if not chunk:
+            raise CorruptBlob("archive truncated inside a member")
+        remaining -= len(chunk)
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError as exc:
+            raise CorruptBlob("malformed PAX header") from exc
+        if space < 0 or length <= 0:
+            raise CorruptBlob("malformed PAX header")
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        records[key] = value
+        pos += length
+    return records
+
+
+class TarStream:
+    """Iterates the members of a TAR stream; `copy_data` must follow a FILE member,
+    otherwise its data is skipped."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._pending = 0
+
+    def __iter__(self) -> Iterator[Member]:
+        long_name = long_link = None
+        pax: dict[bytes, bytes] = {}
+        while True:
+            self._skip_pending()
+            block = _read_exact(self._stream, BLOCK)
+            if block == bytes(BLOCK):
+                self._drain()
+                return
+            _check_checksum(block)
+            kind = block[156:157]
+            size = _number(block[124:136])
+            if kind in (b"L", b"K"):
+                value = _nts(self._read_meta(size, MAX_LONG_NAME))
+                long_name, long_link = (value, long_link) if kind == b"L" else (long_name, value)
+                continue
+            if kind == b"x":
+                pax = _pax_records(self._read_meta(size, MAX_PAX_HEADER))
+                continue
+            if kind in _SKIP_KINDS:
+                _skip(self._stream, size)
+                continue
+            member = self._member(block, kind, size, long_name, long_link, pax)
+            long_name = long_link = None
+            pax = {}
+            self._pending = member.size if member.kind in _FILE_KINDS else 0
+            yield member
+
+    def _member(self, block: bytes, kind: bytes, size: int, long_name: bytes | None,
+                long_link: bytes | None, pax: dict[bytes, bytes]) -> Member:
+        name = _nts(block[0:100])
+        if block[257:263] == b"ustar\0" and block[345]:
+            name = _nts(block[345:500]) + b"/" + name
+        name = pax.get(b"path", long_name if long_name is not None else name)
+        linkname = pax.get(b"linkpath", long_link if long_link is not None else _nts(block[157:257]))
+        if b"size" in pax:
+            size = int(pax[b"size"])
+        return Member(name, kind, _number(block[100:108]), size, linkname)
+
+    def _read_meta(self, size: int, limit: int) -> bytes:
+        if size > limit:
+            raise UnsafeArchive(f"TAR metadata record of {size} bytes exceeds the {limit}-byte limit")
+        data = _read_exact(self._stream, size)
+        _read_exact(self._stream, -size % BLOCK)
+        return data
+
+    def copy_data(self, member: Member, fd: int) -> None:
+        """Write the data of the member just yielded to file descriptor `fd`."""
+        remaining = member.size
+        while remaining:
+            chunk = self._stream.read(min(remaining, CHUNK))
+            if not chunk:
+                raise CorruptBlob(f"archive truncated inside member {member.name!r}")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            remaining -= len(chunk)
+        _read_exact(self._stream, -member.size % BLOCK)
+        self._pending = 0
+
+    def _skip_pending(self) -> None:
+        if self._pending:
+            _skip(self._stream, self._pending)
+            self._pending = 0
+
+    def _drain(self) -> None:
+        """Read to the end so that a hashing reader sees every byte (record padding too)."""
+        while self._stream.read(CHUNK):
+            pass
+
+
+def list_members(stream: BinaryIO) -> list[Member]:
+    return list(TarStream(stream))
+
+
+def safe_name(raw: bytes, what: str = "member") -> str:
+    """A member name as a relative path that stays inside the target, or UnsafeArchive."""
+    name = os.fsdecode(raw)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or "\0" in name or name.startswith("/") or ".." in parts:
+        raise UnsafeArchive(f"{what} name {name!r} is empty, absolute or climbs out of the target")
+    return "/".join(parts)
+
+
+def check_symlink(name: str, raw_target: bytes) -> str:
+    target = os.fsdecode(raw_target)
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    if (not target or "\0" in target or posixpath.isabs(target)
+            or resolved == ".." or resolved.startswith("../")):
+        raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the target")
+    return target
+
+
+@dataclass
+class _Staged:
+    name: str
+    kind: bytes
+    staged: str = ""
+    link: str = ""
+
+
+class Extraction:
+    """Stage an archive into a hidden folder inside `target`, then publish it by renames.
+
+    Use as a context manager: the staging folder is always removed on exit."""
+
+    def __init__(self, target: str, members: list[str] | None = None):
+        self.target = os.path.abspath(target)
+        self.selected = None if members is None else {safe_name(os.fsencode(m)) for m in members}
+        self._staging = ""
+        self._items: list[_Staged] = []
+        self._files: dict[str, str] = {}
+        self._symlinks: set[str] = set()
+
+    def __enter__(self) -> Extraction:
+        os.makedirs(self.target, exist_ok=True)
+        self._staging = tempfile.mkdtemp(prefix=".casstore-extract-", dir=self.target)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def stage(self, stream: BinaryIO) -> None:
+        """Validate every member and write it into the staging folder."""
+        reader = TarStream(stream)
+        for member in reader:
+            name = safe_name(member.name)
+            self._refuse_through_symlink(name)
+            if member.kind in _FILE_KINDS:
+                self._stage_file(reader, member, name)
+            elif member.kind == SYMLINK:
+                self._stage_symlink(member, name)
+            elif member.kind == HARDLINK:
+                self._stage_hardlink(member, name)
+            elif member.kind == DIRECTORY:
+                self._items.append(_Staged(name, DIRECTORY))
+            else:
+                raise UnsafeArchive(f"member {name!r} has type {member.kind!r}: only files, links and folders are extracted")
+
+    def _refuse_through_symlink(self, name: str) -> None:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self._symlinks:
+                raise UnsafeArchive(f"member {name!r} would be written through symlink {'/'.join(parts[:i])!r}")
+
+    def _stage_path(self) -> str:
+        return os.path.join(self._staging, str(len(self._items)))
+
+    def _stage_file(self, reader: TarStream, member: Member, name: str) -> None:
+        path = self._stage_path()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            reader.copy_data(member, fd)
+            os.fchmod(fd, member.mode & 0o777)
+        finally:
+            os.close(fd)
+        self._files[name] = path
+        self._symlinks.discard(name)
+        self._items.append(_Staged(name, FILE, path))
+
+    def _stage_symlink(self, member: Member, name: str) -> None:
+        target = check_symlink(name, member.linkname)
+        path = self._stage_path()
+        os.symlink(target, path)
+        self._symlinks.add(name)
+        self._files.pop(name, None)
+        self._items.append(_Staged(name, SYMLINK, path, target))
+
+    def _stage_hardlink(self, member: Member, name: str) -> None:
+        link = safe_name(member.linkname, "hardlink target")
+        if link not in self._files:
+            raise UnsafeArchive(f"hardlink {name!r} -> {link!r} does not name a file of the archive")
+        self._files[name] = self._files[link]
+        self._items.append(_Staged(name, HARDLINK, link=link))
+
+    def publish(self) -> list[str]:
+        """Move the staged members into the target; return their paths, target-relative."""
+        done: list[str] = []
+        published: dict[str, str] = {}
+        checked: set[str] = set()
+        for item in self._items:
+            if self.selected is not None and item.name not in self.selected:
+                continue
+            final = os.path.join(self.target, item.name)
+            self._make_parents(item.name, checked)
+            if item.kind == DIRECTORY:
+                self._make_dir(item.name, checked)
+            elif item.kind == HARDLINK:
+                source = published.get(item.link) or self._files[item.link]
+                tmp = self._stage_path() + "-link-" + str(len(done))
+                os.link(source, tmp)
+                self._replace(tmp, final)
+            else:
+                self._replace(item.staged, final)
+            if item.kind == FILE:
+                published[item.name] = final
+            done.append(item.name)
+        return done
+
+    def _replace(self, src: str, final: str) -> None:
+        try:
+            os.replace(src, final)
+        except IsADirectoryError as exc:
+            raise TargetConflict(f"cannot extract {final!r}: a folder is in the way") from exc
+
+    def _make_parents(self, name: str, checked: set[str]) -> None:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            self._make_dir("/".join(parts[:i]), checked)
+
+    def _make_dir(self, rel: str, checked: set[str]) -> None:
+        """Create one folder of the target, refusing to go through a symlink or a file."""
+        if rel in checked:
+            return
+        path = os.path.join(self.target, rel)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if os.path.islink(path) or not os.path.isdir(path):
+                raise TargetConflict(f"cannot extract into {path!r}: it is a file or a symlink") from None
+        checked.add(rel)

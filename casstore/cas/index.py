@@ -1,0 +1,221 @@
+"""The SQL index: experiments, the blobs their fields reference, and the project's facts.
+
+Every change of an experiment is one transaction: its row, its reference rows and the facts
+of new blobs commit together or not at all (P6). On SQLite, write transactions start with
+BEGIN IMMEDIATE and wait on a busy timeout, so concurrent writers queue instead of failing
+with "database is locked"."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
+from casstore.cas.schema import ensure_schema
+from casstore.errors import ExperimentAlreadyExists, InvalidInput
+
+SQLITE_BUSY_TIMEOUT_S = 300
+DATASTORE_KEY = "datastore"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFacts:
+    blob_id: str
+    size: int
+    stored_size: int
+    codec: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A field that references a blob."""
+
+    field: str
+    blob_id: str
+    arc_dir: str
+    id_run: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentRecord:
+    id_experiment: uuid.UUID
+    name: str
+    fields: bytes
+    meta: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefListing:
+    id_experiment: uuid.UUID
+    name: str
+    field: str
+    id_run: str
+    blob_id: str
+    size: int
+    stored_size: int
+    codec: str
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"not a database URL: {url!r}") from exc
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    memory = parsed.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None
+        if not memory:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Index:
+    """Queries and changes of the index. Knows nothing of sessions, options or blobs' bytes."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def open(cls, url: str) -> Index:
+        engine = make_engine(url)
+        try:
+            ensure_schema(engine)
+        except OperationalError as exc:
+            raise InvalidInput(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from exc
+        return cls(engine)
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=False)
+
+    # project facts
+
+    def get_fact(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(MetaRow.value).where(MetaRow.key == key))
+
+    def set_fact(self, key: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(MetaRow).where(MetaRow.key == key))
+            conn.execute(insert(MetaRow).values(key=key, value=value))
+
+    # experiments
+
+    def get_experiment(self, name: str | None = None, id_experiment: uuid.UUID | None = None) -> ExperimentRecord | None:
+        query = select(ExperimentRow.id_experiment, ExperimentRow.name, ExperimentRow.fields, ExperimentRow.meta)
+        if id_experiment is not None:
+            query = query.where(ExperimentRow.id_experiment == id_experiment)
+        elif name is not None:
+            query = query.where(ExperimentRow.name == name)
+        else:
+            raise InvalidInput("give the experiment's name or id_experiment")
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else ExperimentRecord(row[0], row[1], row[2], row[3])
+
+    def list_experiments(self) -> list[tuple[uuid.UUID, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ExperimentRow.id_experiment, ExperimentRow.name).order_by(ExperimentRow.name))
+            return [(r[0], r[1]) for r in rows]
+
+    def save_experiment(self, record: ExperimentRecord, refs: list[Ref], blobs: list[BlobFacts],
+                        if_exists: str) -> list[uuid.UUID]:
+        """Store `record` with its references in one transaction.
+
+        An experiment with the same name or id is an existing one: "fail" raises
+        ExperimentAlreadyExists, "replace" swaps it out in the same transaction. Returns the
+        ids of the replaced experiments."""
+        with self.engine.begin() as conn:
+            existing = self._existing_ids(conn, record)
+            if existing and if_exists != "replace":
+                raise ExperimentAlreadyExists(
+                    f"experiment {record.name!r} already exists, pass if_exists=\"replace\" to overwrite it")
+            self._insert_blob_facts(conn, blobs)
+            for old in existing:
+                conn.execute(delete(RefRow).where(RefRow.id_experiment == old))
+                conn.execute(delete(ExperimentRow).where(ExperimentRow.id_experiment == old))
+            conn.execute(insert(ExperimentRow).values(
+                id_experiment=record.id_experiment, name=record.name, fields=record.fields, meta=record.meta))
+            if refs:
+                conn.execute(insert(RefRow), [
+                    {"id_experiment": record.id_experiment, "id_run": r.id_run, "field": r.field,
+                     "blob_id": r.blob_id, "arc_dir": r.arc_dir} for r in refs])
+        return [old for old in existing if old != record.id_experiment]
+
+    def _existing_ids(self, conn: Connection, record: ExperimentRecord) -> list[uuid.UUID]:
+        query = select(ExperimentRow.id_experiment).where(
+            or_(ExperimentRow.name == record.name, ExperimentRow.id_experiment == record.id_experiment))
+        return list(conn.scalars(query))
+
+    def _insert_blob_facts(self, conn: Connection, blobs: list[BlobFacts]) -> None:
+        if not blobs:
+            return
+        rows = [{"blob_id": b.blob_id, "size": b.size, "stored_size": b.stored_size, "codec": b.codec,
+                 "created": time.time()} for b in {b.blob_id: b for b in blobs}.values()]
+        dialect_insert = sqlite_insert if self._sqlite else pg_insert
+        conn.execute(dialect_insert(BlobRow).on_conflict_do_nothing(index_elements=["blob_id"]), rows)
+
+    def delete_experiment(self, id_experiment: uuid.UUID) -> bool:
+        with self.engine.begin() as conn:
+            conn.execute(delete(RefRow).where(RefRow.id_experiment == id_experiment))
+            result = conn.execute(delete(ExperimentRow).where(ExperimentRow.id_experiment == id_experiment))
+            return result.rowcount > 0
+
+    # references and blobs
+
+    def refs_of(self, id_experiment: uuid.UUID) -> list[Ref]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(RefRow).where(RefRow.id_experiment == id_experiment))
+            return [Ref(r.field, r.blob_id, r.arc_dir, r.id_run) for r in rows]
+
+    def blob_facts(self, blob_id: str) -> BlobFacts | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(BlobRow).where(BlobRow.blob_id == blob_id)).first()
+        return None if row is None else BlobFacts(row.blob_id, row.size, row.stored_size, row.codec)
+
+    def referenced_blob_ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(RefRow.blob_id).distinct()))
+
+    def iter_refs(self) -> Iterator[RefListing]:
+        query = (select(RefRow.id_experiment, ExperimentRow.name, RefRow.field, RefRow.id_run, RefRow.blob_id,
+                        BlobRow.size, BlobRow.stored_size, BlobRow.codec)
+                 .join(BlobRow, BlobRow.blob_id == RefRow.blob_id)
+                 .join(ExperimentRow, ExperimentRow.id_experiment == RefRow.id_experiment, isouter=True)
+                 .order_by(ExperimentRow.name, RefRow.id_run, RefRow.field))
+        with self.engine.connect() as conn:
+            for r in conn.execute(query):
+                yield RefListing(r[0], r[1] or "", r[2], r[3], r[4], r[5], r[6], r[7])
+
+    def iter_blob_facts(self) -> Iterator[BlobFacts]:
+        with self.engine.connect() as conn:
+            for r in conn.execute(select(BlobRow)):
+                yield BlobFacts(r.blob_id, r.size, r.stored_size, r.codec)
+
+    def count_refs(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(RefRow)) or 0
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,63 @@
+"""Schema versions of casstore's tables (Alembic, applied in code).
+
+A database with no casstore tables gets the newest schema. A database at an older version is
+refused with SchemaOutdated until `casstore db upgrade` runs: upgrading a shared team
+database is a decision, not a side effect of opening it."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from sqlalchemy import Connection, Engine, inspect
+
+from casstore.cas.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
+from casstore.errors import SchemaOutdated
+
+HEAD = "0001"
+
+
+def _alembic_config(connection: Connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("casstore.migrations")))
+    config.attributes["connection"] = connection
+    return config
+
+
+def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Bring casstore's tables to `revision`; returns the revision now in force."""
+    from alembic import command
+
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), revision)
+        return current_revision(connection)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables on a new database; refuse an outdated one."""
+    with engine.connect() as connection:
+        revision = current_revision(connection)
+        has_tables = any(inspect(connection).has_table(t.name) for t in CASSTORE_TABLES)
+    if revision == HEAD:
+        _ensure_experiments_table(engine)
+        return
+    if revision is None and not has_tables:
+        ExperimentRow.__table__.create(engine, checkfirst=True)
+        upgrade(engine)
+        return
+    raise SchemaOutdated(
+        f"the database holds casstore schema {revision or 'unversioned'}, this casstore needs {HEAD}: "
+        "run `casstore db upgrade --db URL` (back the database up first)"
+    )
+
+
+def _ensure_experiments_table(engine: Engine) -> None:
+    ExperimentRow.__table__.create(engine, checkfirst=True)

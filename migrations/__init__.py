@@ -1,0 +1,1 @@
+"""Alembic scripts of casstore's own tables, shipped inside the wheel as casstore.migrations."""

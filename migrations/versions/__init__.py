@@ -1,0 +1,1 @@
+"""Schema versions of casstore's tables, oldest first."""
