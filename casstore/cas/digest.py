@@ -57,3 +57,17 @@ def digest_bytes(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
     hasher = new_hasher(algorithm)
     hasher.update(data)
     return hasher_id(hasher, algorithm)
+
+
+class DigestSink:
+    """A writable sink that hashes what it is given: put it beside a file in a tee."""
+
+    def __init__(self, algorithm: str = DEFAULT_ALGORITHM):
+        self.algorithm = algorithm
+        self._hasher = new_hasher(algorithm)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+
+    def blob_id(self) -> str:
+        return hasher_id(self._hasher, self.algorithm)

@@ -205,12 +205,12 @@ class BufferedSink:
             sink.write(data)
 
 
-def write_tar(entries: list[Entry], sink: Sink, progress: Callable[[int], None] | None = None) -> int:
-    """Stream the canonical TAR of `entries` into `sink`; return the bytes written.
+def write_tar(entries: list[Entry], sinks: Iterable[Sink], progress: Callable[[int], None] | None = None) -> int:
+    """Stream the canonical TAR of `entries` into every sink; return the bytes written.
 
     A file that changes size or mtime while it is read raises SourceChanged: the stream
     written so far must then be discarded (callers write to a temp area)."""
-    out = BufferedSink([sink])
+    out = BufferedSink(sinks)
     buf = bytearray(CHUNK)
     for e in entries:
         out.write(header(e.name, e.kind, e.mode, e.size, e.linkname))
@@ -251,6 +251,6 @@ def tar_bytes(entries: list[Entry]) -> bytes:
     import io
 
     buf = io.BytesIO()
-    write_tar(entries, buf)
+    write_tar(entries, [buf])
     return buf.getvalue()
 

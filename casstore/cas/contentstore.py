@@ -1,0 +1,195 @@
+"""The content store: folders in, canonical TAR blobs under their digests, folders out.
+
+Write path: scan the folder; if the stat cache knows the listing and the blob is there, done
+without reading a byte. Otherwise, plain blobs are written and hashed in one pass into the
+datastore's temp area and published under their id (dropped if the id is already there);
+zstd blobs are hashed first and compressed only if new, since compressing costs ~75x hashing.
+Read path: blob id -> stream of canonical TAR bytes, hashed as it is read and checked against
+the id before anything is published into the target."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+import zstandard
+
+from casstore.cas.blobs import BlobStat, BlobStore
+from casstore.cas.digest import DEFAULT_ALGORITHM, DigestSink, digest_bytes, hasher_id, new_hasher, parse_id
+from casstore.cas.extract import CHUNK, Extraction, Member, list_members
+from casstore.cas.leases import Lease
+from casstore.cas.statcache import StatCache, listing_key
+from casstore.cas.tarball import Entry, scan, write_tar
+from casstore.errors import CorruptBlob, InvalidInput, SourceChanged
+
+CODECS = ("none", "zstd")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    blob_id: str
+    size: int
+    stored_size: int
+    codec: str
+    new: bool = False
+
+
+class VerifyingReader:
+    """Reads a blob's canonical TAR, hashing it; `verify` checks id and size at the end.
+
+    Reading past `max_size` fails at once: that bounds what a zstd bomb can inflate to."""
+
+    def __init__(self, raw: BinaryIO, blob_id: str, max_size: int | None):
+        self._raw = raw
+        self._blob_id = blob_id
+        self._algorithm = parse_id(blob_id)[0]
+        self._hasher = new_hasher(self._algorithm)
+        self._max_size = max_size
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._raw.read(n if n is not None and n >= 0 else CHUNK)
+        except zstandard.ZstdError as exc:
+            raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
+        self.count += len(data)
+        if self._max_size is not None and self.count > self._max_size:
+            raise CorruptBlob(f"blob {self._blob_id} is larger than its recorded {self._max_size} bytes")
+        self._hasher.update(data)
+        return data
+
+    def verify(self) -> None:
+        while self.read(CHUNK):
+            pass
+        found = hasher_id(self._hasher, self._algorithm)
+        if found != self._blob_id:
+            raise CorruptBlob(f"blob {self._blob_id} is corrupt: its content hashes to {found}")
+        if self._max_size is not None and self.count != self._max_size:
+            raise CorruptBlob(f"blob {self._blob_id} has {self.count} bytes, {self._max_size} recorded")
+
+
+class ContentStore:
+    """Archives folders into blobs and extracts blobs, over one BlobStore."""
+
+    def __init__(self, blobs: BlobStore, statcache: StatCache | None = None,
+                 algorithm: str = DEFAULT_ALGORITHM):
+        self.blobs = blobs
+        self.statcache = statcache
+        self.algorithm = algorithm
+        self._format_checked = False
+
+    def lease(self) -> Lease:
+        return Lease(self.blobs)
+
+    def _ready_for_writes(self) -> None:
+        if not self._format_checked:
+            self.blobs.ensure_format()
+            self._format_checked = True
+
+    def put_dir(self, src_dir: str, arc_dir: str = ".", include: str | list[str] = "**",
+                exclude: str | list[str] | None = None, *, lease: Lease, codec: str = "none",
+                level: int = 3, progress: Progress | None = None) -> BlobInfo:
+        """Store the canonical archive of a folder; the blob id is added to `lease`."""
+        if codec not in CODECS:
+            raise InvalidInput(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+        self._ready_for_writes()
+        entries = scan(src_dir, arc_dir, include, exclude)
+        key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
+        cached = self._cached(key, lease)
+        if cached is not None:
+            return cached
+        started_ns = time.time_ns()
+        if codec == "zstd":
+            info = self._ingest_zstd(entries, level, lease, progress)
+        else:
+            info = self._ingest_plain(entries, lease, progress)
+        if self.statcache:
+            self.statcache.put(key, info.blob_id, info.size, entries, started_ns)
+        return info
+
+    def _cached(self, key: str, lease: Lease) -> BlobInfo | None:
+        hit = self.statcache.get(key) if self.statcache else None
+        if hit is None:
+            return None
+        lease.add(hit[0])
+        found = self.blobs.find(hit[0])
+        return None if found is None else _info(found, hit[1], new=False)
+
+    def _ingest_plain(self, entries: list[Entry], lease: Lease, progress: Progress | None) -> BlobInfo:
+        digest = DigestSink(self.algorithm)
+        with self.blobs.begin_ingest() as ingest:
+            size = write_tar(entries, [digest, ingest], progress)
+            blob_id = digest.blob_id()
+            lease.add(blob_id)
+            new = ingest.commit(blob_id, "none")
+        return self._info_of(blob_id, size, new)
+
+    def _ingest_zstd(self, entries: list[Entry], level: int, lease: Lease, progress: Progress | None) -> BlobInfo:
+        digest = DigestSink(self.algorithm)
+        size = write_tar(entries, [digest], progress)
+        blob_id = digest.blob_id()
+        lease.add(blob_id)
+        if self.blobs.find(blob_id) is not None:
+            return self._info_of(blob_id, size, False)
+        again = DigestSink(self.algorithm)
+        compressor = zstandard.ZstdCompressor(level=level, threads=-1)
+        with self.blobs.begin_ingest() as ingest:
+            with compressor.stream_writer(ingest, closefd=False) as writer:
+                write_tar(entries, [again, writer])
+            if again.blob_id() != blob_id:
+                raise SourceChanged("the folder changed while it was archived (two reads differ)")
+            new = ingest.commit(blob_id, "zstd")
+        return self._info_of(blob_id, size, new)
+
+    def _info_of(self, blob_id: str, size: int, new: bool) -> BlobInfo:
+        found = self.blobs.find(blob_id)
+        if found is None:
+            raise CorruptBlob(f"blob {blob_id} vanished right after it was stored")
+        return _info(found, size, new)
+
+    def put_tar_bytes(self, data: bytes, *, lease: Lease) -> BlobInfo:
+        """Store TAR bytes that are already canonical (used by migration and tests)."""
+        self._ready_for_writes()
+        blob_id = digest_bytes(data, self.algorithm)
+        lease.add(blob_id)
+        with self.blobs.begin_ingest() as ingest:
+            ingest.write(data)
+            new = ingest.commit(blob_id, "none")
+        return self._info_of(blob_id, len(data), new)
+
+    @contextlib.contextmanager
+    def open_tar(self, blob_id: str, size: int | None = None) -> Iterator[VerifyingReader]:
+        """The blob's canonical TAR bytes (decompressed), hashed as they are read."""
+        f, found = self.blobs.open_blob(blob_id)
+        with f:
+            if found.codec == "zstd":
+                with zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK) as raw:
+                    yield VerifyingReader(raw, blob_id, size)
+            else:
+                yield VerifyingReader(f, blob_id, size)
+
+    def extract(self, blob_id: str, target: str, *, size: int | None = None,
+                members: list[str] | None = None) -> list[str]:
+        """Extract a blob into `target`, only after its digest checked out."""
+        with self.open_tar(blob_id, size) as reader, Extraction(target, members) as extraction:
+            extraction.stage(reader)
+            reader.verify()
+            return extraction.publish()
+
+    def members(self, blob_id: str, size: int | None = None) -> list[Member]:
+        with self.open_tar(blob_id, size) as reader:
+            return list_members(reader)
+
+    def check(self, blob_id: str, size: int | None = None) -> int:
+        """Re-hash a blob; CorruptBlob if it does not match. Returns its size."""
+        with self.open_tar(blob_id, size) as reader:
+            list_members(reader)
+            reader.verify()
+            return reader.count
+
+
+def _info(found: BlobStat, size: int, new: bool) -> BlobInfo:
+    return BlobInfo(found.blob_id, size, found.stored_size, found.codec, new)

@@ -1,0 +1,82 @@
+"""Leases: small objects naming the blobs a writer is about to reference (containerd's idea).
+
+A writer takes a lease on a blob id *before* it checks whether the blob exists, and drops it
+only after the index rows referencing the blob are committed. gc never deletes a leased blob,
+and re-reads the leases after it has moved its candidates aside (see gc.py), so a dedup hit on
+an old unreferenced blob can never lose that blob. A crashed writer's lease expires."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from casstore.cas.blobs import INTERNAL, BlobStore
+
+LEASES_PREFIX = f"{INTERNAL}/leases"
+DEFAULT_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    key: str
+    blob_ids: frozenset[str]
+    expires: float
+
+    def expired(self, now: float) -> bool:
+        return self.expires <= now
+
+
+class Lease:
+    """A lease held by this process; use as a context manager, released on exit."""
+
+    def __init__(self, blobs: BlobStore, ttl_s: float = DEFAULT_TTL_S):
+        self._blobs = blobs
+        self._ttl_s = ttl_s
+        self.key = f"{LEASES_PREFIX}/{uuid.uuid4().hex}.json"
+        self.blob_ids: set[str] = set()
+
+    def add(self, blob_id: str) -> None:
+        """Protect `blob_id`; written through before returning."""
+        if blob_id in self.blob_ids:
+            return
+        self.blob_ids.add(blob_id)
+        now = time.time()
+        body = {"blobs": sorted(self.blob_ids), "created": now, "expires": now + self._ttl_s,
+                "host": socket.gethostname(), "pid": os.getpid()}
+        self._blobs.put_object(self.key, json.dumps(body).encode())
+
+    def release(self) -> None:
+        if self.blob_ids:
+            self._blobs.delete_object(self.key)
+            self.blob_ids.clear()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def read_leases(blobs: BlobStore) -> list[LeaseInfo]:
+    """Every lease in the datastore; an unreadable one counts as expired (it protects nothing
+    it can name), so a torn write never blocks gc forever."""
+    leases = []
+    for obj in blobs.list_objects(LEASES_PREFIX):
+        if not obj.key.endswith(".json"):
+            continue
+        data = blobs.get_object(obj.key)
+        try:
+            body = json.loads(data or b"")
+            leases.append(LeaseInfo(obj.key, frozenset(body["blobs"]), float(body["expires"])))
+        except (ValueError, KeyError, TypeError):
+            leases.append(LeaseInfo(obj.key, frozenset(), 0.0))
+    return leases
+
+
+def leased_blob_ids(blobs: BlobStore, now: float | None = None) -> set[str]:
+    now = time.time() if now is None else now
+    return {b for lease in read_leases(blobs) if not lease.expired(now) for b in lease.blob_ids}

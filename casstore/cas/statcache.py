@@ -1,0 +1,93 @@
+"""A per-machine stat cache: an unchanged folder maps to its blob id without reading files.
+
+The key is a digest of every member's name, type, mode, size, link target, and the source's
+mtime_ns, ctime_ns, inode and device (git's index and DVC's state db use the same facts).
+A chmod, a touch, a copy (new inodes) or an edit changes the key, so the folder is hashed
+again. Racy-timestamp guard: a listing with any file modified within RACY_WINDOW_NS of the
+start of hashing is not cached, since a write landing in the same timestamp tick would
+otherwise go unseen. The cache lives in the user's cache folder because inodes and mtimes
+mean nothing on another machine. Any failure of the cache only costs speed: it is logged and
+the cache turns itself off for the process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+
+import xxhash
+
+from casstore.cas.tarball import FORMAT_NAME, Entry
+
+log = logging.getLogger(__name__)
+
+RACY_WINDOW_NS = 1_000_000_000
+
+
+def default_path() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "casstore", "statcache.sqlite")
+
+
+def listing_key(arc_dir: str, entries: list[Entry], algorithm: str) -> str:
+    h = xxhash.xxh3_128()
+    h.update(f"{FORMAT_NAME}\0{algorithm}\0{arc_dir}\0".encode())
+    for e in entries:
+        h.update(repr(e.fingerprint()).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def is_racy(entries: list[Entry], started_ns: int) -> bool:
+    horizon = started_ns - RACY_WINDOW_NS
+    return any(e.mtime_ns >= horizon or e.ctime_ns >= horizon for e in entries)
+
+
+class StatCache:
+    """listing key -> (blob id, uncompressed size), in a small SQLite file."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or default_path()
+        self._local = threading.local()
+        self._broken = False
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS listings (key TEXT PRIMARY KEY, blob_id TEXT NOT NULL, size INTEGER NOT NULL)")
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> tuple[str, int] | None:
+        if self._broken:
+            return None
+        try:
+            row = self._conn().execute("SELECT blob_id, size FROM listings WHERE key = ?", (key,)).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
+            return None
+        return None if row is None else (row[0], int(row[1]))
+
+    def put(self, key: str, blob_id: str, size: int, entries: list[Entry], started_ns: int) -> None:
+        if self._broken or is_racy(entries, started_ns):
+            return
+        try:
+            self._conn().execute("INSERT OR REPLACE INTO listings (key, blob_id, size) VALUES (?, ?, ?)",
+                                 (key, blob_id, size))
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
+
+    def forget(self, key: str) -> None:
+        if not self._broken:
+            try:
+                self._conn().execute("DELETE FROM listings WHERE key = ?", (key,))
+            except (sqlite3.Error, OSError) as exc:
+                self._disable(exc)
+
+    def _disable(self, exc: BaseException) -> None:
+        log.warning("stat cache %s disabled for this process: %s", self.path, exc)
+        self._broken = True

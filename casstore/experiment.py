@@ -1,0 +1,67 @@
+"""Experiments as MLtraq has them: an id, a name, and fields kept in a Bunch.
+
+Thin: persisting, loading and deleting are the session's work (session.py)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from casstore.storage.archivestore import ArchiveStore
+from casstore.utils.bunch import Bunch
+
+if TYPE_CHECKING:
+    from casstore.session import Session
+
+_HASH_ALPHABET = "123456789ACEFHJKLMNPRTUVWXY"
+
+
+def hash_uuid(value: uuid.UUID) -> str:
+    """MLtraq's default experiment name: a 6-character hash of the id."""
+    remain, result = value.int, ""
+    while remain > 0:
+        remain, pos = divmod(remain, len(_HASH_ALPHABET))
+        result += _HASH_ALPHABET[pos]
+    return (result + "000000")[:6].lower()
+
+
+class Experiment:
+    """An experiment bound to a session."""
+
+    __slots__ = ("session", "id_experiment", "name", "fields", "meta")
+
+    def __init__(self, session: Session, id_experiment: Optional[uuid.UUID] = None,
+                 name: Optional[str] = None, fields: Optional[dict] = None, meta: Optional[bytes] = None):
+        self.session = session
+        self.id_experiment = id_experiment or uuid.uuid4()
+        self.name = hash_uuid(self.id_experiment) if name is None else name
+        self.fields = Bunch(fields)
+        self.meta = meta
+
+    def persist(self, if_exists: str = "fail") -> Experiment:
+        """Store the experiment; "fail" if the name exists, or "replace" it."""
+        self.session.persist_experiment(self, if_exists)
+        return self
+
+    def reload(self) -> Experiment:
+        """A freshly loaded copy of the stored experiment (archives extracted again)."""
+        return self.session.load_experiment(id_experiment=self.id_experiment)
+
+    def delete(self) -> None:
+        """Remove the experiment from the database and its extraction folder."""
+        self.session.delete_experiment(self)
+
+    def __repr__(self) -> str:
+        return f"Experiment(name={self.name!r}, id_experiment={str(self.id_experiment)!r})"
+
+
+def archive_fields(value: Any, path: str = "") -> Iterator[tuple[str, ArchiveStore]]:
+    """Every ArchiveStore inside `value`, with its dotted path (`data`, `inputs.train`, `runs.0`)."""
+    if isinstance(value, ArchiveStore):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from archive_fields(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from archive_fields(item, f"{path}.{i}" if path else str(i))

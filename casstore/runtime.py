@@ -1,0 +1,69 @@
+"""Where the user API meets the content store: options turned into stores and folders.
+
+The content store knows nothing of options; this module reads them, once per call, so that
+`options().ctx(...)` blocks behave as in MLtraq."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from casstore.cas.blobs import BlobStore, open_blobstore
+from casstore.cas.contentstore import CODECS, ContentStore
+from casstore.cas.statcache import StatCache
+from casstore.errors import InvalidInput
+from casstore.opts import file_url_to_path, options
+
+_stores: dict[str, ContentStore] = {}
+_lock = threading.Lock()
+
+
+def datastore_url() -> str:
+    """The datastore named by the options, as an absolute path or a remote URL."""
+    url = options().get("datastore.url")
+    if url.startswith("file://") or "://" not in url:
+        path = file_url_to_path(url) if url.startswith("file://") else url
+        return os.path.abspath(path)
+    return url
+
+
+def content_store(url: str | None = None) -> ContentStore:
+    """The (per-process, cached) content store of datastore `url` (default: the options')."""
+    url = url or datastore_url()
+    with _lock:
+        store = _stores.get(url)
+        if store is None:
+            blobs: BlobStore = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
+            store = ContentStore(blobs, _statcache())
+            _stores[url] = store
+        return store
+
+
+def _statcache() -> StatCache | None:
+    if options().get("statcache.disable", otherwise=False):
+        return None
+    return StatCache(options().get("statcache.path", otherwise=None))
+
+
+def codec_and_level() -> tuple[str, int]:
+    codec = options().get("archivestore.codec")
+    level = options().get("archivestore.level")
+    if codec not in CODECS:
+        raise InvalidInput(f"option archivestore.codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    if not isinstance(level, int) or not 1 <= level <= 22:
+        raise InvalidInput(f"option archivestore.level must be an integer from 1 to 22, got {level!r}")
+    return codec, level
+
+
+def archivestore_root() -> str:
+    """The extraction root as MLtraq spells it (relative to the current folder by default)."""
+    return file_url_to_path(options().get("archivestore.url"))
+
+
+def checked_prefix(option: str) -> str:
+    """A relative_path_prefix option, refused if it escapes or names casstore's own folder."""
+    prefix = str(options().get(option))
+    norm = os.path.normpath(prefix)
+    if os.path.isabs(norm) or norm.startswith("..") or norm.split(os.sep)[0] == "casstore":
+        raise InvalidInput(f"option {option} = {prefix!r} must be a relative folder, not '..' or 'casstore'")
+    return norm

@@ -1,0 +1,183 @@
+"""Sessions: an SQL index plus a content store, with MLtraq's methods.
+
+Persist never loses data (P6): blobs are written first, under a lease; then one transaction
+swaps the experiment row and its reference rows; the old state goes only once the new one
+is committed. Load extracts every archive field, checks each blob's digest, and reports every
+field that failed in one LoadError after extracting the others (P7)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from shutil import rmtree
+from typing import Any, Optional
+
+from casstore import runtime
+from casstore.cas.contentstore import ContentStore
+from casstore.cas.index import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
+from casstore.cas.leases import Lease
+from casstore.cas.registry import register
+from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
+                             ExperimentNotFound, FieldFailure, InvalidInput, LoadError)
+from casstore.experiment import Experiment, archive_fields
+from casstore.opts import DEFAULT_VALUES, options
+from casstore.storage import datapak
+from casstore.storage.archivestore import ARCHIVESTORE_TAG, ArchiveStore
+from casstore.utils.bunch import Bunch
+
+log = logging.getLogger(__name__)
+
+IF_EXISTS = ("fail", "replace")
+DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref}
+
+
+class Session:
+    """A handle on one project database (default: option `database.url`)."""
+
+    def __init__(self, url: Optional[str] = None):
+        self.index = Index.open(url or options().get("database.url"))
+
+    def __repr__(self) -> str:
+        return f"Session(db={self.index.engine.url.render_as_string(hide_password=True)!r})"
+
+    # the datastore of this project
+
+    def content_store(self, for_write: bool = False) -> ContentStore:
+        """The project's content store: the datastore the database records, else the
+        option's, recorded (with this database registered in it) at the first write."""
+        recorded = self.index.get_fact(DATASTORE_KEY)
+        if recorded is None:
+            store = runtime.content_store()
+            if for_write:
+                store.blobs.ensure_format()
+                self.index.set_fact(DATASTORE_KEY, store.blobs.url)
+            return store
+        self._check_option_agrees(recorded)
+        return runtime.content_store(recorded)
+
+    def _check_option_agrees(self, recorded: str) -> None:
+        option = options().get("datastore.url")
+        if option != DEFAULT_VALUES["datastore"]["url"] and runtime.datastore_url() != recorded:
+            raise DatastoreError(f"this database uses datastore {recorded}, but option datastore.url "
+                                 f"names {runtime.datastore_url()}")
+
+    # experiments
+
+    def create_experiment(self, name: Optional[str] = None, **fields: Any) -> Experiment:
+        return Experiment(self, name=name, fields=fields)
+
+    def load_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None) -> Experiment:
+        """Load by name or id and extract its archives into the documented layout."""
+        if id_experiment is not None and not isinstance(id_experiment, uuid.UUID):
+            id_experiment = _as_uuid(id_experiment)
+        record = self.index.get_experiment(name=name, id_experiment=id_experiment)
+        if record is None:
+            raise ExperimentNotFound(f"experiment {name or id_experiment!r} not found")
+        fields = datapak.loads(record.fields, DECODERS)
+        experiment = Experiment(self, record.id_experiment, record.name, fields, record.meta)
+        self.extract_fields(experiment)
+        return experiment
+
+    def extract_fields(self, experiment: Experiment, target: Optional[str] = None,
+                       only: Optional[str] = None) -> list[str]:
+        """Extract the experiment's archive fields (or field `only`) into `target`
+        (default `<archivestore>/<experiment id>`); returns the fields extracted."""
+        archives = [(p, a) for p, a in archive_fields(experiment.fields) if only is None or p == only]
+        if not archives:
+            return []
+        target = target or os.path.join(runtime.archivestore_root(), str(experiment.id_experiment))
+        store = self.content_store()
+        failures, done = [], []
+        for path, archive in archives:
+            try:
+                store.extract(archive.blob_id, target, size=archive.size)
+                archive.params.target = target
+                done.append(path)
+            except (CasStoreError, OSError) as exc:
+                failures.append(FieldFailure(str(experiment.id_experiment), path, str(archive.blob_id), exc))
+        if failures:
+            raise LoadError(failures, experiment)
+        return done
+
+    def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
+        if if_exists not in IF_EXISTS:
+            raise InvalidInput(f"if_exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
+        datapak.encode(experiment.fields, path="fields")
+        if if_exists == "fail" and self._exists(experiment):
+            raise _already_exists(experiment)
+        archives = list(archive_fields(experiment.fields))
+        store = self.content_store(for_write=bool(archives))
+        with store.lease() as lease:
+            facts = [self._store_archive(store, archive, lease) for _, archive in archives]
+            if archives:
+                register(store.blobs, self.index.engine.url)
+            refs = [Ref(path, a.blob_id, a.params.arc_dir) for path, a in archives]
+            record = ExperimentRecord(experiment.id_experiment, experiment.name,
+                                      datapak.dumps(experiment.fields, path="fields"),
+                                      experiment.meta or _default_meta(experiment))
+            replaced = self.index.save_experiment(record, refs, facts, if_exists)
+        for old in replaced:
+            rmtree(os.path.join(runtime.archivestore_root(), str(old)), ignore_errors=True)
+
+    def _exists(self, experiment: Experiment) -> bool:
+        return (self.index.get_experiment(name=experiment.name) is not None
+                or self.index.get_experiment(id_experiment=experiment.id_experiment) is not None)
+
+    def _store_archive(self, store: ContentStore, archive: ArchiveStore, lease: Lease) -> BlobFacts:
+        """Archive a folder, or keep the blob of an ArchiveStore that was loaded."""
+        if archive.src_dir is not None:
+            codec, level = runtime.codec_and_level()
+            info = store.put_dir(archive.src_dir, archive.params.arc_dir, archive.params.include,
+                                 archive.params.exclude, lease=lease, codec=codec, level=level)
+            archive.stored(info)
+            return BlobFacts(info.blob_id, info.size, info.stored_size, info.codec)
+        lease.add(archive.blob_id)
+        found = store.blobs.find(archive.blob_id)
+        if found is None:
+            raise BlobNotFound(f"blob {archive.blob_id} of this experiment is not in the datastore {store.blobs.url}")
+        known = self.index.blob_facts(archive.blob_id)
+        size = known.size if known else archive.size
+        return BlobFacts(archive.blob_id, size, found.stored_size, found.codec)
+
+    def delete_experiment(self, experiment: Experiment) -> None:
+        """Remove the experiment's row and references, then its extraction folder. Blobs stay
+        until `casstore gc` finds them unreferenced."""
+        self.index.delete_experiment(experiment.id_experiment)
+        rmtree(os.path.join(runtime.archivestore_root(), str(experiment.id_experiment)), ignore_errors=True)
+
+    def ls(self) -> Any:
+        """The stored experiments: a pandas DataFrame (id_experiment, name) if pandas is
+        installed, as MLtraq returns, else a list of Bunch with the same keys."""
+        rows = [Bunch(id_experiment=i, name=n) for i, n in self.index.list_experiments()]
+        try:
+            import pandas as pd
+        except ImportError:
+            return rows
+        return pd.DataFrame(rows, columns=["id_experiment", "name"])
+
+
+def _as_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise InvalidInput(f"not an experiment id: {value!r}") from exc
+
+
+def _already_exists(experiment: Experiment) -> CasStoreError:
+    return ExperimentAlreadyExists(
+        f"experiment {experiment.name!r} already exists, pass if_exists=\"replace\" to overwrite it")
+
+
+def _default_meta(experiment: Experiment) -> bytes:
+    from casstore import __version__
+
+    meta = Bunch(runs=Bunch(count=0, table_name=f"experiment_{experiment.name}",
+                            columns=Bunch(types={}, serialized=[], non_serialized=[])),
+                 version=Bunch(casstore=__version__))
+    return datapak.dumps(meta)
+
+
+def create_session(url: Optional[str] = None) -> Session:
+    """A session on the database at `url` (default: option `database.url`, in memory)."""
+    return Session(url)
