@@ -39,7 +39,13 @@ class BlobNotFound(CasStoreError, FileNotFoundError):
 
 
 class CorruptBlob(CasStoreError, ValueError):
-    """A blob whose bytes do not match its id, or that does not read as an archive."""
+    """A blob whose bytes do not match its id, or that does not read as an archive.
+
+    `reason` says which: "digest", "size" or "unreadable" (verify's problem kinds)."""
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnsafeArchive(CasStoreError, ValueError):

@@ -17,6 +17,7 @@ name, which fails instead of overwriting when the id is already there."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import uuid
 from abc import ABC, abstractmethod
@@ -29,6 +30,7 @@ from casstore.errors import BlobNotFound, DatastoreError
 FORMAT_KEY = "casstore/FORMAT"
 FORMAT_TEXT = b"casstore-datastore 1\n"
 INTERNAL = "casstore"
+TRASH_PREFIX = f"{INTERNAL}/trash"
 CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
 
 
@@ -66,6 +68,15 @@ def parse_blob_key(key: str) -> tuple[str, str] | None:
                 return None
             return candidate, codec
     return None
+
+
+def trash_key_blob(key: str) -> tuple[str, str] | None:
+    """(blob id, codec) of a trash key `casstore/trash/<algo>-<hex[:2]>-<hex[2:]><suffix>`."""
+    name = key.rsplit("/", 1)[-1]
+    parts = name.split("-", 2)
+    if len(parts) != 3:
+        return None
+    return parse_blob_key(f"{INTERNAL}/blobs/{parts[0]}/{parts[1]}/{parts[2]}")
 
 
 class Ingest(ABC):
@@ -126,6 +137,22 @@ class BlobStore(ABC):
     @abstractmethod
     def exists(self) -> bool:
         """Whether the datastore has been created."""
+
+    @abstractmethod
+    def move_to_trash(self, blob: BlobStat) -> str | None:
+        """Move a blob out of sight (gc's first step); its trash key, None if it was gone."""
+
+    @abstractmethod
+    def restore_from_trash(self, trash_key: str) -> None:
+        """Put a trashed blob back (a writer leased it meanwhile); no-op if its id exists."""
+
+    def delete_leftover(self, key: str) -> bool:
+        """Delete a temp file of an interrupted write; False if a live writer still holds it."""
+        self.delete_object(key)
+        return True
+
+    def iter_trash(self) -> Iterator[ObjectStat]:
+        return self.list_objects(TRASH_PREFIX)
 
     def ensure_format(self) -> None:
         """Create the datastore's format file, or refuse a datastore of another format."""
@@ -221,6 +248,36 @@ class LocalBlobStore(BlobStore):
                 key = os.path.relpath(path, self.root).replace(os.sep, "/")
                 yield ObjectStat(key, st.st_size, st.st_mtime)
 
+    def delete_leftover(self, key: str) -> bool:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        else:
+            self.delete_object(key)
+            return True
+        finally:
+            os.close(fd)
+
+    def move_to_trash(self, blob: BlobStat) -> str | None:
+        key = f"{TRASH_PREFIX}/{blob_key(blob.blob_id, blob.codec).split('/', 2)[2].replace('/', '-')}"
+        os.makedirs(self._path(TRASH_PREFIX), exist_ok=True)
+        try:
+            os.rename(self._path(blob_key(blob.blob_id, blob.codec)), self._path(key))
+        except FileNotFoundError:
+            return None
+        return key
+
+    def restore_from_trash(self, trash_key: str) -> None:
+        parsed = trash_key_blob(trash_key)
+        if parsed is not None:
+            self.publish(self._path(trash_key), *parsed)
+        self.delete_object(trash_key)
+
     def publish(self, tmp_path: str, blob_id: str, codec: str) -> bool:
         final = self._path(blob_key(blob_id, codec))
         if self.find(blob_id) is not None:
@@ -239,6 +296,7 @@ class _LocalIngest(Ingest):
         self._store = store
         self.path = path
         self._file: BinaryIO | None = open(path, "xb", buffering=0)
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None

@@ -22,7 +22,7 @@ from casstore.cas.extract import CHUNK, Extraction, Member, list_members
 from casstore.cas.leases import Lease
 from casstore.cas.statcache import StatCache, listing_key
 from casstore.cas.tarball import Entry, scan, write_tar
-from casstore.errors import CorruptBlob, InvalidInput, SourceChanged
+from casstore.errors import CorruptBlob, InvalidInput, SourceChanged, UnsafeArchive
 
 CODECS = ("none", "zstd")
 Progress = Callable[[int], None]
@@ -57,7 +57,7 @@ class VerifyingReader:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
         self.count += len(data)
         if self._max_size is not None and self.count > self._max_size:
-            raise CorruptBlob(f"blob {self._blob_id} is larger than its recorded {self._max_size} bytes")
+            raise CorruptBlob(f"blob {self._blob_id} is larger than its recorded {self._max_size} bytes", "size")
         self._hasher.update(data)
         return data
 
@@ -66,9 +66,9 @@ class VerifyingReader:
             pass
         found = hasher_id(self._hasher, self._algorithm)
         if found != self._blob_id:
-            raise CorruptBlob(f"blob {self._blob_id} is corrupt: its content hashes to {found}")
+            raise CorruptBlob(f"blob {self._blob_id} is corrupt: its content hashes to {found}", "digest")
         if self._max_size is not None and self.count != self._max_size:
-            raise CorruptBlob(f"blob {self._blob_id} has {self.count} bytes, {self._max_size} recorded")
+            raise CorruptBlob(f"blob {self._blob_id} has {self.count} bytes, {self._max_size} recorded", "size")
 
 
 class ContentStore:
@@ -175,7 +175,11 @@ class ContentStore:
                 members: list[str] | None = None) -> list[str]:
         """Extract a blob into `target`, only after its digest checked out."""
         with self.open_tar(blob_id, size) as reader, Extraction(target, members) as extraction:
-            extraction.stage(reader)
+            try:
+                extraction.stage(reader)
+            except (CorruptBlob, UnsafeArchive) as exc:
+                _prefer_digest_error(reader, exc)
+                raise
             reader.verify()
             return extraction.publish()
 
@@ -189,6 +193,14 @@ class ContentStore:
             list_members(reader)
             reader.verify()
             return reader.count
+
+
+def _prefer_digest_error(reader: VerifyingReader, exc: Exception) -> None:
+    """A blob that fails to parse is usually damaged: say so if its digest disagrees."""
+    try:
+        reader.verify()
+    except CorruptBlob as digest_error:
+        raise digest_error from exc
 
 
 def _info(found: BlobStat, size: int, new: bool) -> BlobInfo:

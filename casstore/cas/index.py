@@ -59,9 +59,9 @@ class RefListing:
     field: str
     id_run: str
     blob_id: str
-    size: int
-    stored_size: int
-    codec: str
+    size: int | None
+    stored_size: int | None
+    codec: str | None
 
 
 def make_engine(url: str) -> Engine:
@@ -201,7 +201,7 @@ class Index:
     def iter_refs(self) -> Iterator[RefListing]:
         query = (select(RefRow.id_experiment, ExperimentRow.name, RefRow.field, RefRow.id_run, RefRow.blob_id,
                         BlobRow.size, BlobRow.stored_size, BlobRow.codec)
-                 .join(BlobRow, BlobRow.blob_id == RefRow.blob_id)
+                 .join(BlobRow, BlobRow.blob_id == RefRow.blob_id, isouter=True)
                  .join(ExperimentRow, ExperimentRow.id_experiment == RefRow.id_experiment, isouter=True)
                  .order_by(ExperimentRow.name, RefRow.id_run, RefRow.field))
         with self.engine.connect() as conn:

@@ -1,0 +1,100 @@
+"""gc: delete blobs nothing references, leftovers of interrupted writes, expired leases.
+
+Safe by construction (docs/gc.md):
+1. Blobs in the trash of an interrupted gc are put back first.
+2. Candidates: blobs older than the grace period that no lease, no registered database and
+   no named reference keeps alive (leases read before references; see roots.py).
+3. Candidates are moved to the trash, out of writers' sight. A writer that now checks for a
+   candidate finds it missing and writes it again.
+4. Leases and references are read again; a candidate that became live meanwhile (a writer
+   leased it after step 2 and found it before step 3) is put back.
+5. Only then is the trash emptied.
+A registered database that cannot be read stops gc before anything is touched."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from casstore.cas.blobs import BlobStat
+from casstore.cas.contentstore import ContentStore
+from casstore.cas.index import Index
+from casstore.cas.leases import read_leases
+from casstore.cas.roots import live_blob_ids
+from casstore.cas.verify import TMP_PREFIX
+from casstore.errors import InvalidInput
+
+DEFAULT_GRACE_S = 3600.0
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+@dataclass(frozen=True)
+class Deleted:
+    blob: str | None
+    path: str | None
+    bytes: int
+    kind: str
+
+
+@dataclass
+class GcReport:
+    deleted: list[Deleted] = field(default_factory=list)
+    freed_bytes: int = 0
+    dry_run: bool = False
+
+
+def parse_duration(text: str) -> float:
+    """'0', '90s', '30m', '1h', '7d' -> seconds."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if match is None or (match.group(2) == "" and float(match.group(1)) != 0):
+        raise InvalidInput(f"not a duration: {text!r} (examples: 0, 90s, 30m, 1h, 7d)")
+    return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
+
+
+def collect(index: Index, store: ContentStore, *, grace_s: float = DEFAULT_GRACE_S,
+            dry_run: bool = False) -> GcReport:
+    if grace_s < 0:
+        raise InvalidInput("the grace period cannot be negative")
+    report = GcReport(dry_run=dry_run)
+    blobs = store.blobs
+    if not dry_run:
+        for trashed in list(blobs.iter_trash()):
+            blobs.restore_from_trash(trashed.key)
+    now = time.time()
+    live = live_blob_ids(blobs, index)
+    candidates = [b for b in blobs.iter_blobs() if b.blob_id not in live and now - b.mtime >= grace_s]
+    if dry_run:
+        report.deleted = [Deleted(b.blob_id, None, b.stored_size, "unreferenced") for b in candidates]
+    else:
+        report.deleted = _delete_blobs(index, store, candidates)
+    report.deleted += _leftovers(store, now, grace_s, dry_run)
+    report.freed_bytes = sum(d.bytes for d in report.deleted)
+    return report
+
+
+def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat]) -> list[Deleted]:
+    blobs = store.blobs
+    trashed = [(b, key) for b in candidates if (key := blobs.move_to_trash(b)) is not None]
+    live_now = live_blob_ids(blobs, index)
+    deleted = []
+    for blob, key in trashed:
+        if blob.blob_id in live_now:
+            blobs.restore_from_trash(key)
+        else:
+            blobs.delete_object(key)
+            deleted.append(Deleted(blob.blob_id, None, blob.stored_size, "unreferenced"))
+    return deleted
+
+
+def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
+    blobs = store.blobs
+    leftovers = [Deleted(None, o.key, o.size, "leftover") for o in blobs.list_objects(TMP_PREFIX)
+                 if now - o.mtime >= grace_s]
+    leases = [Deleted(None, lease.key, 0, "expired_lease") for lease in read_leases(blobs) if lease.expired(now)]
+    if dry_run:
+        return leftovers + leases
+    for item in leases:
+        blobs.delete_object(item.path)
+    return [item for item in leftovers if blobs.delete_leftover(item.path)] + leases

@@ -1,0 +1,112 @@
+"""verify: is every referenced blob there and intact, and what could gc reclaim?
+
+Damage (`problems`): a referenced blob missing; a stored size that disagrees with the index;
+with `deep`, content that does not hash to its id or whose uncompressed size is wrong; an
+archive that does not read; an index row without blob facts. Reclaimable: blobs nothing
+references, temp files of interrupted writes, expired leases."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from casstore.cas.blobs import BlobStat
+from casstore.cas.contentstore import ContentStore
+from casstore.cas.index import BlobFacts, Index
+from casstore.cas.leases import read_leases
+from casstore.cas.roots import live_blob_ids, named_refs
+from casstore.errors import CorruptBlob, UnsafeArchive
+
+TMP_PREFIX = "casstore/tmp"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    blob: str
+    experiment: str | None
+    field: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Reclaimable:
+    kind: str
+    blob: str | None
+    path: str | None
+    bytes: int
+    age_s: float
+
+
+@dataclass
+class VerifyReport:
+    problems: list[Problem] = field(default_factory=list)
+    reclaimable: list[Reclaimable] = field(default_factory=list)
+    blobs_checked: int = 0
+
+
+def verify(index: Index, store: ContentStore, *, deep: bool = False,
+           progress: Callable[[int], None] | None = None) -> VerifyReport:
+    report = VerifyReport()
+    stored = {b.blob_id: b for b in store.blobs.iter_blobs()}
+    facts = {f.blob_id: f for f in index.iter_blob_facts()}
+    referenced: dict[str, tuple[str | None, str | None]] = {}
+    for ref in index.iter_refs():
+        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.field))
+    for ref in named_refs(store.blobs):
+        referenced.setdefault(ref.blob_id, (None, ref.key))
+    trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
+    for blob_id, (experiment, fld) in sorted(referenced.items()):
+        problem = _check_blob(store, blob_id, stored.get(blob_id), facts.get(blob_id), deep, progress, trashed)
+        if problem is not None:
+            report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
+        report.blobs_checked += 1
+    report.reclaimable = reclaimable(index, store, stored)
+    return report
+
+
+def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known: BlobFacts | None,
+                deep: bool, progress: Callable[[int], None] | None, trashed: set[str]) -> tuple[str, str] | None:
+    if found is None:
+        hint = " (it is in the trash of an interrupted gc: run `casstore gc` to restore it)" \
+            if any(blob_id.split(":")[1][2:] in t for t in trashed) else ""
+        return "missing", f"blob not in the datastore{hint}"
+    if known is None:
+        return "facts", "the index has no facts (size, codec) for this referenced blob"
+    if known.stored_size != found.stored_size:
+        return "size", f"stored size {found.stored_size} bytes, index says {known.stored_size}"
+    if known.codec != found.codec:
+        return "facts", f"stored as {found.codec}, index says {known.codec}"
+    if deep:
+        return _rehash(store, blob_id, known.size, progress)
+    return None
+
+
+def _rehash(store: ContentStore, blob_id: str, size: int, progress: Callable[[int], None] | None) -> tuple[str, str] | None:
+    try:
+        with store.open_tar(blob_id, size) as reader:
+            reader.verify()
+            if progress is not None:
+                progress(reader.count)
+    except CorruptBlob as exc:
+        return exc.reason, str(exc)
+    try:
+        store.members(blob_id, size)
+    except (CorruptBlob, UnsafeArchive) as exc:
+        return "unreadable", str(exc)
+    return None
+
+
+def reclaimable(index: Index, store: ContentStore, stored: dict[str, BlobStat] | None = None) -> list[Reclaimable]:
+    """What gc could delete, ignoring the grace period (gc applies it)."""
+    now = time.time()
+    stored = stored if stored is not None else {b.blob_id: b for b in store.blobs.iter_blobs()}
+    live = live_blob_ids(store.blobs, index)
+    items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
+             for b in stored.values() if b.blob_id not in live]
+    items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime)
+              for o in store.blobs.list_objects(TMP_PREFIX)]
+    items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
+              for lease in read_leases(store.blobs) if lease.expired(now)]
+    return items
