@@ -14,7 +14,7 @@ from casstore.cas.statcache import StatCache
 from casstore.errors import InvalidInput
 from casstore.opts import file_url_to_path, options
 
-_stores: dict[str, ContentStore] = {}
+_stores: dict[tuple, ContentStore] = {}
 _lock = threading.Lock()
 
 
@@ -30,19 +30,14 @@ def datastore_url() -> str:
 def content_store(url: str | None = None) -> ContentStore:
     """The (per-process, cached) content store of datastore `url` (default: the options')."""
     url = url or datastore_url()
+    cache = None if options().get("statcache.disable", otherwise=False) else options().get("statcache.path", otherwise=None) or ""
     with _lock:
-        store = _stores.get(url)
+        store = _stores.get((url, cache))
         if store is None:
             blobs: BlobStore = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
-            store = ContentStore(blobs, _statcache())
-            _stores[url] = store
+            store = ContentStore(blobs, None if cache is None else StatCache(cache or None))
+            _stores[(url, cache)] = store
         return store
-
-
-def _statcache() -> StatCache | None:
-    if options().get("statcache.disable", otherwise=False):
-        return None
-    return StatCache(options().get("statcache.path", otherwise=None))
 
 
 def codec_and_level() -> tuple[str, int]:

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -173,7 +171,10 @@ class Index:
             return
         rows = [{"blob_id": b.blob_id, "size": b.size, "stored_size": b.stored_size, "codec": b.codec,
                  "created": time.time()} for b in {b.blob_id: b for b in blobs}.values()]
-        dialect_insert = sqlite_insert if self._sqlite else pg_insert
+        if self._sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
         conn.execute(dialect_insert(BlobRow).on_conflict_do_nothing(index_elements=["blob_id"]), rows)
 
     def delete_experiment(self, id_experiment: uuid.UUID) -> bool:
