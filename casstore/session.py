@@ -23,13 +23,13 @@ from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, Experi
 from casstore.experiment import Experiment, archive_fields
 from casstore.opts import DEFAULT_VALUES, options
 from casstore.storage import datapak
-from casstore.storage.archivestore import ARCHIVESTORE_TAG, ArchiveStore
+from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
 from casstore.utils.bunch import Bunch
 
 log = logging.getLogger(__name__)
 
 IF_EXISTS = ("fail", "replace")
-DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref}
+DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
 
 
 class Session:

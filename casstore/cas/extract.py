@@ -280,7 +280,14 @@ class Extraction:
         self._items.append(_Staged(name, HARDLINK, link=link))
 
     def publish(self) -> list[str]:
-        """Move the staged members into the target; return their paths, target-relative."""
+        """Move the staged members into the target; return their paths, target-relative.
+
+        Symlinks are checked again first, now that every member is known: a link can only
+        be judged with the other links of the archive (and of the target) it goes through."""
+        links = {item.name: item.link for item in self._items if item.kind == SYMLINK}
+        for name, target in links.items():
+            if self._escapes(name, target, links):
+                raise UnsafeArchive(f"symlink {name!r} -> {target!r} leads out of the target through other links")
         done: list[str] = []
         published: dict[str, str] = {}
         checked: set[str] = set()
@@ -302,6 +309,35 @@ class Extraction:
                 published[item.name] = final
             done.append(item.name)
         return done
+
+    def _escapes(self, name: str, target: str, links: dict[str, str]) -> bool:
+        """Whether `name -> target`, resolved through the archive's symlinks and those already
+        in the target, leaves the target (or loops)."""
+        parts = name.split("/")[:-1] + target.split("/")
+        stack: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return True
+                stack.pop()
+                continue
+            stack.append(part)
+            link = links.get("/".join(stack)) or self._disk_link("/".join(stack))
+            if link is not None:
+                hops += 1
+                if hops > 40 or link.startswith("/"):
+                    return True
+                stack.pop()
+                parts = link.split("/") + parts
+        return False
+
+    def _disk_link(self, rel: str) -> str | None:
+        path = os.path.join(self.target, rel)
+        return os.readlink(path) if os.path.islink(path) else None
 
     def _replace(self, src: str, final: str) -> None:
         try:
