@@ -96,6 +96,12 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
+def _pax_size(value: bytes) -> int:
+    if not value.isdigit():
+        raise CorruptBlob(f"malformed PAX size {value[:40]!r}")
+    return int(value)
+
+
 class TarStream:
     """Iterates the members of a TAR stream; `copy_data` must follow a FILE member,
     otherwise its data is skipped."""
@@ -140,7 +146,7 @@ class TarStream:
         name = pax.get(b"path", long_name if long_name is not None else name)
         linkname = pax.get(b"linkpath", long_link if long_link is not None else _nts(block[157:257]))
         if b"size" in pax:
-            size = int(pax[b"size"])
+            size = _pax_size(pax[b"size"])
         return Member(name, kind, _number(block[100:108]), size, linkname)
 
     def _read_meta(self, size: int, limit: int) -> bytes:
@@ -217,6 +223,8 @@ class Extraction:
         self._items: list[_Staged] = []
         self._files: dict[str, str] = {}
         self._symlinks: set[str] = set()
+        self._leaves: set[str] = set()
+        self._dirs: set[str] = set()
 
     def __enter__(self) -> Extraction:
         os.makedirs(self.target, exist_ok=True)
@@ -232,6 +240,7 @@ class Extraction:
         for member in reader:
             name = safe_name(member.name)
             self._refuse_through_symlink(name)
+            self._refuse_file_folder_clash(name, member.kind == DIRECTORY)
             if member.kind in _FILE_KINDS:
                 self._stage_file(reader, member, name)
             elif member.kind == SYMLINK:
@@ -248,6 +257,18 @@ class Extraction:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in self._symlinks:
                 raise UnsafeArchive(f"member {name!r} would be written through symlink {'/'.join(parts[:i])!r}")
+
+    def _refuse_file_folder_clash(self, name: str, is_dir: bool) -> None:
+        """A member below a file member, or a file where a folder is, cannot both land."""
+        parts = name.split("/")
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        clash = next((p for p in parents if p in self._leaves), None)
+        if clash is None and not is_dir and name in self._dirs:
+            clash = name
+        if clash is not None:
+            raise UnsafeArchive(f"member {name!r} clashes with {clash!r}: one is a file, the other a folder")
+        self._dirs.update(parents)
+        (self._dirs if is_dir else self._leaves).add(name)
 
     def _stage_path(self) -> str:
         return os.path.join(self._staging, str(len(self._items)))
@@ -288,12 +309,12 @@ class Extraction:
         for name, target in links.items():
             if self._escapes(name, target, links):
                 raise UnsafeArchive(f"symlink {name!r} -> {target!r} leads out of the target through other links")
+        chosen = [i for i in self._items if self.selected is None or i.name in self.selected]
+        self._check_target(chosen)
         done: list[str] = []
         published: dict[str, str] = {}
         checked: set[str] = set()
-        for item in self._items:
-            if self.selected is not None and item.name not in self.selected:
-                continue
+        for item in chosen:
             final = os.path.join(self.target, item.name)
             self._make_parents(item.name, checked)
             if item.kind == DIRECTORY:
@@ -338,6 +359,18 @@ class Extraction:
     def _disk_link(self, rel: str) -> str | None:
         path = os.path.join(self.target, rel)
         return os.readlink(path) if os.path.islink(path) else None
+
+    def _check_target(self, items: list[_Staged]) -> None:
+        """Refuse, before anything moves, members that the target's files or folders block."""
+        parents = {"/".join(i.name.split("/")[:k]) for i in items for k in range(1, i.name.count("/") + 1)}
+        for rel in sorted(parents):
+            path = os.path.join(self.target, rel)
+            if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+                raise TargetConflict(f"cannot extract into {path!r}: it is a file or a symlink")
+        for item in items:
+            path = os.path.join(self.target, item.name)
+            if item.kind != DIRECTORY and os.path.isdir(path) and not os.path.islink(path):
+                raise TargetConflict(f"cannot extract {path!r}: a folder is in the way")
 
     def _replace(self, src: str, final: str) -> None:
         try:

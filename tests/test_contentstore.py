@@ -1,0 +1,510 @@
+"""The content store over a local datastore (design P3, P4, P7, P11): folders in, one
+read-only blob per content, folders out only after the digest checked out; the stat cache
+and the leases that protect blobs being written."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import zstandard
+
+import casstore.cas.tarball as tarball
+from casstore.cas.blobs import LocalBlobStore, blob_key
+from casstore.cas.contentstore import ContentStore
+from casstore.cas.digest import digest_bytes
+from casstore.cas.statcache import StatCache
+from casstore.cas.tarball import scan, tar_bytes
+from casstore.errors import BlobNotFound, CorruptBlob, SourceChanged, SourceNotFound
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def write(path, data: bytes = b"x", mode: int | None = None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def make_src(root, scale: int = 1):
+    write(os.path.join(root, "a.csv"), b"col1,col2\n" + b"1,2\n" * 2000 * scale, 0o644)
+    write(os.path.join(root, "sub/b.bin"), bytes(range(256)) * 16, 0o600)
+    write(os.path.join(root, "sub/deeper/c.txt"), b"c\n", 0o755)
+    os.symlink("../a.csv", os.path.join(root, "sub/link"))
+    return str(root)
+
+
+def files_below(path) -> list[str]:
+    out = []
+    for dirpath, _dirs, files in os.walk(path):
+        out += [os.path.relpath(os.path.join(dirpath, f), path) for f in files]
+    return sorted(out)
+
+
+def blob_files(ds: LocalBlobStore) -> list[str]:
+    return files_below(os.path.join(ds.root, "casstore", "blobs"))
+
+
+def tmp_files(ds: LocalBlobStore) -> list[str]:
+    return files_below(os.path.join(ds.root, "casstore", "tmp"))
+
+
+def blob_path(ds: LocalBlobStore, blob_id: str, codec: str) -> str:
+    return os.path.join(ds.root, *blob_key(blob_id, codec).split("/"))
+
+
+def put(cs: ContentStore, src, arc_dir: str = "data", **kw):
+    with cs.lease() as lease:
+        return cs.put_dir(str(src), arc_dir, lease=lease, **kw)
+
+
+def snapshot(root) -> dict:
+    out = {}
+    for rel in files_below(root):
+        with open(os.path.join(root, rel), "rb") as f:
+            out[rel] = f.read()
+    dirs = sorted(os.path.relpath(d, root) for d, _, _ in os.walk(root))
+    return {"files": out, "dirs": dirs}
+
+
+@pytest.fixture
+def ds(tmp_path):
+    return LocalBlobStore(str(tmp_path / "ds"))
+
+
+@pytest.fixture
+def cache_path(tmp_path):
+    return str(tmp_path / "cache" / "statcache.sqlite")
+
+
+@pytest.fixture
+def cs(ds, cache_path):
+    return ContentStore(ds, StatCache(cache_path))
+
+
+@pytest.fixture
+def src(tmp_path):
+    return make_src(tmp_path / "src")
+
+
+@pytest.fixture
+def target(tmp_path):
+    t = tmp_path / "target"
+    t.mkdir()
+    (t / "existing.txt").write_bytes(b"was here")
+    return t
+
+
+# ---------------------------------------------------------------------------------------
+# content addressing and dedup
+
+
+@pytest.mark.parametrize("with_cache", [True, False], ids=["statcache", "no-statcache"])
+def test_same_folder_twice_gives_one_blob_file(ds, cache_path, src, with_cache):
+    cs = ContentStore(ds, StatCache(cache_path) if with_cache else None)
+    first = put(cs, src)
+    second = put(cs, src)
+    assert first.blob_id == second.blob_id
+    assert (first.new, second.new) == (True, False)
+    assert len(blob_files(ds)) == 1
+
+
+def test_copied_folder_elsewhere_gives_the_same_id_and_one_blob(cs, ds, src, tmp_path):
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(src, copy, symlinks=True)
+    assert put(cs, src).blob_id == put(cs, copy).blob_id
+    assert len(blob_files(ds)) == 1
+
+
+def test_blob_id_is_the_digest_of_the_canonical_tar(cs, src):
+    info = put(cs, src)
+    data = tar_bytes(scan(src, "data"))
+    assert info.blob_id == digest_bytes(data)
+    assert info.blob_id.startswith("xxh128:")
+    assert info.size == len(data)
+
+
+def test_plain_blob_holds_the_canonical_tar_bytes(cs, ds, src):
+    info = put(cs, src)
+    with open(blob_path(ds, info.blob_id, "none"), "rb") as f:
+        assert f.read() == tar_bytes(scan(src, "data"))
+    assert info.stored_size == info.size
+
+
+def test_zstd_blob_decompresses_to_the_canonical_tar_bytes(cs, ds, src):
+    info = put(cs, src, codec="zstd")
+    with open(blob_path(ds, info.blob_id, "zstd"), "rb") as f:
+        data = zstandard.ZstdDecompressor().stream_reader(f).read()
+    assert data == tar_bytes(scan(src, "data"))
+    assert info.stored_size == os.path.getsize(blob_path(ds, info.blob_id, "zstd")) < info.size
+
+
+def test_zstd_and_none_give_the_same_id(tmp_path, src):
+    plain = put(ContentStore(LocalBlobStore(str(tmp_path / "ds1"))), src, codec="none")
+    zstd = put(ContentStore(LocalBlobStore(str(tmp_path / "ds2"))), src, codec="zstd")
+    assert plain.blob_id == zstd.blob_id
+    assert (plain.codec, zstd.codec) == ("none", "zstd")
+
+
+def test_content_stored_with_zstd_is_not_stored_again_without(ds, src):
+    cs = ContentStore(ds)
+    first = put(cs, src, codec="zstd")
+    second = put(cs, src, codec="none")
+    assert second.blob_id == first.blob_id and not second.new
+    assert len(blob_files(ds)) == 1
+
+
+def test_another_arc_dir_is_another_blob(cs, ds, src):
+    assert put(cs, src, "data").blob_id != put(cs, src, "other").blob_id
+    assert len(blob_files(ds)) == 2
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_blob_files_are_read_only(cs, ds, src, codec):
+    info = put(cs, src, codec=codec)
+    assert os.stat(blob_path(ds, info.blob_id, codec)).st_mode & 0o7777 == 0o444
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_temp_area_is_empty_after_put_dir(cs, ds, src, codec):
+    put(cs, src, codec=codec)
+    put(cs, src, codec=codec)
+    assert tmp_files(ds) == []
+
+
+def test_blob_lives_under_its_sharded_id(cs, ds, src):
+    info = put(cs, src)
+    hexdigest = info.blob_id.split(":", 1)[1]
+    assert blob_files(ds) == [f"xxh128/{hexdigest[:2]}/{hexdigest[2:]}.tar"]
+
+
+# ---------------------------------------------------------------------------------------
+# failed writes leave nothing
+
+
+def test_missing_src_dir_raises_source_not_found_and_leaves_no_blob(cs, ds, tmp_path):
+    with pytest.raises(SourceNotFound):
+        put(cs, tmp_path / "missing")
+    assert blob_files(ds) == [] and tmp_files(ds) == []
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_file_growing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec):
+    src = tmp_path / "src"
+    write(str(src / "big.bin"), b"\1" * (3 * 2**20))
+    write(str(src / "small.txt"), b"s")
+
+    def grow(_n):
+        with open(src / "big.bin", "ab") as f:
+            f.write(b"more")
+
+    cs = ContentStore(ds)
+    with pytest.raises(SourceChanged):
+        put(cs, src, codec=codec, progress=grow)
+    assert blob_files(ds) == [] and tmp_files(ds) == []
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_file_vanishing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec):
+    src = tmp_path / "src"
+    write(str(src / "a_big.bin"), b"\1" * (2 * 2**20))
+    write(str(src / "b_small.txt"), b"s")
+
+    def vanish(_n):
+        if (src / "b_small.txt").exists():
+            os.unlink(src / "b_small.txt")
+
+    cs = ContentStore(ds)
+    with pytest.raises(SourceChanged):
+        put(cs, src, codec=codec, progress=vanish)
+    assert blob_files(ds) == [] and tmp_files(ds) == []
+
+
+def test_file_rewritten_with_same_size_while_archived_raises_source_changed(ds, tmp_path):
+    src = tmp_path / "src"
+    write(str(src / "big.bin"), b"\1" * (3 * 2**20))
+    os.utime(src / "big.bin", (1000, 1000))
+
+    def rewrite(_n):
+        with open(src / "big.bin", "r+b") as f:
+            f.write(b"\2")
+
+    with pytest.raises(SourceChanged):
+        put(ContentStore(ds), src, progress=rewrite)
+    assert blob_files(ds) == [] and tmp_files(ds) == []
+
+
+# ---------------------------------------------------------------------------------------
+# dedup across processes
+
+_PUT_SCRIPT = """
+import sys
+from casstore.cas.blobs import LocalBlobStore
+from casstore.cas.contentstore import ContentStore
+cs = ContentStore(LocalBlobStore(sys.argv[1]))
+with cs.lease() as lease:
+    print(cs.put_dir(sys.argv[2], "data", lease=lease).blob_id)
+"""
+
+
+def test_two_processes_persisting_the_same_folder_store_one_blob(ds, tmp_path):
+    src = tmp_path / "src"
+    for i in range(40):
+        write(str(src / f"f{i:02d}.bin"), os.urandom(100_000))
+    procs = [subprocess.Popen([sys.executable, "-c", _PUT_SCRIPT, ds.root, str(src)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    ids = {out.strip() for out, _ in outs}
+    assert ids == {digest_bytes(tar_bytes(scan(str(src), "data")))}
+    assert len(blob_files(ds)) == 1
+    assert tmp_files(ds) == []
+
+
+# ---------------------------------------------------------------------------------------
+# extraction
+
+
+def test_extract_brings_the_folder_back(cs, src, target):
+    info = put(cs, src)
+    names = cs.extract(info.blob_id, str(target), size=info.size)
+    assert names == ["data/a.csv", "data/sub/b.bin", "data/sub/deeper/c.txt", "data/sub/link"]
+    for rel in ["a.csv", "sub/b.bin", "sub/deeper/c.txt"]:
+        with open(os.path.join(src, rel), "rb") as f:
+            assert (target / "data" / rel).read_bytes() == f.read()
+    assert (target / "data/sub/b.bin").stat().st_mode & 0o777 == 0o600
+    assert os.readlink(target / "data/sub/link") == "../a.csv"
+    assert (target / "existing.txt").read_bytes() == b"was here"
+
+
+def test_extract_of_a_zstd_blob_brings_the_folder_back(cs, src, target):
+    info = put(cs, src, codec="zstd")
+    cs.extract(info.blob_id, str(target), size=info.size)
+    assert (target / "data/sub/deeper/c.txt").read_bytes() == b"c\n"
+
+
+def test_extract_with_members_extracts_only_those(cs, src, target):
+    info = put(cs, src)
+    assert cs.extract(info.blob_id, str(target), members=["data/sub/b.bin"]) == ["data/sub/b.bin"]
+    assert files_below(target) == ["data/sub/b.bin", "existing.txt"]
+
+
+def test_members_lists_the_archive(cs, src):
+    info = put(cs, src)
+    assert [m.name for m in cs.members(info.blob_id)] == [
+        b"data/a.csv", b"data/sub/b.bin", b"data/sub/deeper/c.txt", b"data/sub/link"]
+
+
+def test_check_returns_the_size_of_a_sound_blob(cs, src):
+    info = put(cs, src, codec="zstd")
+    assert cs.check(info.blob_id, info.size) == info.size
+
+
+def test_extract_of_a_missing_blob_raises_blob_not_found(cs, target):
+    before = snapshot(target)
+    with pytest.raises(BlobNotFound):
+        cs.extract("xxh128:" + "0" * 32, str(target))
+    assert snapshot(target) == before
+
+
+def flip_byte(path, offset):
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_extract_of_a_blob_with_a_flipped_data_byte_raises_corrupt_blob_and_writes_nothing(cs, ds, src, target):
+    info = put(cs, src)
+    flip_byte(blob_path(ds, info.blob_id, "none"), 512 + 20)  # inside data/a.csv's content
+    before = snapshot(target)
+    with pytest.raises(CorruptBlob):
+        cs.extract(info.blob_id, str(target), size=info.size)
+    assert snapshot(target) == before
+
+
+def test_extract_of_a_blob_with_a_flipped_header_byte_raises_corrupt_blob_and_writes_nothing(cs, ds, src, target):
+    info = put(cs, src)
+    flip_byte(blob_path(ds, info.blob_id, "none"), 3)
+    before = snapshot(target)
+    with pytest.raises(CorruptBlob):
+        cs.extract(info.blob_id, str(target), size=info.size)
+    assert snapshot(target) == before
+
+
+def test_check_of_a_blob_with_a_flipped_byte_raises_corrupt_blob(cs, ds, src):
+    info = put(cs, src)
+    flip_byte(blob_path(ds, info.blob_id, "none"), 512 + 20)
+    with pytest.raises(CorruptBlob):
+        cs.check(info.blob_id, info.size)
+
+
+def test_truncated_zstd_blob_raises_corrupt_blob_and_writes_nothing(cs, ds, src, target):
+    info = put(cs, src, codec="zstd")
+    path = blob_path(ds, info.blob_id, "zstd")
+    os.chmod(path, 0o644)
+    os.truncate(path, os.path.getsize(path) // 2)
+    before = snapshot(target)
+    with pytest.raises(CorruptBlob):
+        cs.extract(info.blob_id, str(target), size=info.size)
+    assert snapshot(target) == before
+
+
+def test_zstd_blob_with_garbage_raises_corrupt_blob(cs, ds, src, target):
+    info = put(cs, src, codec="zstd")
+    path = blob_path(ds, info.blob_id, "zstd")
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(b"\xff" * 64)
+    before = snapshot(target)
+    with pytest.raises(CorruptBlob):
+        cs.extract(info.blob_id, str(target), size=info.size)
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("delta", [-512, -1, +1, +10240])
+def test_recorded_size_that_disagrees_raises_corrupt_blob(cs, src, target, delta):
+    info = put(cs, src, codec="zstd")
+    before = snapshot(target)
+    with pytest.raises(CorruptBlob):
+        cs.extract(info.blob_id, str(target), size=info.size + delta)
+    assert snapshot(target) == before
+
+
+def test_zstd_blob_inflating_past_its_recorded_size_is_refused(ds, src, target):
+    """A zip bomb whose id is right: only the recorded size stops it."""
+    tar = tar_bytes(scan(src, "data"))
+    inflated = tar + bytes(32 * 2**20)
+    blob_id = digest_bytes(inflated)
+    path = blob_path(ds, blob_id, "zstd")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(zstandard.ZstdCompressor().compress(inflated))
+    assert os.path.getsize(path) < 100_000
+    cs = ContentStore(ds)
+    before = snapshot(target)
+    with pytest.raises(CorruptBlob):
+        cs.extract(blob_id, str(target), size=len(tar))
+    assert snapshot(target) == before
+
+
+# ---------------------------------------------------------------------------------------
+# the stat cache
+
+
+class CopyCounter:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = tarball._copy_file
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(tarball, "_copy_file", counting)
+
+
+@pytest.fixture(scope="module")
+def aged(tmp_path_factory):
+    """Folders whose files are an hour old (mtime) and whose ctimes are over a second old,
+    so that a listing of them is outside the racy window and gets cached."""
+    root = tmp_path_factory.mktemp("aged")
+    old = time.time() - 3600
+    folders = {}
+    for name in ["hit", "touch", "chmod", "deleted", "lease"]:
+        folder = make_src(root / name)
+        for dirpath, _dirs, files in os.walk(folder):
+            for f in files:
+                os.utime(os.path.join(dirpath, f), (old, old), follow_symlinks=False)
+        folders[name] = folder
+    time.sleep(1.2)
+    return folders
+
+
+def test_unchanged_folder_is_not_read_again(cs, aged, monkeypatch):
+    first = put(cs, aged["hit"])
+    counter = CopyCounter(monkeypatch)
+    second = put(cs, aged["hit"])
+    assert counter.calls == 0
+    assert second == dataclasses.replace(first, new=False)
+
+
+def test_cache_hit_also_takes_a_lease_on_the_blob(cs, ds, aged, monkeypatch):
+    first = put(cs, aged["lease"])
+    counter = CopyCounter(monkeypatch)
+    with cs.lease() as lease:
+        cs.put_dir(aged["lease"], "data", lease=lease)
+        assert counter.calls == 0
+        with open(os.path.join(ds.root, *lease.key.split("/")), "rb") as f:
+            assert first.blob_id in f.read().decode()
+
+
+def test_touched_file_misses_the_cache_and_gives_the_same_id(cs, aged, monkeypatch):
+    first = put(cs, aged["touch"])
+    newer = time.time() - 1800
+    os.utime(os.path.join(aged["touch"], "sub/b.bin"), (newer, newer))
+    counter = CopyCounter(monkeypatch)
+    second = put(cs, aged["touch"])
+    assert counter.calls > 0
+    assert second.blob_id == first.blob_id
+
+
+def test_chmod_misses_the_cache_and_gives_another_id(cs, aged, monkeypatch):
+    first = put(cs, aged["chmod"])
+    os.chmod(os.path.join(aged["chmod"], "a.csv"), 0o600)
+    counter = CopyCounter(monkeypatch)
+    second = put(cs, aged["chmod"])
+    assert counter.calls > 0
+    assert second.blob_id != first.blob_id
+
+
+def test_cache_hit_whose_blob_was_deleted_stores_the_blob_again(cs, ds, aged, monkeypatch):
+    first = put(cs, aged["deleted"])
+    os.unlink(blob_path(ds, first.blob_id, "none"))
+    counter = CopyCounter(monkeypatch)
+    second = put(cs, aged["deleted"])
+    assert counter.calls > 0
+    assert second.blob_id == first.blob_id and second.new
+    assert os.path.exists(blob_path(ds, first.blob_id, "none"))
+
+
+def test_freshly_written_folder_is_not_cached(cs, src, monkeypatch):
+    put(cs, src)
+    counter = CopyCounter(monkeypatch)
+    put(cs, src)
+    assert counter.calls > 0
+
+
+# ---------------------------------------------------------------------------------------
+# leases
+
+
+def test_lease_file_exists_during_the_callers_block_and_is_gone_after_release(cs, ds, src):
+    with cs.lease() as lease:
+        info = cs.put_dir(src, "data", lease=lease)
+        path = os.path.join(ds.root, *lease.key.split("/"))
+        assert os.path.isfile(path)
+        with open(path, "rb") as f:
+            assert info.blob_id in f.read().decode()
+        assert lease.blob_ids == {info.blob_id}
+    assert not os.path.exists(path)
+    assert files_below(os.path.join(ds.root, "casstore", "leases")) == []
+
+
+def test_lease_is_also_taken_when_the_blob_already_exists(cs, ds, src):
+    first = put(cs, src)
+    with cs.lease() as lease:
+        cs.put_dir(src, "data", lease=lease)
+        assert lease.blob_ids == {first.blob_id}
+        assert os.path.isfile(os.path.join(ds.root, *lease.key.split("/")))
