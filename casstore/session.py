@@ -81,24 +81,34 @@ class Session:
 
     def extract_fields(self, experiment: Experiment, target: Optional[str] = None,
                        only: Optional[str] = None) -> list[str]:
-        """Extract the experiment's archive fields (or field `only`) into `target`
-        (default `<archivestore>/<experiment id>`); returns the fields extracted."""
-        archives = [(p, a) for p, a in archive_fields(experiment.fields) if only is None or p == only]
-        if not archives:
+        """Extract the experiment's archives (or field `only`) into `target` (default
+        `<archivestore>/<experiment id>`): its archive fields, then the archives its runs
+        reference (MLtraq extracts those into the same folder). Returns the fields done."""
+        jobs = [(p, a.blob_id, a.size, a) for p, a in archive_fields(experiment.fields)]
+        jobs += [(f"runs[{r.id_run}].{r.field}", r.blob_id, self._size_of(r.blob_id), None)
+                 for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
+        jobs = [job for job in jobs if only is None or job[0] == only]
+        if not jobs:
             return []
         target = target or os.path.join(runtime.archivestore_root(), str(experiment.id_experiment))
         store = self.content_store()
         failures, done = [], []
-        for path, archive in archives:
+        for path, blob_id, size, archive in jobs:
             try:
-                store.extract(archive.blob_id, target, size=archive.size)
-                archive.params.target = target
-                done.append(path)
+                store.extract(blob_id, target, size=size)
             except (CasStoreError, OSError) as exc:
-                failures.append(FieldFailure(str(experiment.id_experiment), path, str(archive.blob_id), exc))
+                failures.append(FieldFailure(str(experiment.id_experiment), path, str(blob_id), exc))
+                continue
+            if archive is not None:
+                archive.params.target = target
+            done.append(path)
         if failures:
             raise LoadError(failures, experiment)
         return done
+
+    def _size_of(self, blob_id: str) -> Optional[int]:
+        facts = self.index.blob_facts(blob_id)
+        return facts.size if facts else None
 
     def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
         if if_exists not in IF_EXISTS:

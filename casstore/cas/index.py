@@ -142,8 +142,9 @@ class Index:
         """Store `record` with its references in one transaction.
 
         An experiment with the same name or id is an existing one: "fail" raises
-        ExperimentAlreadyExists, "replace" swaps it out in the same transaction. Returns the
-        ids of the replaced experiments."""
+        ExperimentAlreadyExists, "replace" swaps it out in the same transaction. Run-level
+        references of the same experiment (migrated from MLtraq's run tables, which casstore
+        keeps as they are) survive a replace. Returns the ids of the replaced experiments."""
         with self.engine.begin() as conn:
             existing = self._existing_ids(conn, record)
             if existing and if_exists != "replace":
@@ -151,7 +152,10 @@ class Index:
                     f"experiment {record.name!r} already exists, pass if_exists=\"replace\" to overwrite it")
             self._insert_blob_facts(conn, blobs)
             for old in existing:
-                conn.execute(delete(RefRow).where(RefRow.id_experiment == old))
+                refs_gone = delete(RefRow).where(RefRow.id_experiment == old)
+                if old == record.id_experiment:
+                    refs_gone = refs_gone.where(RefRow.id_run == "")
+                conn.execute(refs_gone)
                 conn.execute(delete(ExperimentRow).where(ExperimentRow.id_experiment == old))
             conn.execute(insert(ExperimentRow).values(
                 id_experiment=record.id_experiment, name=record.name, fields=record.fields, meta=record.meta))
