@@ -35,8 +35,10 @@ DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_b
 class Session:
     """A handle on one project database (default: option `database.url`)."""
 
-    def __init__(self, url: Optional[str] = None):
+    def __init__(self, url: Optional[str] = None, datastore: Optional[str] = None):
+        """`datastore` (a path or URL) overrides the datastore the database records."""
         self.index = Index.open(url or options().get("database.url"))
+        self._datastore = datastore
 
     def __repr__(self) -> str:
         return f"Session(db={self.index.engine.url.render_as_string(hide_password=True)!r})"
@@ -46,6 +48,8 @@ class Session:
     def content_store(self, for_write: bool = False) -> ContentStore:
         """The project's content store: the datastore the database records, else the
         option's, recorded (with this database registered in it) at the first write."""
+        if self._datastore is not None:
+            return runtime.content_store(self._datastore)
         recorded = self.index.get_fact(DATASTORE_KEY)
         if recorded is None:
             store = runtime.content_store()
@@ -69,15 +73,19 @@ class Session:
 
     def load_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None) -> Experiment:
         """Load by name or id and extract its archives into the documented layout."""
+        experiment = self.read_experiment(name, id_experiment)
+        self.extract_fields(experiment)
+        return experiment
+
+    def read_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None) -> Experiment:
+        """The stored experiment, without extracting anything."""
         if id_experiment is not None and not isinstance(id_experiment, uuid.UUID):
             id_experiment = _as_uuid(id_experiment)
         record = self.index.get_experiment(name=name, id_experiment=id_experiment)
         if record is None:
             raise ExperimentNotFound(f"experiment {name or id_experiment!r} not found")
         fields = datapak.loads(record.fields, DECODERS)
-        experiment = Experiment(self, record.id_experiment, record.name, fields, record.meta)
-        self.extract_fields(experiment)
-        return experiment
+        return Experiment(self, record.id_experiment, record.name, fields, record.meta)
 
     def extract_fields(self, experiment: Experiment, target: Optional[str] = None,
                        only: Optional[str] = None) -> list[str]:
