@@ -63,7 +63,8 @@ def main(workdir: str) -> None:
 
     report = verify(session.index, session.content_store(), deep=True)
     print(f"verify --deep: {report.blobs_checked} blob(s) checked, {len(report.problems)} problem(s)")
-    print(f"try: casstore stats --db sqlite:///{os.path.abspath('runs.db')}")
+    casstore = os.path.join(os.path.dirname(sys.executable), "casstore")
+    print(f"try: {casstore} stats --db sqlite:///{os.path.abspath('runs.db')}")
 
 
 if __name__ == "__main__":
