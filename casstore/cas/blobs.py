@@ -87,8 +87,9 @@ class Ingest(ABC):
     def write(self, data: bytes | memoryview) -> None: ...
 
     @abstractmethod
-    def commit(self, blob_id: str, codec: str) -> bool:
-        """Publish; False if the id was already there (the new copy is dropped)."""
+    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+        """Publish; returns the blob as stored and whether this copy is the one published
+        (False: the id was already there and the new copy is dropped)."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -278,17 +279,27 @@ class LocalBlobStore(BlobStore):
             self.publish(self._path(trash_key), *parsed)
         self.delete_object(trash_key)
 
-    def publish(self, tmp_path: str, blob_id: str, codec: str) -> bool:
+    def publish(self, tmp_path: str, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+        """Link `tmp_path` to its final name unless the id exists (in either codec)."""
+        existing = self.find(blob_id)
+        if existing is not None:
+            return existing, False
         final = self._path(blob_key(blob_id, codec))
-        if self.find(blob_id) is not None:
-            return False
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        shard = os.path.dirname(final)
+        if not os.path.isdir(shard):
+            os.makedirs(shard, exist_ok=True)
+            _fsync_dir(os.path.dirname(shard))
         try:
             os.link(tmp_path, final)
         except FileExistsError:
-            return False
-        _fsync_dir(os.path.dirname(final))
-        return True
+            return self._stat(blob_id, final, codec), False
+        _fsync_dir(shard)
+        return self._stat(blob_id, final, codec), True
+
+    @staticmethod
+    def _stat(blob_id: str, path: str, codec: str) -> BlobStat:
+        st = os.stat(path)
+        return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
 
 
 class _LocalIngest(Ingest):
@@ -304,12 +315,11 @@ class _LocalIngest(Ingest):
         while view:
             view = view[self._file.write(view):]
 
-    def commit(self, blob_id: str, codec: str) -> bool:
+    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+        """fsync, then publish while the file (and its lock, which gc respects) is held."""
         assert self._file is not None
         os.fsync(self._file.fileno())
         os.fchmod(self._file.fileno(), 0o444)
-        self._file.close()
-        self._file = None
         try:
             return self._store.publish(self.path, blob_id, codec)
         finally:

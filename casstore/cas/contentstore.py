@@ -124,16 +124,17 @@ class ContentStore:
             size = write_tar(entries, [digest, ingest], progress)
             blob_id = digest.blob_id()
             lease.add(blob_id)
-            new = ingest.commit(blob_id, "none")
-        return self._info_of(blob_id, size, new)
+            found, new = ingest.commit(blob_id, "none")
+        return _info(found, size, new)
 
     def _ingest_zstd(self, entries: list[Entry], level: int, lease: Lease, progress: Progress | None) -> BlobInfo:
         digest = DigestSink(self.algorithm)
         size = write_tar(entries, [digest], progress)
         blob_id = digest.blob_id()
         lease.add(blob_id)
-        if self.blobs.find(blob_id) is not None:
-            return self._info_of(blob_id, size, False)
+        existing = self.blobs.find(blob_id)
+        if existing is not None:
+            return _info(existing, size, False)
         again = DigestSink(self.algorithm)
         compressor = zstandard.ZstdCompressor(level=level, threads=-1)
         with self.blobs.begin_ingest() as ingest:
@@ -141,13 +142,7 @@ class ContentStore:
                 write_tar(entries, [again, writer])
             if again.blob_id() != blob_id:
                 raise SourceChanged("the folder changed while it was archived (two reads differ)")
-            new = ingest.commit(blob_id, "zstd")
-        return self._info_of(blob_id, size, new)
-
-    def _info_of(self, blob_id: str, size: int, new: bool) -> BlobInfo:
-        found = self.blobs.find(blob_id)
-        if found is None:
-            raise CorruptBlob(f"blob {blob_id} vanished right after it was stored")
+            found, new = ingest.commit(blob_id, "zstd")
         return _info(found, size, new)
 
     def put_tar_bytes(self, data: bytes, *, lease: Lease) -> BlobInfo:
@@ -157,8 +152,8 @@ class ContentStore:
         lease.add(blob_id)
         with self.blobs.begin_ingest() as ingest:
             ingest.write(data)
-            new = ingest.commit(blob_id, "none")
-        return self._info_of(blob_id, len(data), new)
+            found, new = ingest.commit(blob_id, "none")
+        return _info(found, len(data), new)
 
     @contextlib.contextmanager
     def open_tar(self, blob_id: str, size: int | None = None) -> Iterator[VerifyingReader]:

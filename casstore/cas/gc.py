@@ -8,8 +8,9 @@ Safe by construction (docs/gc.md):
    candidate finds it missing and writes it again.
 4. Leases and references are read again; a candidate that became live meanwhile (a writer
    leased it after step 2 and found it before step 3) is put back.
-5. Only then is the trash emptied.
-A registered database that cannot be read stops gc before anything is touched."""
+5. Only then is the trash emptied, and the facts of deleted blobs leave this index.
+A registered database that cannot be read stops gc before any blob is deleted: if that
+happens at step 4, the candidates go back from the trash first."""
 
 from __future__ import annotations
 
@@ -77,7 +78,12 @@ def collect(index: Index, store: ContentStore, *, grace_s: float = DEFAULT_GRACE
 def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat]) -> list[Deleted]:
     blobs = store.blobs
     trashed = [(b, key) for b in candidates if (key := blobs.move_to_trash(b)) is not None]
-    live_now = live_blob_ids(blobs, index)
+    try:
+        live_now = live_blob_ids(blobs, index)
+    except BaseException:
+        for _blob, key in trashed:
+            blobs.restore_from_trash(key)
+        raise
     deleted = []
     for blob, key in trashed:
         if blob.blob_id in live_now:
@@ -85,6 +91,7 @@ def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat])
         else:
             blobs.delete_object(key)
             deleted.append(Deleted(blob.blob_id, None, blob.stored_size, "unreferenced"))
+    index.forget_blob_facts([d.blob for d in deleted if d.blob])
     return deleted
 
 

@@ -3,7 +3,7 @@
 Every change of an experiment is one transaction: its row, its reference rows and the facts
 of new blobs commit together or not at all (P6). On SQLite, write transactions start with
 BEGIN IMMEDIATE and wait on a busy timeout, so concurrent writers queue instead of failing
-with "database is locked"."""
+with "database is locked"; reads start with a plain BEGIN and, with WAL, never wait."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from casstore.cas.schema import ensure_schema
 from casstore.errors import ExperimentAlreadyExists, InvalidInput
 
 SQLITE_BUSY_TIMEOUT_S = 300
+WRITE_OPTION = "casstore_write"
 DATASTORE_KEY = "datastore"
 
 
@@ -82,9 +83,17 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def write_transaction(engine: Engine):  # noqa: ANN201
+    """A transaction that will write: on SQLite it takes the write lock at BEGIN (waiting on
+    the busy timeout), so it can never fail later on a lock upgrade. Reads use plain
+    transactions and never queue behind writers (WAL)."""
+    return engine.execution_options(**{WRITE_OPTION: True}).begin()
 
 
 class Index:
@@ -114,7 +123,7 @@ class Index:
             return conn.scalar(select(MetaRow.value).where(MetaRow.key == key))
 
     def set_fact(self, key: str, value: str) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(MetaRow).where(MetaRow.key == key))
             conn.execute(insert(MetaRow).values(key=key, value=value))
 
@@ -145,7 +154,7 @@ class Index:
         ExperimentAlreadyExists, "replace" swaps it out in the same transaction. Run-level
         references of the same experiment (migrated from MLtraq's run tables, which casstore
         keeps as they are) survive a replace. Returns the ids of the replaced experiments."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             existing = self._existing_ids(conn, record)
             if existing and if_exists != "replace":
                 raise ExperimentAlreadyExists(
@@ -179,10 +188,21 @@ class Index:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        conn.execute(dialect_insert(BlobRow).on_conflict_do_nothing(index_elements=["blob_id"]), rows)
+        statement = dialect_insert(BlobRow)
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=["blob_id"],
+            set_={"stored_size": statement.excluded.stored_size, "codec": statement.excluded.codec}), rows)
+
+    def forget_blob_facts(self, blob_ids: list[str]) -> None:
+        """Drop the facts of deleted blobs that no reference of this database names."""
+        if not blob_ids:
+            return
+        with write_transaction(self.engine) as conn:
+            referenced = select(RefRow.blob_id).where(RefRow.blob_id.in_(blob_ids))
+            conn.execute(delete(BlobRow).where(BlobRow.blob_id.in_(blob_ids), BlobRow.blob_id.not_in(referenced)))
 
     def delete_experiment(self, id_experiment: uuid.UUID) -> bool:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(RefRow).where(RefRow.id_experiment == id_experiment))
             result = conn.execute(delete(ExperimentRow).where(ExperimentRow.id_experiment == id_experiment))
             return result.rowcount > 0

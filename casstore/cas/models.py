@@ -31,7 +31,8 @@ class ExperimentRow(Base):
 
 
 class BlobRow(Base):
-    """Facts of a blob. They never change: blobs are immutable."""
+    """Facts of a blob. `size` (of the canonical TAR) never changes; `stored_size` and `codec`
+    follow the stored copy: a blob that gc deleted may be stored again in the other codec."""
 
     __tablename__ = "casstore_blobs"
 

@@ -53,10 +53,23 @@ def ensure_schema(engine: Engine) -> None:
         ExperimentRow.__table__.create(engine, checkfirst=True)
         upgrade(engine)
         return
+    if revision is None:
+        raise SchemaOutdated("the database has casstore tables but no casstore schema version: it was not "
+                             "made by casstore, or its version table was dropped; restore it from a backup")
+    if revision not in known_revisions():
+        raise SchemaOutdated(f"the database holds casstore schema {revision}, newer than this casstore "
+                             f"knows ({HEAD}): upgrade casstore")
     raise SchemaOutdated(
-        f"the database holds casstore schema {revision or 'unversioned'}, this casstore needs {HEAD}: "
+        f"the database holds casstore schema {revision}, this casstore needs {HEAD}: "
         "run `casstore db upgrade --db URL` (back the database up first)"
     )
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(resources.files("casstore.migrations")))
+    return {rev.revision for rev in script.walk_revisions()}
 
 
 def _ensure_experiments_table(engine: Engine) -> None:

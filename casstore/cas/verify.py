@@ -54,8 +54,11 @@ def verify(index: Index, store: ContentStore, *, deep: bool = False,
     referenced: dict[str, tuple[str | None, str | None]] = {}
     for ref in index.iter_refs():
         referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.field))
-    for ref in named_refs(store.blobs):
-        referenced.setdefault(ref.blob_id, (None, ref.key))
+    for named in named_refs(store.blobs):
+        referenced.setdefault(named.blob_id, (None, named.key))
+        found = stored.get(named.blob_id)
+        if named.blob_id not in facts and found is not None and named.size is not None:
+            facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found.stored_size, found.codec)
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         problem = _check_blob(store, blob_id, stored.get(blob_id), facts.get(blob_id), deep, progress, trashed)
