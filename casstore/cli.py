@@ -641,13 +641,16 @@ def db_upgrade(engine: Engine, as_json: bool) -> None:
     """Bring casstore's tables to the revision this casstore needs (back the database up first).
 
     --datastore is accepted and not used."""
-    from casstore.cas.schema import HEAD, upgrade
+    from casstore.cas.schema import HEAD, known_revisions, upgrade
 
     try:
         before = _revision(engine)
     except SQLAlchemyError as exc:
         raise Failure(f"cannot open database {_safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}",
                       EXIT_UNUSABLE) from exc
+    if before is not None and before not in known_revisions():
+        raise Failure(f"the database holds casstore schema {before}, newer than this casstore knows "
+                      f"({HEAD}): upgrade casstore", EXIT_UNUSABLE)
     after = before if before == HEAD else upgrade(engine)
     if as_json:
         click.echo(json.dumps({"before": before, "after": after, "head": HEAD}, indent=2))
@@ -656,6 +659,11 @@ def db_upgrade(engine: Engine, as_json: bool) -> None:
         click.echo(f"already at {after}")
     else:
         click.echo(f"upgraded {before or 'none'} -> {after}")
+
+
+from casstore.cli_migrate import migrate as _migrate  # noqa: E402
+
+main.add_command(_migrate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -134,7 +134,8 @@ def test_every_command_has_help_and_a_docs_heading():
     commands = list(_leaf_commands(main))
     assert {p for p, _ in commands} >= {"casstore stats", "casstore ls", "casstore verify", "casstore gc",
                                         "casstore extract", "casstore cat", "casstore registry",
-                                        "casstore db", "casstore db upgrade", "casstore db current"}
+                                        "casstore db", "casstore db upgrade", "casstore db current",
+                                        "casstore migrate"}
     for path, command in commands:
         assert (command.help or "").strip(), f"{path} has no help text"
         result = run(*path.split()[1:], "--help")
@@ -543,13 +544,21 @@ def test_db_current_and_upgrade(project, workdir):
     assert not (workdir / "nope.db").exists()
 
 
-def test_outdated_schema_is_refused_with_a_hint(project):
+def test_unversioned_casstore_tables_are_refused_in_one_line(project):
     with sqlite3.connect(project.db_path) as conn:
         conn.execute("DELETE FROM casstore_alembic_version")
     result = run("stats", *args(project), code=3)
-    assert "casstore db upgrade" in result.stderr and result.stderr.count("\n") == 1
+    assert "no casstore schema version" in result.stderr and result.stderr.count("\n") == 1
     doc = run_json("db", "current", "--db", project.db)
     assert doc["up_to_date"] is False
+
+
+def test_schema_newer_than_the_library_is_refused_asking_to_upgrade_casstore(project):
+    with sqlite3.connect(project.db_path) as conn:
+        conn.execute("UPDATE casstore_alembic_version SET version_num = '9999'")
+    for command in (["stats", *args(project)], ["db", "upgrade", "--db", project.db]):
+        result = run(*command, code=3)
+        assert "upgrade casstore" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
