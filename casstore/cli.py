@@ -609,10 +609,15 @@ def db_command(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _revision(engine: Engine) -> str | None:
+    """The database's casstore schema revision; exit 3 if the database cannot be read."""
     from casstore.cas.schema import current_revision
 
-    with engine.connect() as conn:
-        return current_revision(conn)
+    try:
+        with engine.connect() as conn:
+            return current_revision(conn)
+    except SQLAlchemyError as exc:
+        raise Failure(f"cannot open database {_safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}",
+                      EXIT_UNUSABLE) from exc
 
 
 @db.command("current")
@@ -623,11 +628,7 @@ def db_current(engine: Engine, as_json: bool) -> None:
     --datastore is accepted and not used."""
     from casstore.cas.schema import HEAD
 
-    try:
-        current = _revision(engine)
-    except SQLAlchemyError as exc:
-        raise Failure(f"cannot open database {_safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}",
-                      EXIT_UNUSABLE) from exc
+    current = _revision(engine)
     if as_json:
         click.echo(json.dumps({"current": current, "head": HEAD, "up_to_date": current == HEAD}, indent=2))
         return
@@ -643,11 +644,7 @@ def db_upgrade(engine: Engine, as_json: bool) -> None:
     --datastore is accepted and not used."""
     from casstore.cas.schema import HEAD, known_revisions, upgrade
 
-    try:
-        before = _revision(engine)
-    except SQLAlchemyError as exc:
-        raise Failure(f"cannot open database {_safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}",
-                      EXIT_UNUSABLE) from exc
+    before = _revision(engine)
     if before is not None and before not in known_revisions():
         raise Failure(f"the database holds casstore schema {before}, newer than this casstore knows "
                       f"({HEAD}): upgrade casstore", EXIT_UNUSABLE)
