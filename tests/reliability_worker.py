@@ -1,0 +1,417 @@
+"""Worker processes for the reliability tests (tests/test_reliability_*.py).
+
+Run as `python tests/reliability_worker.py <command> '<json config>'`. Every command prints
+JSON lines on stdout, flushed at once, so that a parent that kills the worker with SIGKILL
+still reads every event printed before the kill:
+
+    {"event": "ready"}                                 imports done, session open
+    {"event": "start", "name": ..., "counter": ...}    a persist begins
+    {"event": "done", "name": ...}                     it committed
+    {"event": "error", "type": ..., "mro": [...], "errno": ..., "message": ...}
+
+Config keys shared by every command: `db` (SQLite file path), `datastore`, `archivestore`
+(absolute folders), `statcache` (a file path, or null to disable the stat cache).
+
+Commands:
+- persist-loop: `src`, `prefix`, `count`, `codecs` (cycled), `slots`: before each persist,
+  writes `src/counter.txt` = "<prefix>-<i>" so every persist has new content (a new blob),
+  and persists it (if_exists="replace") as experiment `slot-<i % slots>` (or `<prefix>-<i>`
+  without `slots`).
+- persist-jobs: `jobs` = [{name, src, arc_dir, codec, if_exists, delete_after}], after the
+  `go` file appears (a start barrier); `ready_file` is touched when ready; with
+  `open_after_go` the session (schema creation on a fresh database) is opened after `go`.
+- persist-one: `name`, `src`, `codec`, `if_exists`, optional `fsize_limit` (RLIMIT_FSIZE,
+  SIGXFSZ ignored): persist once, report an error as an event (exit 0 either way).
+- gc-once: one gc.collect(grace_s=`grace`).
+- gc-loop: gc.collect(grace_s=`grace`) until the `stop` file appears (at most `max_s`).
+- migrate: migrate the legacy MLtraq project (`db`, `datastore`) in place; prints a
+  "progress" event at each stage of each experiment (stored, committed, cleaned).
+- load-loop: load experiment `name` `count` times (after the `go` barrier if given, else
+  after printing "ready").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def emit(event: str, **data) -> None:
+    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+    sys.stdout.flush()
+
+
+def error_event(exc: BaseException) -> dict:
+    return {"type": type(exc).__name__, "mro": [c.__name__ for c in type(exc).__mro__],
+            "errno": getattr(exc, "errno", None), "message": str(exc)}
+
+
+def setup(cfg: dict):
+    from casstore import options
+
+    options().set("datastore.url", "file:///" + cfg["datastore"])  # absolute: file:////abs
+    options().set("archivestore.url", "file:///" + cfg["archivestore"])
+    if cfg.get("statcache"):
+        options().set("statcache.path", cfg["statcache"])
+    else:
+        options().set("statcache.disable", True)
+
+
+def session(cfg: dict):
+    from casstore import create_session
+
+    return create_session(f"sqlite:///{cfg['db']}")
+
+
+def wait_for(path: str, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.002)
+
+
+def set_codec(codec: str) -> None:
+    from casstore import options
+
+    options().set("archivestore.codec", codec)
+
+
+def cmd_persist_loop(cfg: dict) -> None:
+    from casstore import ArchiveStore
+
+    setup(cfg)
+    s = session(cfg)
+    emit("ready")
+    codecs = cfg.get("codecs", ["none"])
+    for i in range(cfg["count"]):
+        counter = f"{cfg['prefix']}-{i}"
+        with open(os.path.join(cfg["src"], "counter.txt"), "w") as f:
+            f.write(counter)
+        name = f"slot-{i % cfg['slots']}" if cfg.get("slots") else counter
+        set_codec(codecs[i % len(codecs)])
+        emit("start", name=name, counter=counter, codec=codecs[i % len(codecs)])
+        e = s.create_experiment(name, data=ArchiveStore(src_dir=cfg["src"], arc_dir="data"))
+        e.persist(if_exists="replace")
+        emit("done", name=name, blob=e.fields.data.blob_id)
+
+
+def cmd_persist_jobs(cfg: dict) -> None:
+    from casstore import ArchiveStore
+
+    setup(cfg)
+    if cfg.get("open_after_go"):  # several processes opening a fresh database at once
+        open(cfg["ready_file"], "w").close()
+        wait_for(cfg["go"])
+        s = session(cfg)
+    else:
+        s = session(cfg)
+        open(cfg["ready_file"], "w").close()
+        wait_for(cfg["go"])
+    for job in cfg["jobs"]:
+        set_codec(job.get("codec", "none"))
+        e = s.create_experiment(job["name"], data=ArchiveStore(src_dir=job["src"], arc_dir=job.get("arc_dir", ".")))
+        try:
+            e.persist(if_exists=job.get("if_exists", "fail"))
+        except Exception as exc:  # reported, the parent decides
+            emit("error", name=job["name"], **error_event(exc))
+            continue
+        emit("done", name=job["name"], blob=e.fields.data.blob_id)
+        if job.get("delete_after"):
+            e.delete()
+            emit("deleted", name=job["name"])
+
+
+def cmd_persist_one(cfg: dict) -> None:
+    from casstore import ArchiveStore
+
+    setup(cfg)
+    s = session(cfg)
+    if cfg.get("fsize_limit"):
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["fsize_limit"], cfg["fsize_limit"]))
+    set_codec(cfg.get("codec", "none"))
+    emit("ready")
+    try:
+        e = s.create_experiment(cfg["name"], data=ArchiveStore(src_dir=cfg["src"], arc_dir="data"))
+        e.persist(if_exists=cfg.get("if_exists", "fail"))
+    except BaseException as exc:
+        emit("error", **error_event(exc))
+        return
+    emit("done", name=cfg["name"], blob=e.fields.data.blob_id)
+
+
+def _gc_args(cfg: dict):
+    from casstore import runtime
+
+    s = session(cfg)
+    return s.index, runtime.content_store()
+
+
+def cmd_gc_once(cfg: dict) -> None:
+    from casstore.cas.gc import collect
+
+    setup(cfg)
+    index, store = _gc_args(cfg)
+    emit("ready")
+    started = time.perf_counter()
+    report = collect(index, store, grace_s=cfg.get("grace", 0.0))
+    emit("done", deleted=len(report.deleted), seconds=time.perf_counter() - started)
+
+
+def cmd_gc_loop(cfg: dict) -> None:
+    from casstore.cas.gc import collect
+
+    setup(cfg)
+    index, store = _gc_args(cfg)
+    open(cfg["ready_file"], "w").close()
+    wait_for(cfg["go"])
+    runs = deleted = 0
+    deadline = time.monotonic() + cfg.get("max_s", 60)
+    while not os.path.exists(cfg["stop"]) and time.monotonic() < deadline:
+        try:
+            report = collect(index, store, grace_s=cfg.get("grace", 0.0))
+        except Exception as exc:
+            emit("error", **error_event(exc))
+            raise
+        runs += 1
+        deleted += sum(1 for d in report.deleted if d.kind == "unreferenced")
+    emit("done", runs=runs, deleted=deleted)
+
+
+def cmd_load_loop(cfg: dict) -> None:
+    setup(cfg)
+    s = session(cfg)
+    if cfg.get("go"):
+        open(cfg["ready_file"], "w").close()
+        wait_for(cfg["go"])
+    else:
+        emit("ready")
+    for _ in range(cfg["count"]):
+        try:
+            s.load_experiment(cfg["name"])
+        except Exception as exc:
+            emit("error", **error_event(exc))
+            raise
+    emit("done")
+
+
+def cmd_migrate(cfg: dict) -> None:
+    from casstore.cas import migrate
+
+    setup(cfg)
+    plan = migrate.plan(f"sqlite:///{cfg['db']}", cfg["datastore"])
+    emit("ready")
+    started = time.perf_counter()
+    report = migrate.execute(plan, codec=cfg.get("codec", "none"),
+                             progress=lambda ev: emit("progress", stage=ev.stage, experiment=ev.experiment))
+    emit("done", exit_code=report.exit_code, seconds=time.perf_counter() - started)
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "persist-loop": cmd_persist_loop,
+    "persist-jobs": cmd_persist_jobs,
+    "persist-one": cmd_persist_one,
+    "gc-once": cmd_gc_once,
+    "gc-loop": cmd_gc_loop,
+    "load-loop": cmd_load_loop,
+}
+
+
+def main() -> None:
+    command, cfg = sys.argv[1], json.loads(sys.argv[2])
+    if cfg.get("cwd"):
+        os.chdir(cfg["cwd"])
+    COMMANDS[command](cfg)
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --------------------------------------------------------------------------------------------
+# Parent-side helpers, imported by the tests (`import reliability_worker as rw`). Nothing
+# below runs in the worker.
+
+WORKER = os.path.abspath(__file__)
+
+
+class Project:
+    """One project: an SQLite file, a datastore and an extraction root under `root`."""
+
+    def __init__(self, root, statcache: bool = False):
+        root = os.path.abspath(os.fspath(root))
+        self.root = root
+        self.db = os.path.join(root, "project.db")
+        self.datastore = os.path.join(root, "datastore")
+        self.archivestore = os.path.join(root, "archivestore")
+        self.statcache = os.path.join(root, "statcache.sqlite") if statcache else None
+        os.makedirs(root, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    def cfg(self, **extra) -> dict:
+        return {"db": self.db, "datastore": self.datastore, "archivestore": self.archivestore,
+                "statcache": self.statcache, **extra}
+
+    def configure(self) -> None:
+        """Point this (the test's) process's options at the project."""
+        setup(self.cfg())
+
+    def session(self):
+        self.configure()
+        return session(self.cfg())
+
+    def store(self):
+        from casstore import runtime
+
+        self.configure()
+        return runtime.content_store()
+
+    def blobs_dir(self) -> str:
+        return os.path.join(self.datastore, "casstore", "blobs")
+
+    def blob_files(self) -> list[str]:
+        found = []
+        for dirpath, _dirs, files in os.walk(self.blobs_dir()):
+            found += [os.path.join(dirpath, f) for f in files]
+        return sorted(found)
+
+    def blob_path(self, blob_id: str) -> str:
+        algorithm, hexdigest = blob_id.split(":", 1)
+        folder = os.path.join(self.blobs_dir(), algorithm, hexdigest[:2])
+        found = [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith(hexdigest[2:] + ".")]
+        assert len(found) == 1, found
+        return found[0]
+
+    def target(self, experiment) -> str:
+        return os.path.join(self.archivestore, str(experiment.id_experiment))
+
+
+def start(command: str, cfg: dict, stderr_path: str | None = None, prefix: list[str] | None = None, **popen):
+    """Start a worker; stdout is a text pipe of JSON lines, stderr goes to a file.
+    `prefix`: a command to run the worker under (e.g. setpriv dropping capabilities)."""
+    import subprocess
+
+    err = open(stderr_path, "w") if stderr_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([*(prefix or []), sys.executable, WORKER, command, json.dumps(cfg)],
+                                stdout=subprocess.PIPE,
+                                stderr=err, text=True, **popen)
+    finally:
+        if stderr_path:
+            err.close()
+
+
+def parse_events(text: str) -> list[dict]:
+    """The complete JSON lines of a worker's stdout (a line cut by a kill is dropped)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def wait_ready(proc, limit_s: float = 30.0) -> dict:
+    """Read the worker's first event (blocks; EOF means the worker died)."""
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(limit_s)
+        raise AssertionError(f"worker exited ({proc.returncode}) before it was ready")
+    return json.loads(line)
+
+
+def wait_files(paths, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    for path in paths:
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline, f"{path} did not appear within {limit_s}s"
+            time.sleep(0.005)
+
+
+def tree(root) -> dict[bytes, tuple[str, bytes]]:
+    """{relative path as bytes: ("file", content) | ("link", target)} of a folder (bytes
+    paths, so non-UTF-8 names compare exactly). Folders are not listed."""
+    root = os.fsencode(os.fspath(root))
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = ("link", os.readlink(path))
+            else:
+                with open(path, "rb") as f:
+                    out[rel] = ("file", f.read())
+    return out
+
+
+def check_every_blob(store) -> int:
+    """Every file under blobs/ is a complete blob whose content hashes to its id (no half
+    blob is ever visible under an id) and nothing else lies there. Returns the count."""
+    from casstore.cas.blobs import parse_blob_key
+
+    root = os.path.join(store.blobs.root, "casstore", "blobs")
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            key = os.path.relpath(os.path.join(dirpath, name), store.blobs.root).replace(os.sep, "/")
+            parsed = parse_blob_key(key)
+            assert parsed is not None, f"stray file under blobs/: {key}"
+            store.check(parsed[0])
+            n += 1
+    return n
+
+
+def problems(project, deep: bool = False) -> list:
+    from casstore.cas.verify import verify
+
+    s = project.session()
+    report = verify(s.index, project.store(), deep=deep)
+    s.index.dispose()
+    return report.problems
+
+
+def read_until(proc, count: int, event: str = "progress") -> int:
+    """Read the worker's events until `count` of kind `event` were seen (or it exited);
+    returns how many were seen."""
+    seen = 0
+    while seen < count:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            seen += json.loads(line)["event"] == event
+        except ValueError:
+            break
+    return seen
+
+
+def kill_and_read(proc, sig=None) -> list[dict]:
+    """SIGKILL the worker and return every complete event it printed. Reads through the
+    pipe's text buffer (wait_ready may have buffered lines already; communicate() would
+    skip them)."""
+    import signal as _signal
+
+    proc.send_signal(sig or _signal.SIGKILL)
+    proc.wait(30)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    return parse_events(out)
+
+
+def finish(proc, limit_s: float = 120.0) -> tuple[int, list[dict]]:
+    """Wait for a worker to exit; its return code and events."""
+    out = proc.stdout.read()
+    proc.stdout.close()
+    return proc.wait(limit_s), parse_events(out)

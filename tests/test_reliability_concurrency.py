@@ -1,0 +1,234 @@
+"""Concurrency: several processes on one SQLite file and one datastore.
+
+- writers persisting the same and different folders all succeed (no "database is locked"),
+  and identical content is still one blob file;
+- a fresh database opened by several processes at once works;
+- concurrent loads of one experiment into the same target are safe;
+- gc.collect(grace_s=0) looping while others persist never removes a blob a persist is
+  about to reference (leases + trash recheck).
+
+Each worker is a real process (tests/reliability_worker.py) started behind a barrier (a
+`go` file) so that they really run at the same time."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+import reliability_worker as rw
+from casstore.cas.verify import verify
+
+WRITERS = 4
+
+
+@pytest.fixture(autouse=True)
+def _work(workdir):
+    return workdir
+
+
+def make_folder(path, seed: int, big: int = 1 << 20) -> dict[bytes, tuple[str, bytes]]:
+    rnd = random.Random(seed)
+    os.makedirs(os.path.join(path, "sub", "deeper"), exist_ok=True)
+    files = {"big.bin": rnd.randbytes(big), "sub/a.txt": b"a %d\n" % seed * 1000,
+             "sub/deeper/b.csv": b"".join(b"%d,%d\n" % (i, seed) for i in range(20000)), "empty": b""}
+    for rel, data in files.items():
+        with open(os.path.join(path, rel), "wb") as f:
+            f.write(data)
+    return rw.tree(path)
+
+
+def run_barrier(tmp_path, workers: list[tuple[str, dict]], limit_s: float = 120.0):
+    """Start every worker, wait until each is ready, release them together; returns
+    [(returncode, events, stderr text)]."""
+    gate = tmp_path / "gate"
+    gate.mkdir(parents=True, exist_ok=True)
+    go = str(gate / "go")
+    procs = []
+    for i, (command, cfg) in enumerate(workers):
+        cfg = {**cfg, "ready_file": str(gate / f"ready-{i}"), "go": go}
+        procs.append(rw.start(command, cfg, stderr_path=str(gate / f"stderr-{i}")))
+    try:
+        rw.wait_files([str(gate / f"ready-{i}") for i in range(len(workers))], limit_s)
+    finally:
+        open(go, "w").close()
+    results = []
+    for i, proc in enumerate(procs):
+        rc, events = rw.finish(proc, limit_s)
+        results.append((rc, events, (gate / f"stderr-{i}").read_text()))
+    return results
+
+
+def assert_all_succeeded(results) -> None:
+    for i, (rc, events, stderr) in enumerate(results):
+        # (the stat cache turning itself off on a busy cache file only costs speed)
+        locked = [line for line in stderr.splitlines()
+                  if "database is locked" in line and not line.startswith("stat cache ")]
+        assert not locked, f"worker {i}: {stderr[-2000:]}"
+        errors = [e for e in events if e["event"] == "error"]
+        assert rc == 0 and not errors, f"worker {i} rc={rc} errors={errors}\n{stderr[-3000:]}"
+
+
+def assert_loads(project, session, expected: dict[str, dict]) -> None:
+    for name, tree in expected.items():
+        e = session.load_experiment(name)
+        assert e.fields.data.get_target() is not None
+        assert rw.tree(os.path.join(project.target(e), arc_dir_of(e))) == tree, name
+
+
+def arc_dir_of(experiment) -> str:
+    return experiment.fields.data.params.arc_dir
+
+
+def test_four_writers_persisting_same_and_different_folders_all_succeed_and_dedup(tmp_path):
+    project = rw.Project(tmp_path / "p")
+    project.session().index.dispose()  # the database exists; its datastore is set by the writers
+    shared = str(tmp_path / "shared")
+    shared_tree = make_folder(shared, 1)
+    own = [str(tmp_path / f"own{i}") for i in range(WRITERS)]
+    own_trees = [make_folder(p, 100 + i) for i, p in enumerate(own)]
+    workers, expected = [], {}
+    for i in range(WRITERS):
+        jobs = [{"name": f"w{i}-shared-none", "src": shared, "codec": "none"},
+                {"name": f"w{i}-own", "src": own[i], "codec": "zstd"},
+                {"name": f"w{i}-shared-zstd", "src": shared, "codec": "zstd"},
+                {"name": f"w{i}-shared-alt", "src": shared, "arc_dir": "alt", "codec": "none"}]
+        expected.update({f"w{i}-shared-none": shared_tree, f"w{i}-own": own_trees[i],
+                         f"w{i}-shared-zstd": shared_tree, f"w{i}-shared-alt": shared_tree})
+        workers.append(("persist-jobs", project.cfg(jobs=jobs)))
+    results = run_barrier(tmp_path, workers)
+    assert_all_succeeded(results)
+    s = project.session()
+    assert len(s.ls()) == 4 * WRITERS
+    assert_loads(project, s, expected)
+    ids = {e["name"]: e["blob"] for _, events, _ in results for e in events if e["event"] == "done"}
+    assert len({ids[f"w{i}-shared-none"] for i in range(WRITERS)} | {ids[f"w{i}-shared-zstd"] for i in range(WRITERS)}) == 1
+    distinct = set(ids.values())
+    assert len(distinct) == 2 + WRITERS  # shared, shared under "alt", one per own folder
+    # identical content is one blob file, whichever codec each writer asked for
+    assert len(project.blob_files()) == len(distinct), project.blob_files()
+    report = verify(s.index, project.store(), deep=True)
+    assert report.problems == []
+
+
+def test_six_processes_opening_a_fresh_database_at_once_all_persist(tmp_path):
+    """A new project started by several jobs at once: schema creation, datastore fact,
+    registry entry, all concurrent. Three new projects, 6 processes each (more processes
+    than cores, as on a busy machine)."""
+    src = [str(tmp_path / f"src{i}") for i in range(6)]
+    trees = [make_folder(p, 200 + i, big=1 << 12) for i, p in enumerate(src)]
+    for round_ in range(3):
+        project = rw.Project(tmp_path / f"p{round_}")
+        assert not os.path.exists(project.db)
+        workers = [("persist-jobs", project.cfg(open_after_go=True, jobs=[{"name": f"fresh{i}", "src": src[i]}]))
+                   for i in range(6)]
+        results = run_barrier(tmp_path / f"r{round_}", workers)
+        assert_all_succeeded(results)
+        s = project.session()
+        assert_loads(project, s, {f"fresh{i}": trees[i] for i in range(6)})
+        assert verify(s.index, project.store(), deep=True).problems == []
+        s.index.dispose()
+
+
+def test_concurrent_loads_of_one_experiment_into_the_same_target_are_safe(tmp_path):
+    """Every load succeeds and the final bytes are right. (Which load's inode each name ends
+    up with is a race, so hard-linked names are compared by content, not by inode.)"""
+    project = rw.Project(tmp_path / "p")
+    src = tmp_path / "src"
+    make_folder(str(src), 7, big=2 << 20)
+    os.link(src / "big.bin", src / "big-hardlink.bin")
+    os.symlink("sub/a.txt", src / "link-inside")
+    (src / "twins").mkdir()
+    for i in range(40):  # many hard-linked pairs: each is a chance for loads to interleave
+        (src / "twins" / f"t{i:02d}").write_bytes(b"twin %d " % i * 100)
+        os.link(src / "twins" / f"t{i:02d}", src / "twins" / f"t{i:02d}-link")
+    expected = rw.tree(src)
+    from casstore import ArchiveStore, options
+
+    s = project.session()
+    options().set("archivestore.codec", "zstd")
+    e = s.create_experiment("shared-load", data=ArchiveStore(src_dir=str(src)))
+    e.persist()
+    loaders = 4
+    workers = [("load-loop", project.cfg(name="shared-load", count=8)) for _ in range(loaders)]
+    results = run_barrier(tmp_path, workers)
+    assert_all_succeeded(results)
+    target = project.target(e)
+    assert rw.tree(target) == expected
+    assert [n for n in os.listdir(target) if n.startswith(".casstore-extract-")] == []
+
+
+def test_gc_grace_zero_looping_during_persists_never_loses_a_blob(tmp_path):
+    """Writers keep persisting (and deleting) experiments over the same content, so that the
+    blob they dedup onto is unreferenced most of the time, while gc --grace 0 loops."""
+    project = rw.Project(tmp_path / "p", statcache=True)
+    project.session().index.dispose()
+    shared = str(tmp_path / "shared")
+    shared_tree = make_folder(shared, 3, big=1 << 16)
+    writers = 3
+    rounds = 20
+    workers, expected = [], {}
+    for w in range(writers):
+        jobs = []
+        for k in range(rounds):
+            own = str(tmp_path / f"own-{w}-{k}")
+            tree = make_folder(own, 1000 * w + k, big=1 << 14)
+            codec = "zstd" if (w + k) % 2 else "none"
+            last = k == rounds - 1
+            # the shared blob is unreferenced between these persists: gc keeps trying to
+            # delete it while the next persist dedups onto it
+            jobs.append({"name": f"w{w}-shared-{k}", "src": shared, "codec": codec, "delete_after": not last})
+            jobs.append({"name": f"w{w}-own-{k}", "src": own, "codec": codec, "delete_after": k % 3 == 0})
+            if last:
+                expected[f"w{w}-shared-{k}"] = shared_tree
+            if k % 3:
+                expected[f"w{w}-own-{k}"] = tree
+        workers.append(("persist-jobs", project.cfg(jobs=jobs)))
+    stop = str(tmp_path / "stop")
+    gc_cfg = project.cfg(grace=0.0, stop=stop, max_s=90)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    go = str(gate / "go")
+    gc_proc = rw.start("gc-loop", {**gc_cfg, "ready_file": str(gate / "gc-ready"), "go": go},
+                       stderr_path=str(gate / "gc-stderr"))
+    try:
+        rw.wait_files([str(gate / "gc-ready")])
+        results = run_barrier(tmp_path, workers)
+    finally:
+        open(stop, "w").close()
+    gc_rc, gc_events = rw.finish(gc_proc)
+    assert gc_rc == 0, (gc_events, (gate / "gc-stderr").read_text()[-3000:])
+    assert_all_succeeded(results)
+    gc_done = [e for e in gc_events if e["event"] == "done"][0]
+    print("gc loop:", gc_done)
+    assert gc_done["runs"] >= 3 and gc_done["deleted"] >= 1, gc_done
+    s = project.session()
+    assert_loads(project, s, expected)
+    report = verify(s.index, project.store(), deep=True)
+    assert report.problems == []
+
+
+@pytest.mark.parametrize("first, second", [("none", "zstd"), ("zstd", "none")])
+def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_true(tmp_path, first, second):
+    """What the gc loop above runs into: a blob is collected once nothing references it, and
+    the same content is stored again later with another codec. The index must then describe
+    the blob that is stored (its codec and stored size), or verify reports damage that is
+    not there."""
+    from casstore import ArchiveStore, options
+    from casstore.cas.gc import collect
+
+    project = rw.Project(tmp_path / "p")
+    src = str(tmp_path / "src")
+    make_folder(src, 5, big=1 << 16)
+    s = project.session()
+    options().set("archivestore.codec", first)
+    e = s.create_experiment("a", data=ArchiveStore(src_dir=src))
+    e.persist()
+    e.delete()
+    assert [d.kind for d in collect(s.index, project.store(), grace_s=0).deleted] == ["unreferenced"]
+    options().set("archivestore.codec", second)
+    s.create_experiment("b", data=ArchiveStore(src_dir=src)).persist()
+    assert rw.tree(project.target(s.load_experiment("b"))) == rw.tree(src)
+    report = verify(s.index, project.store(), deep=True)
+    assert report.problems == [], report.problems
