@@ -83,7 +83,7 @@ def _safe_url(url: str) -> str:
 def _open_engine(url: str) -> Engine:
     """An engine on an existing database: a SQLite file that does not exist is refused
     rather than created (a typo in --db must not start an empty project)."""
-    from casstore.cas.index import make_engine
+    from casstore.cas.engine import make_engine
 
     try:
         parsed = make_url(url)

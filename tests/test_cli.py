@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 import tarfile
 import uuid
 from dataclasses import dataclass
@@ -375,9 +376,20 @@ def test_gc_deletes_leftovers(project):
     tmp = project.datastore / "casstore" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "x.partial").write_bytes(b"\0" * 99)
+    old = time.time() - 120
+    os.utime(tmp / "x.partial", (old, old))
     doc = run_json("gc", *args(project), "--grace", "0s")
     assert doc == {"deleted": [{"path": "casstore/tmp/x.partial", "bytes": 99}], "freed_bytes": 99}
     assert not (tmp / "x.partial").exists()
+
+
+def test_gc_keeps_a_temp_file_younger_than_a_minute_even_with_grace_zero(project):
+    tmp = project.datastore / "casstore" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "y.partial").write_bytes(b"\0" * 9)
+    doc = run_json("gc", *args(project), "--grace", "0")
+    assert doc == {"deleted": [], "freed_bytes": 0}
+    assert (tmp / "y.partial").exists()
 
 
 def test_gc_never_deletes_another_projects_blobs(project, workdir):

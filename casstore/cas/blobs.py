@@ -199,7 +199,13 @@ class LocalBlobStore(BlobStore):
 
     def begin_ingest(self) -> Ingest:
         os.makedirs(self._tmp, exist_ok=True)
-        return _LocalIngest(self, os.path.join(self._tmp, f"{uuid.uuid4().hex}.partial"))
+        while True:
+            path = os.path.join(self._tmp, f"{uuid.uuid4().hex}.partial")
+            f = open(path, "xb", buffering=0)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if os.fstat(f.fileno()).st_nlink > 0:
+                return _LocalIngest(self, path, f)
+            f.close()  # gc took it between create and lock: it is gone, take another name
 
     def delete_blob(self, blob_id: str, codec: str) -> None:
         try:
@@ -303,11 +309,10 @@ class LocalBlobStore(BlobStore):
 
 
 class _LocalIngest(Ingest):
-    def __init__(self, store: LocalBlobStore, path: str):
+    def __init__(self, store: LocalBlobStore, path: str, locked_file: BinaryIO):
         self._store = store
         self.path = path
-        self._file: BinaryIO | None = open(path, "xb", buffering=0)
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        self._file: BinaryIO | None = locked_file
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
@@ -356,4 +361,6 @@ def open_blobstore(url: str, storage_options: dict | None = None) -> BlobStore:
         from casstore.opts import file_url_to_path
 
         return LocalBlobStore(file_url_to_path(url))
-    raise DatastoreError(f"datastore URL scheme {scheme!r} is not supported yet: {url}")
+    from casstore.cas.remote import FsspecBlobStore
+
+    return FsspecBlobStore(url, storage_options)

@@ -203,6 +203,30 @@ def check_symlink(name: str, raw_target: bytes) -> str:
     return target
 
 
+STAGING_PREFIX = ".casstore-extract-"
+
+
+def _remove_abandoned_staging(target: str) -> None:
+    """Remove staging folders that killed extractions left in `target` (their process is
+    gone). Folders of live processes, this one's included, are left alone."""
+    for name in os.listdir(target):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(os.path.join(target, name), ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class _Staged:
     name: str
@@ -228,7 +252,8 @@ class Extraction:
 
     def __enter__(self) -> Extraction:
         os.makedirs(self.target, exist_ok=True)
-        self._staging = tempfile.mkdtemp(prefix=".casstore-extract-", dir=self.target)
+        _remove_abandoned_staging(self.target)
+        self._staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.target)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -297,8 +322,10 @@ class Extraction:
         link = safe_name(member.linkname, "hardlink target")
         if link not in self._files:
             raise UnsafeArchive(f"hardlink {name!r} -> {link!r} does not name a file of the archive")
-        self._files[name] = self._files[link]
-        self._items.append(_Staged(name, HARDLINK, link=link))
+        path = self._stage_path()
+        os.link(self._files[link], path)
+        self._files[name] = path
+        self._items.append(_Staged(name, HARDLINK, path, link))
 
     def publish(self) -> list[str]:
         """Move the staged members into the target; return their paths, target-relative.
@@ -312,22 +339,13 @@ class Extraction:
         chosen = [i for i in self._items if self.selected is None or i.name in self.selected]
         self._check_target(chosen)
         done: list[str] = []
-        published: dict[str, str] = {}
         checked: set[str] = set()
         for item in chosen:
-            final = os.path.join(self.target, item.name)
             self._make_parents(item.name, checked)
             if item.kind == DIRECTORY:
                 self._make_dir(item.name, checked)
-            elif item.kind == HARDLINK:
-                source = published.get(item.link) or self._files[item.link]
-                tmp = self._stage_path() + "-link-" + str(len(done))
-                os.link(source, tmp)
-                self._replace(tmp, final)
             else:
-                self._replace(item.staged, final)
-            if item.kind == FILE:
-                published[item.name] = final
+                self._replace(item.staged, os.path.join(self.target, item.name))
             done.append(item.name)
         return done
 

@@ -27,6 +27,7 @@ from casstore.cas.verify import TMP_PREFIX
 from casstore.errors import InvalidInput
 
 DEFAULT_GRACE_S = 3600.0
+MIN_LEFTOVER_AGE_S = 60.0  # a temp file younger than this may be a write that just started
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -97,8 +98,9 @@ def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat])
 
 def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
     blobs = store.blobs
+    min_age = max(grace_s, MIN_LEFTOVER_AGE_S)
     leftovers = [Deleted(None, o.key, o.size, "leftover") for o in blobs.list_objects(TMP_PREFIX)
-                 if now - o.mtime >= grace_s]
+                 if now - o.mtime >= min_age]
     leases = [Deleted(None, lease.key, 0, "expired_lease") for lease in read_leases(blobs) if lease.expired(now)]
     if dry_run:
         return leftovers + leases

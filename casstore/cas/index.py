@@ -12,16 +12,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, or_, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
+from sqlalchemy.exc import OperationalError
 
+from casstore.cas.engine import make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.schema import ensure_schema
 from casstore.errors import ExperimentAlreadyExists, InvalidInput
 
-SQLITE_BUSY_TIMEOUT_S = 300
-WRITE_OPTION = "casstore_write"
 DATASTORE_KEY = "datastore"
 
 
@@ -61,39 +59,6 @@ class RefListing:
     size: int | None
     stored_size: int | None
     codec: str | None
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InvalidInput(f"not a database URL: {url!r}") from exc
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-    memory = parsed.database in (None, "", ":memory:")
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-        dbapi_conn.isolation_level = None
-        if not memory:
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-        dbapi_conn.execute("PRAGMA foreign_keys=ON")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
-        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
-def write_transaction(engine: Engine):  # noqa: ANN201
-    """A transaction that will write: on SQLite it takes the write lock at BEGIN (waiting on
-    the busy timeout), so it can never fail later on a lock upgrade. Reads use plain
-    transactions and never queue behind writers (WAL)."""
-    return engine.execution_options(**{WRITE_OPTION: True}).begin()
 
 
 class Index:

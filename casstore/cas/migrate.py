@@ -49,7 +49,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from casstore.cas.blobs import INTERNAL, LocalBlobStore
 from casstore.cas.contentstore import CODECS, BlobInfo, ContentStore
 from casstore.cas.digest import DigestSink
-from casstore.cas.index import DATASTORE_KEY, Index, write_transaction
+from casstore.cas.engine import write_transaction
+from casstore.cas.index import DATASTORE_KEY, Index
 from casstore.cas.leases import Lease
 from casstore.cas.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow

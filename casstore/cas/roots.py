@@ -11,7 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from casstore.cas.blobs import INTERNAL, BlobStore
-from casstore.cas.index import Index, make_engine
+from casstore.cas.engine import make_engine
+from casstore.cas.index import Index
 from casstore.cas.leases import leased_blob_ids
 from casstore.cas.registry import registered, registry_url
 from casstore.errors import DatastoreError

@@ -10,6 +10,7 @@ from importlib import resources
 
 from sqlalchemy import Connection, Engine, inspect
 
+from casstore.cas.engine import write_transaction
 from casstore.cas.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
 from casstore.errors import SchemaOutdated
 
@@ -34,25 +35,45 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring casstore's tables to `revision`; returns the revision now in force."""
-    from alembic import command
-
-    with engine.begin() as connection:
-        command.upgrade(_alembic_config(connection), revision)
+    with write_transaction(engine) as connection:
+        _upgrade(connection, revision)
         return current_revision(connection)
 
 
+def _upgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(connection), revision)
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Create missing tables on a new database; refuse an outdated one."""
+    """Create missing tables on a new database; refuse an outdated one.
+
+    The common case (schema in force) only reads. Creation happens in a write transaction
+    that looks again: several processes opening one new database create it once."""
     with engine.connect() as connection:
-        revision = current_revision(connection)
-        has_tables = any(inspect(connection).has_table(t.name) for t in CASSTORE_TABLES)
-    if revision == HEAD:
-        _ensure_experiments_table(engine)
+        revision, has_tables, has_experiments = _state(connection)
+    if revision == HEAD and has_experiments:
         return
-    if revision is None and not has_tables:
-        ExperimentRow.__table__.create(engine, checkfirst=True)
-        upgrade(engine)
-        return
+    with write_transaction(engine) as connection:
+        revision, has_tables, _ = _state(connection)
+        if revision is None and not has_tables:
+            ExperimentRow.__table__.create(connection, checkfirst=True)
+            _upgrade(connection, "head")
+            return
+        if revision == HEAD:
+            ExperimentRow.__table__.create(connection, checkfirst=True)
+            return
+    _refuse(revision)
+
+
+def _state(connection: Connection) -> tuple[str | None, bool, bool]:
+    inspector = inspect(connection)
+    has_tables = any(inspector.has_table(t.name) for t in CASSTORE_TABLES)
+    return current_revision(connection), has_tables, inspector.has_table(ExperimentRow.__tablename__)
+
+
+def _refuse(revision: str | None) -> None:
     if revision is None:
         raise SchemaOutdated("the database has casstore tables but no casstore schema version: it was not "
                              "made by casstore, or its version table was dropped; restore it from a backup")
@@ -71,6 +92,3 @@ def known_revisions() -> set[str]:
     script = ScriptDirectory(str(resources.files("casstore.migrations")))
     return {rev.revision for rev in script.walk_revisions()}
 
-
-def _ensure_experiments_table(engine: Engine) -> None:
-    ExperimentRow.__table__.create(engine, checkfirst=True)
