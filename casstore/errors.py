@@ -56,6 +56,11 @@ class DatastoreError(CasStoreError, OSError):
     """The datastore cannot be used (unreadable, wrong format version, not a datastore)."""
 
 
+class DatabaseFailure(CasStoreError, OSError):
+    """The project database failed (disk full, connection lost...): the transaction was
+    rolled back, so what was stored stays as it was."""
+
+
 class SchemaOutdated(CasStoreError, RuntimeError):
     """The database holds an older casstore schema: run `casstore db upgrade`."""
 

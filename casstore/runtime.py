@@ -9,7 +9,7 @@ import os
 import threading
 
 from casstore.cas.blobs import BlobStore, open_blobstore
-from casstore.cas.contentstore import CODECS, ContentStore
+from casstore.cas.contentstore import ContentStore, check_codec
 from casstore.cas.statcache import StatCache
 from casstore.errors import InvalidInput
 from casstore.opts import file_url_to_path, options
@@ -21,6 +21,8 @@ _lock = threading.Lock()
 def datastore_url() -> str:
     """The datastore named by the options, as an absolute path or a remote URL."""
     url = options().get("datastore.url")
+    if not isinstance(url, str) or not url:
+        raise InvalidInput(f"option datastore.url must be a path or URL, got {url!r}")
     if url.startswith("file://") or "://" not in url:
         path = file_url_to_path(url) if url.startswith("file://") else url
         return os.path.abspath(path)
@@ -41,12 +43,8 @@ def content_store(url: str | None = None) -> ContentStore:
 
 
 def codec_and_level() -> tuple[str, int]:
-    codec = options().get("archivestore.codec")
-    level = options().get("archivestore.level")
-    if codec not in CODECS:
-        raise InvalidInput(f"option archivestore.codec must be one of {', '.join(CODECS)}, got {codec!r}")
-    if not isinstance(level, int) or not 1 <= level <= 22:
-        raise InvalidInput(f"option archivestore.level must be an integer from 1 to 22, got {level!r}")
+    codec, level = options().get("archivestore.codec"), options().get("archivestore.level")
+    check_codec(codec, level, "option archivestore.")
     return codec, level
 
 

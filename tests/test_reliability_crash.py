@@ -145,7 +145,9 @@ def test_persist_killed_at_random_instants_loses_nothing(tmp_path):
             allowed[interrupted["name"]] = {interrupted["counter"]}
             got = loaded_tree(project, s.load_experiment(interrupted["name"]))
             assert got == {**static, b"data/counter.txt": interrupted["counter"].encode()}
-        # 5. gc reclaims replaced blobs and the killed writer's temp file (its lock died with it)
+        # 5. gc reclaims replaced blobs and the killed writer's temp file (its lock died with
+        # it) once the file is older than gc's one-minute floor for temp files
+        age_temp_files(project)
         collect(s.index, store, grace_s=0)
         assert os.listdir(os.path.join(project.datastore, "casstore", "tmp")) == [], \
             "gc left a temp file of the killed writer behind"
@@ -177,6 +179,14 @@ def plant_blob(store, data: bytes) -> str:
         f.write(data)
     os.chmod(path, 0o444)
     return blob_id
+
+
+def age_temp_files(project, seconds: float = 120) -> None:
+    """Make the temp area's files look `seconds` old, as if the crash were that long ago."""
+    tmp = os.path.join(project.datastore, "casstore", "tmp")
+    old = time.time() - seconds
+    for name in os.listdir(tmp) if os.path.isdir(tmp) else []:
+        os.utime(os.path.join(tmp, name), (old, old))
 
 
 def referenced_now(session) -> set[str]:
@@ -440,6 +450,9 @@ def test_temp_file_of_a_killed_ingest_is_reclaimable_and_gc_removes_it(tmp_path)
     report = verify(s.index, project.store())
     assert report.problems == []
     assert [r.kind for r in report.reclaimable] == ["leftover"]
+    collect(s.index, project.store(), grace_s=0)
+    assert os.listdir(tmp) != [], "a temp file younger than a minute may be a write just started"
+    age_temp_files(project)
     collect(s.index, project.store(), grace_s=0)
     assert os.listdir(tmp) == []
 

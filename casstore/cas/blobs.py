@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -31,6 +32,13 @@ FORMAT_KEY = "casstore/FORMAT"
 FORMAT_TEXT = b"casstore-datastore 1\n"
 INTERNAL = "casstore"
 TRASH_PREFIX = f"{INTERNAL}/trash"
+TORN_SUFFIX = ".tmp"
+_TORN = re.compile(r"\.[0-9a-f]{32}\.tmp$")
+
+
+def is_torn_object(key: str) -> bool:
+    """A small object's temp file (`<key>.<uuid hex>.tmp`) that a crash left behind."""
+    return _TORN.search(key) is not None
 CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
 
 
@@ -157,10 +165,13 @@ class BlobStore(ABC):
 
     def ensure_format(self) -> None:
         """Create the datastore's format file, or refuse a datastore of another format."""
-        found = self.get_object(FORMAT_KEY)
-        if found is None:
-            self.put_object(FORMAT_KEY, FORMAT_TEXT)
-        elif found != FORMAT_TEXT:
+        try:
+            found = self.get_object(FORMAT_KEY)
+            if found is None:
+                self.put_object(FORMAT_KEY, FORMAT_TEXT)
+        except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+            raise DatastoreError(f"{self.url} cannot be used as a datastore: {exc}") from exc
+        if found is not None and found != FORMAT_TEXT:
             raise DatastoreError(f"{self.url}: unsupported datastore format {found.strip()!r}")
 
 
@@ -222,7 +233,7 @@ class LocalBlobStore(BlobStore):
     def put_object(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{path}.{uuid.uuid4().hex}{TORN_SUFFIX}"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

@@ -93,8 +93,7 @@ class ContentStore:
                 exclude: str | list[str] | None = None, *, lease: Lease, codec: str = "none",
                 level: int = 3, progress: Progress | None = None) -> BlobInfo:
         """Store the canonical archive of a folder; the blob id is added to `lease`."""
-        if codec not in CODECS:
-            raise InvalidInput(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+        check_codec(codec, level)
         self._ready_for_writes()
         entries = scan(src_dir, arc_dir, include, exclude)
         key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
@@ -188,6 +187,14 @@ class ContentStore:
             list_members(reader)
             reader.verify()
             return reader.count
+
+
+def check_codec(codec: object, level: object, where: str = "") -> None:
+    """InvalidInput unless `codec` is known and `level` a zstd level (1-22)."""
+    if codec not in CODECS:
+        raise InvalidInput(f"{where}codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
+        raise InvalidInput(f"{where}level must be an integer from 1 to 22, got {level!r}")
 
 
 def _prefer_digest_error(reader: VerifyingReader, exc: Exception) -> None:

@@ -14,6 +14,7 @@ happens at step 4, the candidates go back from the trash first."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,7 @@ from casstore.cas.blobs import BlobStat
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.index import Index
 from casstore.cas.leases import read_leases
-from casstore.cas.roots import live_blob_ids
-from casstore.cas.verify import TMP_PREFIX
+from casstore.cas.roots import leftovers, live_blob_ids
 from casstore.errors import InvalidInput
 
 DEFAULT_GRACE_S = 3600.0
@@ -57,8 +57,8 @@ def parse_duration(text: str) -> float:
 
 def collect(index: Index, store: ContentStore, *, grace_s: float = DEFAULT_GRACE_S,
             dry_run: bool = False) -> GcReport:
-    if grace_s < 0:
-        raise InvalidInput("the grace period cannot be negative")
+    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s < math.inf:
+        raise InvalidInput(f"the grace period must be a number of seconds >= 0, got {grace_s!r}")
     report = GcReport(dry_run=dry_run)
     blobs = store.blobs
     if not dry_run:
@@ -99,11 +99,10 @@ def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat])
 def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
     blobs = store.blobs
     min_age = max(grace_s, MIN_LEFTOVER_AGE_S)
-    leftovers = [Deleted(None, o.key, o.size, "leftover") for o in blobs.list_objects(TMP_PREFIX)
-                 if now - o.mtime >= min_age]
+    stale = [Deleted(None, o.key, o.size, "leftover") for o in leftovers(blobs) if now - o.mtime >= min_age]
     leases = [Deleted(None, lease.key, 0, "expired_lease") for lease in read_leases(blobs) if lease.expired(now)]
     if dry_run:
-        return leftovers + leases
+        return stale + leases
     for item in leases:
         blobs.delete_object(item.path)
-    return [item for item in leftovers if blobs.delete_leftover(item.path)] + leases
+    return [item for item in stale if blobs.delete_leftover(item.path)] + leases

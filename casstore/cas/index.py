@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from casstore.cas.engine import make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.schema import ensure_schema
-from casstore.errors import ExperimentAlreadyExists, InvalidInput
+from casstore.errors import DatabaseFailure, ExperimentAlreadyExists, InvalidInput
 
 DATASTORE_KEY = "datastore"
 
@@ -73,7 +73,7 @@ class Index:
         engine = make_engine(url)
         try:
             ensure_schema(engine)
-        except OperationalError as exc:
+        except DBAPIError as exc:
             raise InvalidInput(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from exc
         return cls(engine)
 
@@ -119,6 +119,14 @@ class Index:
         ExperimentAlreadyExists, "replace" swaps it out in the same transaction. Run-level
         references of the same experiment (migrated from MLtraq's run tables, which casstore
         keeps as they are) survive a replace. Returns the ids of the replaced experiments."""
+        try:
+            return self._save(record, refs, blobs, if_exists)
+        except SQLAlchemyError as exc:
+            raise DatabaseFailure(f"storing experiment {record.name!r} failed, nothing changed: "
+                                  f"{getattr(exc, 'orig', exc)}") from exc
+
+    def _save(self, record: ExperimentRecord, refs: list[Ref], blobs: list[BlobFacts],
+              if_exists: str) -> list[uuid.UUID]:
         with write_transaction(self.engine) as conn:
             existing = self._existing_ids(conn, record)
             if existing and if_exists != "replace":

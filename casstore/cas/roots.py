@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.blobs import INTERNAL, BlobStore
+from casstore.cas.blobs import INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.cas.engine import make_engine
 from casstore.cas.index import Index
 from casstore.cas.leases import leased_blob_ids
@@ -32,7 +32,7 @@ def named_refs(blobs: BlobStore) -> list[NamedRef]:
     """Every named reference in the datastore (small JSON objects outside casstore/)."""
     found = []
     for obj in blobs.list_objects(""):
-        if obj.key.startswith(f"{INTERNAL}/") or obj.size > MAX_REF_BYTES:
+        if obj.key.startswith(f"{INTERNAL}/") or obj.size > MAX_REF_BYTES or is_torn_object(obj.key):
             continue
         data = blobs.get_object(obj.key) or b""
         if not data.startswith(b"{"):
@@ -43,6 +43,15 @@ def named_refs(blobs: BlobStore) -> list[NamedRef]:
             continue
         if isinstance(body, dict) and body.get("format") == REF_FORMAT and isinstance(body.get("blob"), str):
             found.append(NamedRef(obj.key, body["blob"], body.get("size")))
+    return found
+
+
+def leftovers(blobs: BlobStore) -> list[ObjectStat]:
+    """Temp files of interrupted writes: blob ingests in casstore/tmp, and small objects
+    (leases, registry entries, named references) torn between write and rename."""
+    found = list(blobs.list_objects(f"{INTERNAL}/tmp"))
+    found += [o for o in blobs.list_objects("") if is_torn_object(o.key)
+              and not o.key.startswith((f"{INTERNAL}/tmp/", f"{INTERNAL}/blobs/"))]
     return found
 
 

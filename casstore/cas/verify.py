@@ -15,11 +15,8 @@ from casstore.cas.blobs import BlobStat
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.index import BlobFacts, Index
 from casstore.cas.leases import read_leases
-from casstore.cas.roots import live_blob_ids, named_refs
+from casstore.cas.roots import leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, UnsafeArchive
-
-TMP_PREFIX = "casstore/tmp"
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -108,8 +105,7 @@ def reclaimable(index: Index, store: ContentStore, stored: dict[str, BlobStat] |
     live = live_blob_ids(store.blobs, index)
     items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
              for b in stored.values() if b.blob_id not in live]
-    items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime)
-              for o in store.blobs.list_objects(TMP_PREFIX)]
+    items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
     items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
               for lease in read_leases(store.blobs) if lease.expired(now)]
     return items
