@@ -211,9 +211,5 @@ class Index:
             for r in conn.execute(select(BlobRow)):
                 yield BlobFacts(r.blob_id, r.size, r.stored_size, r.codec)
 
-    def count_refs(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.scalar(select(func.count()).select_from(RefRow)) or 0
-
     def dispose(self) -> None:
         self.engine.dispose()
