@@ -14,6 +14,9 @@ from casstore.errors import InvalidInput
 
 SQLITE_BUSY_TIMEOUT_S = 300
 WRITE_OPTION = "casstore_write"
+# PostgreSQL: casstore's write transactions take this transaction-level advisory lock first,
+# so they queue as SQLite's BEGIN IMMEDIATE makes them queue (reads never take it).
+PG_WRITE_LOCK_KEY = 0x6361_7373  # "cass"
 
 
 def make_engine(url: str) -> Engine:
@@ -21,7 +24,7 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
-            return create_engine(url, pool_pre_ping=True)
+            return _server_engine(url)
     except ArgumentError as exc:
         raise InvalidInput(f"not a database URL: {url!r}") from exc
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -41,6 +44,17 @@ def make_engine(url: str) -> Engine:
     def _on_begin(conn):  # noqa: ANN001
         immediate = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _server_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # noqa: ANN001
+            if conn.get_execution_options().get(WRITE_OPTION, False):
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})")
 
     return engine
 

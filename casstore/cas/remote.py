@@ -12,8 +12,7 @@ local folder, and how each property is kept (docs/teams.md):
   deleted. A multipart upload is invisible until it completes, so no reader ever sees part
   of a blob under its id, and a blob is never overwritten.
 - No locks. A temp key of an interrupted write is told from a live one by its age
-  (LastModified): gc only offers keys older than its grace period, and `delete_leftover`
-  also keeps any younger than `leftover_min_age_s`.
+  (LastModified) alone: gc only offers keys older than its grace period and a minute.
 - Listing costs one request per 1000 keys: listings are paged and streamed.
 - Reads stream through fsspec file objects with a bounded read-ahead block.
 
@@ -40,7 +39,6 @@ READ_BLOCK = 8 * MiB            # read-ahead of a blob being read
 MIN_PART = 5 * MiB              # S3's smallest part but the last
 COPY_PART = 1 << 30             # server-side copy in 1 GiB parts (S3 allows up to 5 GiB)
 MAX_PARTS = 10_000
-LEFTOVER_MIN_AGE_S = 60.0
 _EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 S3_PROTOCOLS = ("s3", "s3a")
 
@@ -49,8 +47,7 @@ class FsspecBlobStore(BlobStore):
     """A datastore below an fsspec URL; S3 gets conditional publishing."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
-                 part_size: int = PART_SIZE, read_block: int = READ_BLOCK,
-                 leftover_min_age_s: float = LEFTOVER_MIN_AGE_S):
+                 part_size: int = PART_SIZE, read_block: int = READ_BLOCK):
         if "://" not in url:
             raise DatastoreError(f"not an fsspec URL: {url}")
         protocol, rest = url.split("://", 1)
@@ -65,7 +62,6 @@ class FsspecBlobStore(BlobStore):
             raise DatastoreError(f"part_size must be at least {MIN_PART} bytes (S3's smallest part)")
         self.part_size = part_size
         self.read_block = read_block
-        self.leftover_min_age_s = leftover_min_age_s
         self._options = dict(storage_options or {})
         self._fs: Any = None
         self._pid = 0
@@ -167,6 +163,8 @@ class FsspecBlobStore(BlobStore):
             f = self._generic(self.fs.open, path, "rb", **kwargs)
         except FileNotFoundError as exc:
             raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}") from exc
+        if self.s3:
+            f.details = {"name": path, "size": found.stored_size, "type": "file"}  # spares a HEAD at first read
         return f, found
 
     def begin_ingest(self) -> Ingest:
@@ -277,15 +275,9 @@ class FsspecBlobStore(BlobStore):
         self.delete_object(trash_key)
 
     def delete_leftover(self, key: str) -> bool:
-        """No locks on an object store: a temp key is taken for abandoned by its age.
-        gc only offers keys older than its grace period; keys younger than
-        `leftover_min_age_s` are kept even then (a live write publishes within seconds of
-        completing its temp key)."""
-        found = self._head(key)
-        if found is None:
-            return True
-        if time.time() - found[1] < self.leftover_min_age_s:
-            return False
+        """No locks on an object store: a temp key is taken for abandoned by its age alone.
+        gc offers only keys whose LastModified is older than its grace period (and than a
+        minute); a live write holds its temp key only while it copies it to its id."""
         self.delete_object(key)
         return True
 
@@ -364,7 +356,7 @@ class _S3Ingest(Ingest):
         self._tmp_done = False
 
     def _part_size(self) -> int:
-        # grows every 1000 parts, so 10,000 parts hold ~440 GiB at the default part size
+        # grows every 1000 parts, so 10,000 parts hold ~430 GiB at the default part size
         return self._store.part_size * (1 + len(self._parts) // 1000)
 
     def write(self, data: bytes | memoryview) -> None:

@@ -1,0 +1,669 @@
+"""One test suite for every blob store backend (zarr-python's way): `BlobStoreContract` is
+what casstore needs of a datastore, and each backend's class below runs all of it on a fresh
+store. Then the same user-level story (persist, dedup, load, named references, gc, verify,
+the CLI) on a local folder and on S3, and what is particular to S3 (docs/teams.md).
+
+The S3 tests run against a real S3-protocol server: $CASSTORE_TEST_S3_ENDPOINT (CI), else a
+moto server that conftest.py starts on a free loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import threading
+import time
+import uuid
+from multiprocessing.pool import ThreadPool
+
+import pytest
+from click.testing import CliRunner
+
+from casstore import create_session, options
+from casstore.cas.blobs import FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, LocalBlobStore, blob_key, open_blobstore
+from casstore.cas.contentstore import ContentStore
+from casstore.cas.digest import digest_bytes
+from casstore.cas.gc import collect
+from casstore.cas.index import DATASTORE_KEY, Index
+from casstore.cas.leases import Lease
+from casstore.cas.registry import registered
+from casstore.cas.verify import verify
+from casstore.cli import main
+from casstore.errors import BlobNotFound, DatastoreError
+from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
+
+MiB = 1 << 20
+TMP_PREFIX = "casstore/tmp"
+
+
+def ingest(store, data: bytes, codec: str = "none", blob_id: str | None = None, chunk: int = MiB):
+    """Write `data` through an ingest and commit it under `blob_id` (default: its digest)."""
+    blob_id = blob_id or digest_bytes(data)
+    with store.begin_ingest() as ing:
+        for start in range(0, len(data), chunk):
+            ing.write(data[start:start + chunk])
+        return ing.commit(blob_id, codec)
+
+
+def read_blob(store, blob_id: str) -> bytes:
+    f, _stat = store.open_blob(blob_id)
+    with f:
+        out = bytearray()
+        while chunk := f.read(MiB):
+            out += chunk
+        return bytes(out)
+
+
+def keys(store, prefix: str = "") -> list[str]:
+    return sorted(o.key for o in store.list_objects(prefix))
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    """n pseudo-random bytes, deterministic, cheap."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
+    return (block * (n // len(block) + 1))[:n]
+
+
+class BlobStoreContract:
+    """What every BlobStore backend must do. Subclasses provide a fresh `store` fixture."""
+
+    large = 12 * MiB  # several upload parts on S3 (part_size is set to 5 MiB there)
+
+    @pytest.fixture
+    def store(self):
+        raise NotImplementedError
+
+    # the datastore's format file
+
+    def test_a_new_store_exists_once_its_format_is_written(self, store):
+        assert not store.exists()
+        assert store.get_object(FORMAT_KEY) is None
+        store.ensure_format()
+        store.ensure_format()
+        assert store.exists()
+        assert store.get_object(FORMAT_KEY) == FORMAT_TEXT
+
+    def test_a_datastore_of_another_format_is_refused(self, store):
+        store.put_object(FORMAT_KEY, b"casstore-datastore 99\n")
+        with pytest.raises(DatastoreError, match="unsupported datastore format"):
+            store.ensure_format()
+
+    # ingest and publish
+
+    def test_commit_publishes_the_bytes_under_their_id(self, store):
+        data = payload(100_000)
+        stat, new = ingest(store, data)
+        assert new is True
+        assert (stat.blob_id, stat.stored_size, stat.codec) == (digest_bytes(data), len(data), "none")
+        found = store.find(stat.blob_id)
+        assert (found.blob_id, found.stored_size, found.codec) == (stat.blob_id, len(data), "none")
+        assert read_blob(store, stat.blob_id) == data
+        assert [b.blob_id for b in store.iter_blobs()] == [stat.blob_id]
+        assert keys(store) == [blob_key(stat.blob_id, "none")]
+
+    def test_a_blob_is_not_visible_before_its_commit(self, store):
+        data = payload(self.large, seed=1)
+        blob_id = digest_bytes(data)
+        with store.begin_ingest() as ing:
+            for start in range(0, len(data), MiB):
+                ing.write(data[start:start + MiB])
+                assert store.find(blob_id) is None
+            assert keys(store, "casstore/blobs") == []
+            _stat, new = ing.commit(blob_id, "none")
+        assert new
+        assert store.find(blob_id).stored_size == len(data)
+
+    def test_large_blob_round_trip_leaves_no_temp_object(self, store):
+        data = payload(self.large, seed=2)
+        stat, new = ingest(store, data)
+        assert new and stat.stored_size == len(data)
+        assert read_blob(store, stat.blob_id) == data
+        assert keys(store, TMP_PREFIX) == []
+        assert keys(store) == [blob_key(stat.blob_id, "none")]
+
+    @pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["small", "large"])
+    def test_a_second_writer_of_an_id_publishes_nothing(self, store, size):
+        first = payload(size, seed=3)
+        blob_id = digest_bytes(first)
+        _stat, new = ingest(store, first)
+        assert new
+        stat, new = ingest(store, payload(size, seed=4), blob_id=blob_id)
+        assert new is False
+        assert stat.stored_size == size
+        assert read_blob(store, blob_id) == first
+        assert len(list(store.iter_blobs())) == 1
+        assert keys(store, TMP_PREFIX) == []
+
+    @pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["small", "large"])
+    def test_publish_never_overwrites_even_when_the_existence_check_misses(self, store, size, monkeypatch):
+        """A concurrent writer published between our check and our publish: the publish
+        itself must refuse to replace the blob."""
+        first = payload(size, seed=5)
+        blob_id = digest_bytes(first)
+        ingest(store, first)
+        real_find, calls = store.find, []
+
+        def find_missing_once(bid):
+            calls.append(bid)
+            return None if len(calls) == 1 else real_find(bid)
+
+        monkeypatch.setattr(store, "find", find_missing_once)
+        stat, new = ingest(store, payload(size, seed=6), blob_id=blob_id)
+        monkeypatch.undo()
+        assert calls, "commit must check whether the id is there"
+        assert new is False
+        assert read_blob(store, blob_id) == first
+        assert stat.stored_size == size
+        assert keys(store, TMP_PREFIX) == []
+
+    def test_an_id_stored_in_the_other_codec_counts_as_present(self, store):
+        data = payload(5000, seed=7)
+        blob_id = digest_bytes(data)
+        zstd, new = ingest(store, b"pretend zstd frame", codec="zstd", blob_id=blob_id)
+        assert new and zstd.codec == "zstd"
+        stat, new = ingest(store, data, blob_id=blob_id)
+        assert new is False and stat.codec == "zstd"
+        assert keys(store, "casstore/blobs") == [blob_key(blob_id, "zstd")]
+
+    @pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["small", "large"])
+    def test_an_ingest_left_without_commit_leaves_nothing(self, store, size):
+        data = payload(size, seed=8)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            with store.begin_ingest() as ing:
+                for start in range(0, len(data), MiB):
+                    ing.write(data[start:start + MiB])
+                raise RuntimeError("interrupted")
+        ing = store.begin_ingest()
+        ing.write(data[:100])
+        ing.abort()
+        ing.abort()
+        assert keys(store) == []
+
+    def test_concurrent_writers_of_one_id_publish_it_once(self, store):
+        data = payload(300_000, seed=9)
+        results, errors = [], []
+        barrier = threading.Barrier(6)
+
+        def writer():
+            try:
+                with store.begin_ingest() as ing:
+                    ing.write(data)
+                    barrier.wait()
+                    results.append(ing.commit(digest_bytes(data), "none"))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sum(new for _stat, new in results) == 1
+        assert {s.stored_size for s, _new in results} == {len(data)}
+        assert read_blob(store, digest_bytes(data)) == data
+        assert keys(store) == [blob_key(digest_bytes(data), "none")]
+
+    def test_mtime_is_the_time_of_publishing(self, store):
+        before = time.time()
+        stat, _new = ingest(store, payload(10))
+        after = time.time()
+        found = store.find(stat.blob_id)
+        # object stores keep whole seconds; clocks of client and server may differ a little
+        assert before - 5 <= found.mtime <= after + 5
+        assert [b.mtime for b in store.iter_blobs()] == [found.mtime]
+
+    # finding, reading and deleting blobs
+
+    def test_a_missing_blob(self, store):
+        missing = digest_bytes(b"never stored")
+        assert store.find(missing) is None
+        with pytest.raises(BlobNotFound) as raised:
+            store.open_blob(missing)
+        assert isinstance(raised.value, FileNotFoundError)
+        store.delete_blob(missing, "none")
+
+    def test_delete_blob(self, store):
+        stat, _new = ingest(store, payload(1000, seed=10))
+        store.delete_blob(stat.blob_id, stat.codec)
+        assert store.find(stat.blob_id) is None
+        assert list(store.iter_blobs()) == []
+        store.delete_blob(stat.blob_id, stat.codec)
+
+    def test_blobs_are_read_in_pieces(self, store):
+        data = payload(3 * MiB + 17, seed=11)
+        stat, _new = ingest(store, data)
+        f, found = store.open_blob(stat.blob_id)
+        with f:
+            assert found.stored_size == len(data)
+            pieces = [f.read(1000), f.read(MiB), f.read()]
+        assert b"".join(pieces) == data
+
+    def test_iter_blobs_ignores_strangers_under_blobs(self, store):
+        stat, _new = ingest(store, payload(10, seed=12))
+        store.put_object("casstore/blobs/xxh128/zz/not-a-blob.txt", b"x")
+        store.put_object("casstore/blobs/README", b"x")
+        assert [b.blob_id for b in store.iter_blobs()] == [stat.blob_id]
+
+    # small objects: leases, registry entries, named references
+
+    def test_small_objects(self, store):
+        assert store.get_object("refs/a") is None
+        store.put_object("refs/a", b"one")
+        store.put_object("refs/a", b"two")
+        store.put_object("refs/deeper/b", b"three")
+        store.put_object("top", b"4")
+        assert store.get_object("refs/a") == b"two"
+        listed = {o.key: o.size for o in store.list_objects("refs")}
+        assert listed == {"refs/a": 3, "refs/deeper/b": 5}
+        assert keys(store) == ["refs/a", "refs/deeper/b", "top"]
+        assert list(store.list_objects("nothing/here")) == []
+        store.delete_object("refs/a")
+        store.delete_object("refs/a")
+        assert store.get_object("refs/a") is None
+        assert keys(store, "refs") == ["refs/deeper/b"]
+
+    def test_a_listing_prefix_is_a_folder_not_a_string_prefix(self, store):
+        store.put_object("casstore/tmp/a.partial", b"x")
+        store.put_object("casstore/tmpfoo/b", b"x")
+        store.put_object("casstore/tmp.txt", b"x")
+        assert keys(store, "casstore/tmp") == ["casstore/tmp/a.partial"]
+
+    # gc's trash
+
+    def test_trash_and_restore(self, store):
+        data = payload(2000, seed=13)
+        stat, _new = ingest(store, data)
+        key = store.move_to_trash(store.find(stat.blob_id))
+        assert key is not None and key.startswith(f"{TRASH_PREFIX}/")
+        assert store.find(stat.blob_id) is None
+        assert [o.key for o in store.iter_trash()] == [key]
+        store.restore_from_trash(key)
+        assert read_blob(store, stat.blob_id) == data
+        assert list(store.iter_trash()) == []
+        assert store.move_to_trash(store.find(stat.blob_id)) is not None
+        assert store.move_to_trash(stat) is None  # already gone
+
+    def test_restore_never_overwrites_an_id_written_again_meanwhile(self, store):
+        old = payload(2000, seed=14)
+        stat, _new = ingest(store, old)
+        key = store.move_to_trash(stat)
+        again, new = ingest(store, payload(2000, seed=15), blob_id=stat.blob_id)
+        assert new
+        store.restore_from_trash(key)
+        assert read_blob(store, stat.blob_id) == payload(2000, seed=15)
+        assert list(store.iter_trash()) == []
+
+    def test_large_blob_through_the_trash(self, store):
+        data = payload(self.large, seed=16)
+        stat, _new = ingest(store, data)
+        key = store.move_to_trash(store.find(stat.blob_id))
+        store.restore_from_trash(key)
+        assert read_blob(store, stat.blob_id) == data
+
+    # leftovers of interrupted writes
+
+    def test_a_leftover_of_an_interrupted_write_is_deleted(self, store):
+        store.put_object(f"{TMP_PREFIX}/dead.partial", b"half a blob")
+        self.make_old(store, f"{TMP_PREFIX}/dead.partial")
+        assert keys(store, TMP_PREFIX) == [f"{TMP_PREFIX}/dead.partial"]
+        assert store.delete_leftover(f"{TMP_PREFIX}/dead.partial") is True
+        assert keys(store, TMP_PREFIX) == []
+        assert store.delete_leftover(f"{TMP_PREFIX}/dead.partial") is True
+
+    def make_old(self, store, key: str) -> None:
+        """Age an object past any grace period (each backend knows how)."""
+
+
+def _age_local(store: LocalBlobStore, key: str, seconds: float = 7200) -> None:
+    path = os.path.join(store.root, *key.split("/"))
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+class TestLocalBlobStore(BlobStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path):
+        return LocalBlobStore(str(tmp_path / "ds"))
+
+    def make_old(self, store, key):
+        _age_local(store, key)
+
+    def test_a_live_writers_temp_file_is_not_a_leftover(self, store):
+        with store.begin_ingest() as ing:
+            ing.write(b"x" * 10)
+            key = keys(store, TMP_PREFIX)[0]
+            assert store.delete_leftover(key) is False
+        assert keys(store, TMP_PREFIX) == []
+
+
+class TestS3BlobStore(BlobStoreContract):
+    """FsspecBlobStore over s3fs, against an S3-protocol server."""
+
+    @pytest.fixture
+    def store(self, s3_bucket, s3_options):
+        store = open_blobstore(f"s3://{s3_bucket}/team/ds", s3_options)
+        store.part_size = 5 * MiB  # S3's smallest part: large blobs take the multipart path
+        return store
+
+    def test_open_blobstore_routes_s3_urls(self, store, s3_bucket):
+        from casstore.cas.remote import FsspecBlobStore
+
+        assert isinstance(store, FsspecBlobStore)
+        assert store.url == f"s3://{s3_bucket}/team/ds"
+        assert isinstance(open_blobstore("relative/folder"), LocalBlobStore)
+        assert isinstance(open_blobstore("file:////abs/folder"), LocalBlobStore)
+
+    def test_objects_live_below_the_urls_prefix(self, store, s3_bucket, s3_options):
+        import s3fs
+
+        stat, _new = ingest(store, payload(10, seed=20))
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, **s3_options)
+        assert fs.find(s3_bucket) == [f"{s3_bucket}/team/ds/{blob_key(stat.blob_id, 'none')}"]
+
+    def test_nothing_of_a_large_ingest_is_listed_until_commit_and_nothing_is_left(self, store, s3_bucket):
+        data = payload(self.large, seed=21)
+        with store.begin_ingest() as ing:
+            ing.write(data)  # two parts uploaded, invisible until the upload completes
+            assert keys(store) == []
+            _stat, new = ing.commit(digest_bytes(data), "none")
+        assert new
+        assert keys(store) == [blob_key(digest_bytes(data), "none")]
+        assert _multipart_uploads(store, s3_bucket) == []
+
+    def test_an_aborted_large_ingest_leaves_no_multipart_upload(self, store, s3_bucket):
+        with store.begin_ingest() as ing:
+            ing.write(payload(self.large, seed=22))
+            assert len(_multipart_uploads(store, s3_bucket)) == 1
+        assert _multipart_uploads(store, s3_bucket) == []
+        assert keys(store) == []
+
+    def test_a_lost_publish_race_aborts_its_copy(self, store, s3_bucket, monkeypatch):
+        data = payload(self.large, seed=23)
+        ingest(store, data)
+        real_find, calls = store.find, []
+        monkeypatch.setattr(store, "find", lambda bid: None if not calls.append(bid) and len(calls) == 1
+                            else real_find(bid))
+        _stat, new = ingest(store, payload(self.large, seed=24), blob_id=digest_bytes(data))
+        assert new is False
+        assert _multipart_uploads(store, s3_bucket) == []
+        assert keys(store) == [blob_key(digest_bytes(data), "none")]
+
+    def test_a_missing_bucket_is_a_datastore_error(self, s3_options):
+        store = open_blobstore(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/ds", s3_options)
+        assert not store.exists()
+        with pytest.raises(DatastoreError, match="does not exist"):
+            store.get_object(FORMAT_KEY)
+        with pytest.raises(DatastoreError, match="does not exist"):
+            store.ensure_format()
+
+    def test_an_unreachable_endpoint_is_a_datastore_error(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        store = open_blobstore("s3://bucket/ds", {
+            "endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s", "retries": 1,
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}})
+        with pytest.raises(DatastoreError):
+            store.get_object(FORMAT_KEY)
+
+    def test_endpoint_and_credentials_come_from_the_aws_variables(self, s3_bucket, s3_env):
+        store = open_blobstore(f"s3://{s3_bucket}/ds")
+        store.ensure_format()
+        assert store.exists()
+
+    def test_a_missing_extra_names_what_to_install(self, monkeypatch):
+        import fsspec
+
+        def no_s3fs(protocol):
+            raise ImportError("Install s3fs to access S3")
+
+        monkeypatch.setattr(fsspec, "get_filesystem_class", no_s3fs)
+        with pytest.raises(DatastoreError, match=r"casstore\[s3\]"):
+            open_blobstore("s3://bucket/ds")
+
+
+def _multipart_uploads(store, bucket: str) -> list:
+    return store.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
+
+
+class TestMemoryFsspecBlobStore(BlobStoreContract):
+    """Any other fsspec filesystem: the same layout, check-then-copy publishing."""
+
+    @pytest.fixture
+    def store(self):
+        pytest.importorskip("fsspec")
+        store = open_blobstore(f"memory://casstore-test-{uuid.uuid4().hex}/ds")
+        yield store
+        if store.fs.exists(store.url):
+            store.fs.rm(store.url, recursive=True)
+
+    def test_concurrent_writers_of_one_id_publish_it_once(self, store):
+        """Check-then-copy: racing writers of one id may each copy it (docs/teams.md); the
+        copies hold the same content, and the id ends up stored once."""
+        data = payload(300_000, seed=9)
+        with ThreadPool(6) as pool:
+            results = pool.map(lambda _: ingest(store, data), range(6))
+        assert sum(new for _stat, new in results) >= 1
+        assert read_blob(store, digest_bytes(data)) == data
+        assert keys(store) == [blob_key(digest_bytes(data), "none")]
+
+
+# ---------------------------------------------------------------------------------------
+# The same story on every backend: sessions, dedup, loads, named references, gc, verify, CLI
+
+
+def _tree(root) -> dict:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def _make_folder(root, seed: int = 0):
+    os.makedirs(os.path.join(root, "sub"), exist_ok=True)
+    with open(os.path.join(root, "a.csv"), "wb") as f:
+        f.write(b"x,y\n" + b"1,2\n" * 5000 + str(seed).encode())
+    with open(os.path.join(root, "sub", "b.bin"), "wb") as f:
+        f.write(payload(200_000, seed=seed))
+    return str(root)
+
+
+def _cli(*args: str, env: dict | None = None, code: int | None = 0):
+    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}
+    result = CliRunner(**kwargs).invoke(main, list(args), env=env, catch_exceptions=False)
+    if code is not None:
+        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    return result
+
+
+class SessionContract:
+    """A user's story, the same on every datastore backend. Subclasses provide `datastore`:
+    (url, storage options), and `cli_env`: the environment the `casstore` command needs."""
+
+    @pytest.fixture
+    def datastore(self):
+        raise NotImplementedError
+
+    @pytest.fixture
+    def cli_env(self):
+        return {}
+
+    @pytest.fixture
+    def project(self, workdir, datastore):
+        url, storage_options = datastore
+        options().set("datastore.url", url)
+        options().set("datastore.storage_options", storage_options)
+        db = f"sqlite:///{workdir / 'runs.db'}"
+        return db, url
+
+    def _store(self, url):
+        from casstore import runtime
+
+        return runtime.content_store(url)
+
+    def test_persist_dedup_and_load(self, project, workdir):
+        db, url = project
+        src = _make_folder(workdir / "datasets")
+        s = create_session(db)
+        s.create_experiment("baseline", data=ArchiveStore(src_dir=src, arc_dir="data")).persist()
+        s.create_experiment("rerun", data=ArchiveStore(src_dir=src, arc_dir="data")).persist()
+        store = self._store(url)
+        assert len(list(store.blobs.iter_blobs())) == 1
+        assert s.index.get_fact(DATASTORE_KEY) == url
+        assert registered(store.blobs) == [f"sqlite:///{workdir / 'runs.db'}"]
+        e = s.load_experiment("baseline")
+        target = workdir / "mltraq.archivestore" / str(e.id_experiment) / "data"
+        assert _tree(target) == _tree(src)
+        assert os.path.abspath(e.fields.data.get_target()) == str(workdir / "mltraq.archivestore" / str(e.id_experiment))
+        s.index.dispose()
+
+    def test_zstd_blobs_and_replace(self, project, workdir):
+        db, url = project
+        src = _make_folder(workdir / "datasets", seed=1)
+        with options().ctx({"archivestore.codec": "zstd"}):
+            s = create_session(db)
+            s.create_experiment("z", data=ArchiveStore(src_dir=src, arc_dir="data")).persist()
+        blobs = list(self._store(url).blobs.iter_blobs())
+        assert [b.codec for b in blobs] == ["zstd"]
+        other = _make_folder(workdir / "other", seed=2)
+        s.create_experiment("z", data=ArchiveStore(src_dir=other, arc_dir="data")).persist(if_exists="replace")
+        e = s.load_experiment("z")
+        assert _tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "data") == _tree(other)
+        s.index.dispose()
+
+    def test_named_references(self, project, workdir):
+        _db, url = project
+        src = _make_folder(workdir / "datasets", seed=3)
+        with options().ctx({"datastore.relative_path_prefix": "refs"}):
+            io = ArchiveStoreIO.create(src, arc_dir="data")
+            again = ArchiveStoreIO(url=io.url)
+            assert any(name.endswith("data/a.csv") for name in again.getnames())
+            again.extract(str(workdir / "out"))
+        assert _tree(workdir / "out" / "data") == _tree(src)
+        store = self._store(url)
+        assert any(o.key.startswith("refs/") for o in store.blobs.list_objects("refs"))
+
+    def test_gc_deletes_only_what_nothing_keeps(self, project, workdir, monkeypatch):
+        import casstore.cas.gc
+
+        monkeypatch.setattr(casstore.cas.gc, "MIN_LEFTOVER_AGE_S", 0)  # S3 objects cannot be backdated
+        db, url = project
+        s = create_session(db)
+        kept = _make_folder(workdir / "kept", seed=4)
+        dropped = _make_folder(workdir / "dropped", seed=5)
+        leased = _make_folder(workdir / "leased", seed=6)
+        s.create_experiment("kept", data=ArchiveStore(src_dir=kept, arc_dir="d")).persist()
+        gone = s.create_experiment("gone", data=ArchiveStore(src_dir=dropped, arc_dir="d"))
+        gone.persist()
+        held = s.create_experiment("held", data=ArchiveStore(src_dir=leased, arc_dir="d"))
+        held.persist()
+        s.delete_experiment(gone)
+        s.delete_experiment(held)
+        store = self._store(url)
+        store.blobs.put_object(f"{TMP_PREFIX}/dead.partial", b"half")
+        index = Index.open(db)
+        with Lease(store.blobs) as lease:
+            lease.add(held.fields.data.blob_id)
+            assert collect(index, store, grace_s=3600).deleted == []
+            dry = collect(index, store, grace_s=0, dry_run=True)
+            assert {d.blob for d in dry.deleted if d.blob} == {gone.fields.data.blob_id}
+            assert len(list(store.blobs.iter_blobs())) == 3
+            report = collect(index, store, grace_s=0)
+        assert {(d.kind, d.blob or d.path) for d in report.deleted} == {
+            ("unreferenced", gone.fields.data.blob_id), ("leftover", f"{TMP_PREFIX}/dead.partial")}
+        assert {b.blob_id for b in store.blobs.iter_blobs()} == {
+            s.read_experiment("kept").fields.data.blob_id, held.fields.data.blob_id}
+        assert list(store.blobs.iter_trash()) == []
+        s.load_experiment("kept")
+        index.dispose()
+        s.index.dispose()
+
+    def test_verify_finds_damage(self, project, workdir):
+        db, url = project
+        s = create_session(db)
+        e1 = s.create_experiment("one", data=ArchiveStore(src_dir=_make_folder(workdir / "a", seed=7), arc_dir="d"))
+        e1.persist()
+        e2 = s.create_experiment("two", data=ArchiveStore(src_dir=_make_folder(workdir / "b", seed=8), arc_dir="d"))
+        e2.persist()
+        store, index = self._store(url), Index.open(db)
+        report = verify(index, store, deep=True)
+        assert report.problems == [] and report.blobs_checked == 2
+        blobs = store.blobs
+        b1, b2 = e1.fields.data.blob_id, e2.fields.data.blob_id
+        blobs.delete_blob(b1, "none")
+        stored = blobs.find(b2)
+        f, _ = blobs.open_blob(b2)
+        with f:
+            data = bytearray(f.read())
+        data[700] ^= 0xFF  # same size, other bytes
+        blobs.delete_blob(b2, "none")
+        with blobs.begin_ingest() as ing:
+            ing.write(bytes(data))
+            ing.commit(b2, stored.codec)
+        assert [(p.kind, p.blob) for p in verify(index, store).problems] == [("missing", b1)]
+        deep = sorted((p.kind, p.blob) for p in verify(index, store, deep=True).problems)
+        assert deep == sorted([("missing", b1), ("digest", b2)])
+        index.dispose()
+        s.index.dispose()
+
+    def test_the_cli_over_the_recorded_datastore(self, project, workdir, cli_env):
+        db, url = project
+        s = create_session(db)
+        src = _make_folder(workdir / "datasets", seed=9)
+        s.create_experiment("a", data=ArchiveStore(src_dir=src, arc_dir="d")).persist()
+        s.create_experiment("b", data=ArchiveStore(src_dir=src, arc_dir="d")).persist()
+        s.index.dispose()
+        options().reset()  # the command knows only --db and the environment
+        stats = json.loads(_cli("stats", "--db", db, "--json", env=cli_env).stdout)
+        assert (stats["blobs"], stats["references"], stats["datastore"]) == (1, 2, url)
+        assert stats["dedup_ratio"] == pytest.approx(2.0)
+        assert json.loads(_cli("verify", "--db", db, "--deep", "--json", env=cli_env).stdout)["problems"] == []
+        _cli("gc", "--db", db, "--grace", "0", env=cli_env)
+        _cli("extract", "--db", db, "a", "--target", str(workdir / "x"), env=cli_env)
+        assert _tree(workdir / "x" / "d") == _tree(src)
+        listed = json.loads(_cli("registry", "--db", db, "--datastore", url, "--json", env=cli_env).stdout)
+        assert [d["url"] for d in listed["databases"]] == [f"sqlite:///{workdir / 'runs.db'}"]
+
+
+class TestLocalSession(SessionContract):
+    @pytest.fixture
+    def datastore(self, tmp_path):
+        return str(tmp_path / "datastore"), {}
+
+
+class TestS3Session(SessionContract):
+    @pytest.fixture
+    def datastore(self, s3_bucket, s3_options):
+        return f"s3://{s3_bucket}/project", s3_options
+
+    @pytest.fixture
+    def cli_env(self, s3_endpoint):
+        """A team member's shell: the standard AWS variables, no storage options."""
+        from conftest import S3_TEST_CREDENTIALS
+
+        return {"AWS_ENDPOINT_URL": s3_endpoint, **S3_TEST_CREDENTIALS}
+
+    def test_a_missing_bucket_is_exit_3(self, project, workdir, cli_env):
+        db, url = project
+        s = create_session(db)
+        s.create_experiment("a", data=ArchiveStore(src_dir=_make_folder(workdir / "d"), arc_dir="d")).persist()
+        s.index.dispose()
+        result = _cli("stats", "--db", db, "--datastore", "s3://no-such-bucket-casstore/ds", env=cli_env, code=3)
+        assert "no-such-bucket-casstore" in result.stderr and "does not exist" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_persist_to_a_missing_bucket_fails_before_anything_is_stored(self, workdir, s3_options):
+        options().set("datastore.url", "s3://no-such-bucket-casstore/ds")
+        options().set("datastore.storage_options", s3_options)
+        s = create_session(f"sqlite:///{workdir / 'runs.db'}")
+        with pytest.raises(DatastoreError, match="does not exist"):
+            s.create_experiment("a", data=ArchiveStore(src_dir=_make_folder(workdir / "d"), arc_dir="d")).persist()
+        assert s.index.list_experiments() == []
+        s.index.dispose()
