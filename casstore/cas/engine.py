@@ -1,5 +1,6 @@
 """Database engines. SQLite gets WAL, a long busy timeout, and BEGIN IMMEDIATE for the
-transactions that write (plain BEGIN for reads, which with WAL never wait for a writer)."""
+transactions that write (plain BEGIN for reads, which with WAL never wait for a writer).
+PostgreSQL write transactions take an advisory lock first, so writers queue there too."""
 
 from __future__ import annotations
 
