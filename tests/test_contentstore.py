@@ -5,6 +5,7 @@ and the leases that protect blobs being written."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -508,3 +509,136 @@ def test_lease_is_also_taken_when_the_blob_already_exists(cs, ds, src):
         cs.put_dir(src, "data", lease=lease)
         assert lease.blob_ids == {first.blob_id}
         assert os.path.isfile(os.path.join(ds.root, *lease.key.split("/")))
+
+
+# ---------------------------------------------------------------------------------------
+# VerifyingReader.readinto
+
+
+def _reader_for(ds, data: bytes, codec: str):
+    from casstore.cas.contentstore import VerifyingReader
+
+    blob_id = digest_bytes(data)
+    raw = io.BytesIO(zstandard.ZstdCompressor().compress(data) if codec == "zstd" else data)
+    if codec == "zstd":
+        raw = zstandard.ZstdDecompressor().stream_reader(raw)
+    return blob_id, raw, VerifyingReader
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_readinto_hashes_exactly_what_it_reads(ds, codec):
+    data = os.urandom(3 * 2**20 + 123)
+    blob_id, raw, VerifyingReader = _reader_for(ds, data, codec)
+    reader = VerifyingReader(raw, blob_id, len(data))
+    buf = bytearray(100_000)
+    got = bytearray()
+    while True:
+        n = reader.readinto(memoryview(buf)[:77_777])
+        if not n:
+            break
+        got += buf[:n]
+    assert bytes(got) == data and reader.count == len(data)
+    reader.verify()
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_readinto_mixed_with_read_still_verifies_and_a_wrong_id_fails(ds, codec):
+    data = os.urandom(500_000)
+    blob_id, raw, VerifyingReader = _reader_for(ds, data, codec)
+    reader = VerifyingReader(raw, blob_id, len(data))
+    buf = bytearray(1000)
+    assert reader.readinto(buf) == 1000 and bytes(buf) == data[:1000]
+    assert reader.read(10) == data[1000:1010]
+    reader.verify()
+    _, raw, _ = _reader_for(ds, data, codec)
+    wrong = VerifyingReader(raw, digest_bytes(b"other"), len(data))
+    wrong.readinto(bytearray(4096))
+    with pytest.raises(CorruptBlob):
+        wrong.verify()
+
+
+def test_readinto_stops_a_zstd_bomb_at_the_recorded_size(ds):
+    from casstore.cas.contentstore import VerifyingReader
+
+    inflated = bytes(64 * 2**20)
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zstandard.ZstdCompressor().compress(inflated)))
+    reader = VerifyingReader(raw, digest_bytes(inflated), 10_000)
+    buf = bytearray(2**20)
+    with pytest.raises(CorruptBlob):
+        for _ in range(64):
+            reader.readinto(buf)
+    assert reader.count <= 10_000 + len(buf)
+
+
+def test_readinto_over_a_stream_without_readinto(ds):
+    from casstore.cas.contentstore import VerifyingReader
+
+    class ReadOnly:
+        def __init__(self, data):
+            self._f = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self._f.read(n)
+
+    data = os.urandom(10_000)
+    reader = VerifyingReader(ReadOnly(data), digest_bytes(data), len(data))
+    buf = bytearray(4096)
+    got = b""
+    while n := reader.readinto(buf):
+        got += bytes(buf[:n])
+    assert got == data
+    reader.verify()
+
+
+# ---------------------------------------------------------------------------------------
+# _LocalIngest: disk writes started every 8 MiB, fsync still at commit
+
+
+def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monkeypatch):
+    from casstore.cas import blobs
+
+    kicks = []
+    monkeypatch.setattr(blobs, "_libc_sync_file_range", lambda: lambda fd, off, n, flags: kicks.append((off, n, flags)))
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    data = os.urandom(2**20)
+    ds.ensure_format()
+    with ds.begin_ingest() as ingest:
+        for _ in range(20):
+            ingest.write(data)
+        ingest.write(memoryview(data)[:1000])
+        assert kicks == [(0, 8 << 20, 2), (8 << 20, 8 << 20, 2)]
+        blob_id = digest_bytes(data * 20 + data[:1000])
+        found, new = ingest.commit(blob_id, "none")
+    assert new and fsyncs  # the fsync in commit stays
+    with open(blob_path(ds, blob_id, "none"), "rb") as f:
+        assert f.read() == data * 20 + data[:1000]
+
+
+@pytest.mark.parametrize("how", ["missing", "failing"])
+def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, how):
+    from casstore.cas import blobs
+
+    monkeypatch.setattr(blobs, "_libc_sync_file_range", (lambda: None) if how == "missing" else (lambda: lambda *a: -1))
+    data = os.urandom(17 << 20)
+    ds.ensure_format()
+    with ds.begin_ingest() as ingest:
+        ingest.write(data)
+        found, new = ingest.commit(digest_bytes(data), "none")
+    assert new and found.stored_size == len(data)
+
+
+def test_sync_file_range_is_found_on_linux():
+    from casstore.cas import blobs
+
+    if not sys.platform.startswith("linux"):
+        assert blobs._libc_sync_file_range() is None
+        return
+    func = blobs._libc_sync_file_range()
+    assert func is not None
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        func(fd, 0, 4096, 2)  # whatever it returns, it raises nothing
+    finally:
+        os.close(fd)

@@ -474,3 +474,79 @@ def test_tarstream_lists_members_with_raw_names():
     stream = io.BytesIO(raw_block(b"caf\xe9", b"0", 3) + b"abc" + bytes(509) + bytes(1024))
     members = list(TarStream(stream))
     assert [(m.name, m.size) for m in members] == [(b"caf\xe9", 3)]
+
+
+# ---------------------------------------------------------------------------------------
+# header checksums: the unsigned sum is checked first, the signed one still accepted
+
+
+def _with_checksum(block: bytes, value: int) -> bytes:
+    out = bytearray(block)
+    out[148:156] = b"%06o\0 " % value
+    return bytes(out)
+
+
+def test_header_with_high_bytes_and_a_signed_checksum_is_accepted():
+    from casstore.cas.extract import _check_checksum
+
+    block = bytearray(raw_block("caf\xe9-\xff.txt".encode("latin-1"), b"0", 0))
+    block[148:156] = b" " * 8
+    unsigned = sum(block)
+    signed = unsigned - 2 * sum(b for b in block if b > 127)
+    assert signed != unsigned
+    for value in (unsigned, signed):
+        _check_checksum(_with_checksum(bytes(block), value))
+    for value in (unsigned + 1, signed - 1, 0):
+        with pytest.raises(CorruptBlob):
+            _check_checksum(_with_checksum(bytes(block), value))
+
+
+# ---------------------------------------------------------------------------------------
+# copy_data: readinto into one buffer, or read() where the stream has no readinto
+
+
+class ReadOnly:
+    """A stream with read() only."""
+
+    def __init__(self, data: bytes):
+        self._f = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self._f.read(n)
+
+
+class Trickle(io.RawIOBase):
+    """A stream whose readinto gives at most 1000 bytes a call."""
+
+    def __init__(self, data: bytes):
+        self._f = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        with memoryview(b) as view:
+            return self._f.readinto(view[:1000])
+
+
+@pytest.mark.parametrize("wrap", [io.BytesIO, ReadOnly, Trickle], ids=["readinto", "read-only", "trickle"])
+def test_staged_files_are_the_same_whatever_the_stream_offers(tmp_path, wrap):
+    big = os.urandom(3 * 2**20 + 7)
+    members = [file_("a.bin", big, 0o640), file_("e", b""), file_("s.txt", b"small"), file_("z", big[:513])]
+    data = tar_of(*members).getvalue()
+    target = tmp_path / "t"
+    with Extraction(str(target)) as ex:
+        ex.stage(wrap(data))
+        ex.publish()
+    assert (target / "a.bin").read_bytes() == big
+    assert (target / "e").read_bytes() == b""
+    assert (target / "s.txt").read_bytes() == b"small"
+    assert (target / "z").read_bytes() == big[:513]
+    assert (target / "a.bin").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("wrap", [io.BytesIO, ReadOnly, Trickle], ids=["readinto", "read-only", "trickle"])
+def test_truncated_member_data_is_corrupt_whatever_the_stream_offers(tmp_path, wrap):
+    data = tar_of(file_("a.bin", b"x" * 5000)).getvalue()[:512 + 3000]
+    with Extraction(str(tmp_path / "t")) as ex, pytest.raises(CorruptBlob):
+        ex.stage(wrap(data))

@@ -21,6 +21,7 @@ from casstore.cas.blobs import LocalBlobStore, blob_key
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.extract import Extraction, list_members
+from casstore.cas import tarball
 from casstore.cas.tarball import FILE, HARDLINK, SYMLINK, header, scan, tar_bytes
 from casstore.errors import InvalidInput
 
@@ -542,3 +543,133 @@ def test_header_checksum_is_valid_for_tarfile():
     block = header(b"name", SYMLINK, 0o777, 0, b"target")
     info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     assert info.issym() and info.linkname == "target"
+
+
+# ---------------------------------------------------------------------------------------
+# the header template and the lean writer give the bytes of the straightforward code
+
+
+def reference_header(name: bytes, kind: bytes, mode: int, size: int, linkname: bytes = b"") -> bytes:
+    """`header` as it was before the template: every block by `tarball._block`."""
+    prefix = b""
+    if len(linkname) > 100:
+        prefix += tarball._long_record(b"K", linkname)
+    if len(name) > 100:
+        prefix += tarball._long_record(b"L", name)
+    return prefix + tarball._block(name[:100], kind, mode, size, linkname[:100], tarball.OWNER)
+
+
+NAME_BYTES = st.binary(min_size=1, max_size=260).filter(lambda b: b"\0" not in b)
+SIZES = st.one_of(st.integers(0, 5000), st.integers(0, 8**11 - 1), st.integers(8**11 - 3, 8**11 + 3),
+                  st.integers(8**11, 2**80))
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=NAME_BYTES, kind=st.sampled_from([FILE, HARDLINK, SYMLINK]), mode=st.integers(0, 0o7777),
+       size=SIZES, linkname=st.one_of(st.just(b""), NAME_BYTES))
+def test_header_is_the_reference_bytes_and_tarfile_parses_it(name, kind, mode, size, linkname):
+    if kind == FILE:
+        linkname = b""
+    block = header(name, kind, mode, size, linkname)
+    assert block == reference_header(name, kind, mode, size, linkname)
+    assert len(block) % 512 == 0
+    last = block[-512:]
+    info = tarfile.TarInfo.frombuf(last, "utf-8", "surrogateescape")  # checks the checksum
+    assert info.mode == mode and info.size == size and info.type == kind
+    assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "root", "root", 0)
+    assert os.fsencode(info.name) == name[:100]
+    assert os.fsencode(info.linkname) == linkname[:100]
+    if len(name) > 100 or len(linkname) > 100:  # GNU long records: tarfile reads the whole names
+        data = b"" if kind != FILE or size > 4096 else bytes(size)
+        stream = block + data + tarball.padding(len(data)) + bytes(1024)
+        if len(data) == size:
+            with tarfile.open(fileobj=io.BytesIO(stream), format=tarfile.GNU_FORMAT,
+                              encoding="utf-8", errors="surrogateescape") as tf:
+                [got] = tf.getmembers()
+            assert os.fsencode(got.name) == name and os.fsencode(got.linkname) == linkname
+
+
+def test_header_with_unusual_values_falls_back_to_the_reference():
+    for args in [(b"f", FILE, 8**7, 1), (b"f", FILE, 0o644, 8**11), (b"f", FILE, 0o644, 2**70),
+                 (b"n" * 100, SYMLINK, 0o777, 0, b"t" * 100), (b"n" * 101, SYMLINK, 0o777, 0, b"t" * 101)]:
+        assert header(*args) == reference_header(*args)
+
+
+def reference_tar(entries) -> bytes:
+    """The canonical TAR of `entries`, the straightforward way (whole files in memory)."""
+    out = bytearray()
+    for e in entries:
+        out += reference_header(e.name, e.kind, e.mode, e.size, e.linkname)
+        if e.kind == FILE:
+            with open(e.path, "rb") as f:
+                data = f.read()
+            assert len(data) == e.size
+            out += data + tarball.padding(len(data))
+    out += bytes(1024)
+    out += bytes(-len(out) % 10240)
+    return bytes(out)
+
+
+CHUNK = tarball.CHUNK
+EDGE_SIZES = st.sampled_from([0, 1, 511, 512, 513, 1024, 10239, 10240, 10241, CHUNK - 1, CHUNK, CHUNK + 1,
+                              2 * CHUNK, 2 * CHUNK + 100, 3000])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(EDGE_SIZES, min_size=1, max_size=6), tree=trees(), codec=st.sampled_from(["none", "zstd"]))
+def test_write_tar_gives_the_reference_bytes_and_blob_ids(sizes, tree, codec):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = build(os.path.join(tmp, "src"), tree)
+        for i, size in enumerate(sizes):
+            write(os.path.join(root, "sized", f"f{i}"), os.urandom(size), 0o640)
+        os.link(os.path.join(root, "sized", "f0"), os.path.join(root, "sized", "h0"))
+        entries = scan(root, "data")
+        expected = reference_tar(entries)
+        progress = []
+        sink = io.BytesIO()
+        assert tarball.write_tar(entries, [sink], progress.append) == len(expected)
+        assert sink.getvalue() == expected
+        assert sum(progress) == sum(e.size for e in entries if e.kind == FILE)
+        store = ContentStore(LocalBlobStore(os.path.join(tmp, "ds")))
+        with store.lease() as lease:
+            info = store.put_dir(root, "data", lease=lease, codec=codec)
+        assert info.blob_id == digest_bytes(expected) and info.size == len(expected)
+        assert store.check(info.blob_id, info.size) == len(expected)
+
+
+def test_write_tar_sends_few_large_writes_to_the_sinks(tmp_path):
+    root = tmp_path / "src"
+    for i in range(3000):
+        write(str(root / f"d{i % 10}" / f"f{i}"), b"x" * (i % 700))
+    writes = []
+
+    class Sink:
+        def write(self, data):
+            writes.append(len(data))
+
+    total = tarball.write_tar(scan(str(root)), [Sink()])
+    assert sum(writes) == total
+    assert len(writes) <= total // tarball.CHUNK + 2
+
+
+@pytest.mark.parametrize("size", [0, 10, 512, tarball.CHUNK, tarball.CHUNK + 1])
+@pytest.mark.parametrize("change", ["grow", "shrink", "vanish", "touch"])
+def test_file_changed_between_scan_and_write_raises_source_changed(tmp_path, size, change):
+    from casstore.errors import SourceChanged
+
+    path = write(str(tmp_path / "src/f"), b"a" * size)
+    os.utime(path, (1000, 1000))
+    entries = scan(str(tmp_path / "src"))
+    if change == "grow":
+        with open(path, "ab") as f:
+            f.write(b"more")
+    elif change == "shrink":
+        os.truncate(path, max(size - 1, 0))
+        if size == 0:
+            os.utime(path, (2000, 2000))
+    elif change == "vanish":
+        os.unlink(path)
+    else:
+        os.utime(path, (2000, 2000))
+    with pytest.raises(SourceChanged):
+        tarball.write_tar(entries, [io.BytesIO()])

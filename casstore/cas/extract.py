@@ -63,10 +63,15 @@ def _nts(field: bytes) -> bytes:
 
 
 def _check_checksum(block: bytes) -> None:
+    """The stored checksum must be the unsigned or the signed byte sum (old tars wrote the
+    signed one). The signed sum, a Python loop, is computed only when the unsigned one does
+    not match: canonical headers are ASCII, where the two are equal."""
     stored = _number(block[148:156])
     unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    if stored == unsigned:
+        return
     signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
-    if stored not in (unsigned, signed):
+    if stored != signed:
         raise CorruptBlob("TAR header checksum mismatch")
 
 
@@ -109,6 +114,7 @@ class TarStream:
     def __init__(self, stream: BinaryIO):
         self._stream = stream
         self._pending = 0
+        self._buffer: memoryview | None = None
 
     def __iter__(self) -> Iterator[Member]:
         long_name = long_link = None
@@ -157,7 +163,30 @@ class TarStream:
         return data
 
     def copy_data(self, member: Member, fd: int) -> None:
-        """Write the data of the member just yielded to file descriptor `fd`."""
+        """Write the data of the member just yielded to file descriptor `fd`.
+
+        Reads with `readinto` into one buffer of this stream (allocated on first use, at
+        most CHUNK bytes) where the stream has it, instead of a new bytes object per read."""
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:
+            self._copy_data_by_read(member, fd)
+            return
+        remaining = member.size
+        buffer = self._buffer
+        if buffer is None and remaining:
+            buffer = self._buffer = memoryview(bytearray(CHUNK))
+        while remaining:
+            n = readinto(buffer[:min(remaining, CHUNK)])
+            if not n:
+                raise CorruptBlob(f"archive truncated inside member {member.name!r}")
+            view = buffer[:n]
+            while view:
+                view = view[os.write(fd, view):]
+            remaining -= n
+        _read_exact(self._stream, -member.size % BLOCK)
+        self._pending = 0
+
+    def _copy_data_by_read(self, member: Member, fd: int) -> None:
         remaining = member.size
         while remaining:
             chunk = self._stream.read(min(remaining, CHUNK))

@@ -40,13 +40,24 @@ def glob(
     return _globmod.glob(pathname, root_dir=root_dir, recursive=recursive)
 
 
-def _as_patterns(value: object, what: str) -> list[str]:
+def as_patterns(value: object, what: str) -> list[str]:
     """Normalise a str / list of str argument to a list of str, or raise InvalidInput."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
         return list(value)
     raise InvalidInput(f"{what} must be a string or a list of strings, got {value!r}")
+
+
+def check_src_dir(src_dir: StrPath) -> str:
+    """`src_dir` as a str path; SourceNotFound if it does not exist, InvalidInput if it is
+    not a folder (`globs`' checks, shared with `tarball.scan`'s fast path)."""
+    src_dir = os.fspath(src_dir)
+    if not os.path.isdir(src_dir):
+        if not os.path.exists(src_dir):
+            raise SourceNotFound(f"Source directory '{src_dir}' does not exist")
+        raise InvalidInput(f"Source '{src_dir}' is not a directory")
+    return src_dir
 
 
 def globs(
@@ -73,14 +84,9 @@ def globs(
     if `include`/`exclude` are not a string or a list of strings, or if an include pattern is
     absolute or contains a ".." part (it would name files outside `src_dir`).
     """
-    src_dir = os.fspath(src_dir)
-    if not os.path.isdir(src_dir):
-        if not os.path.exists(src_dir):
-            raise SourceNotFound(f"Source directory '{src_dir}' does not exist")
-        raise InvalidInput(f"Source '{src_dir}' is not a directory")
-
-    includes = _as_patterns(include, "include")
-    excludes = [] if exclude is None else _as_patterns(exclude, "exclude")
+    src_dir = check_src_dir(src_dir)
+    includes = as_patterns(include, "include")
+    excludes = [] if exclude is None else as_patterns(exclude, "exclude")
     for pattern in includes:
         parts = pattern.replace(os.sep, "/").split("/")
         if os.path.isabs(pattern) or ".." in parts:
