@@ -210,14 +210,13 @@ def _walk(src_dir: str, prefix: str, excludes: list[Callable[[str], object]]) ->
                         if fmt != _S_IFREG or (excludes and _excluded(relname, excludes)):
                             continue
                         target = os.readlink(de.path)
+                        name_bytes = (prefix + relname).encode(_FS_ENCODING, _FS_ERRORS)
                         if _link_stays_inside(relname, target):
-                            append(Entry((prefix + relname).encode(_FS_ENCODING, _FS_ERRORS), SYMLINK, 0o777, 0, os.fsencode(target),
-                                         de.path, lst.st_mtime_ns, lst.st_ctime_ns, lst.st_ino, lst.st_dev,
-                                         lst.st_nlink))
+                            append(Entry(name_bytes, SYMLINK, 0o777, 0, os.fsencode(target), de.path,
+                                         lst.st_mtime_ns, lst.st_ctime_ns, lst.st_ino, lst.st_dev, lst.st_nlink))
                         else:
-                            append(Entry((prefix + relname).encode(_FS_ENCODING, _FS_ERRORS), FILE, st.st_mode & 0o777, st.st_size, b"",
-                                         de.path, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
-                                         lst.st_nlink))
+                            append(Entry(name_bytes, FILE, st.st_mode & 0o777, st.st_size, b"", de.path,
+                                         st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, lst.st_nlink))
                         continue
                     if de.is_dir(follow_symlinks=False):
                         stack.append((de.path, relname + "/"))
@@ -226,8 +225,9 @@ def _walk(src_dir: str, prefix: str, excludes: list[Callable[[str], object]]) ->
                 except OSError:
                     continue  # vanished meanwhile, or not reachable: glob's isfile is False too
                 if st.st_mode & _S_IFMT == _S_IFREG and not (excludes and _excluded(relname, excludes)):
-                    append(Entry((prefix + relname).encode(_FS_ENCODING, _FS_ERRORS), FILE, st.st_mode & 0o777, st.st_size, b"",
-                                 de.path, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink))
+                    append(Entry((prefix + relname).encode(_FS_ENCODING, _FS_ERRORS), FILE, st.st_mode & 0o777,
+                                 st.st_size, b"", de.path, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
+                                 st.st_nlink))
     return out
 
 
