@@ -128,8 +128,12 @@ class BlobStore(ABC):
     @abstractmethod
     def delete_blob(self, blob_id: str, codec: str) -> None: ...
 
-    @abstractmethod
-    def iter_blobs(self) -> Iterator[BlobStat]: ...
+    def iter_blobs(self) -> Iterator[BlobStat]:
+        """Every blob, from one listing of the blobs prefix."""
+        for obj in self.list_objects(f"{INTERNAL}/blobs"):
+            parsed = parse_blob_key(obj.key)
+            if parsed is not None:
+                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime)
 
     @abstractmethod
     def put_object(self, key: str, data: bytes) -> None:
@@ -225,12 +229,6 @@ class LocalBlobStore(BlobStore):
             os.unlink(self._path(blob_key(blob_id, codec)))
         except FileNotFoundError:
             pass
-
-    def iter_blobs(self) -> Iterator[BlobStat]:
-        for obj in self.list_objects(f"{INTERNAL}/blobs"):
-            parsed = parse_blob_key(obj.key)
-            if parsed is not None:
-                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime)
 
     def put_object(self, key: str, data: bytes) -> None:
         path = self._path(key)

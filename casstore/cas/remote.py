@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
 from casstore.cas.blobs import (CODEC_SUFFIX, INTERNAL, TRASH_PREFIX, BlobStat, BlobStore, Ingest, ObjectStat,
-                                blob_key, parse_blob_key, trash_key_blob)
+                                blob_key, trash_key_blob)
 from casstore.errors import BlobNotFound, DatastoreError
 
 TMP_PREFIX = f"{INTERNAL}/tmp"
@@ -172,12 +172,6 @@ class FsspecBlobStore(BlobStore):
 
     def delete_blob(self, blob_id: str, codec: str) -> None:
         self.delete_object(blob_key(blob_id, codec))
-
-    def iter_blobs(self) -> Iterator[BlobStat]:
-        for obj in self.list_objects(f"{INTERNAL}/blobs"):
-            parsed = parse_blob_key(obj.key)
-            if parsed is not None:
-                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime)
 
     def put_object(self, key: str, data: bytes) -> None:
         """One PUT: S3 replaces an object atomically (readers see the old or the new)."""
