@@ -16,6 +16,12 @@ Only Bunch, uuid.UUID and the tags passed in `decoders` are decoded into objects
 other tag (numpy, pandas, pyarrow, Sequence, DataStore, unknown tags...) is kept as an
 `Opaque` holding the raw value as read, which encodes back to the very same tagged dict:
 fields casstore does not understand survive a load/persist cycle byte for byte.
+
+One limit of that guarantee, from pickle itself: pickle shares repeated *objects* through its
+memo, and unpickling returns CPython's shared one-character strings. A pickle whose writer
+held two distinct but equal strings of one character re-dumps with a memo reference instead
+of a second copy: the same value, other bytes. Pickles written from unpickled values (as
+MLtraq's rows are) are not affected; migration re-checks every rewritten cell anyway.
 """
 
 from __future__ import annotations
