@@ -23,7 +23,7 @@ import os
 import sys
 import uuid
 from dataclasses import asdict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import click
 from sqlalchemy import inspect
@@ -203,6 +203,17 @@ def _common_options(f: Callable) -> Callable:
     return f
 
 
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Library errors become one line on stderr and an exit code; click's own pass through."""
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except (CasStoreError, OSError, SQLAlchemyError) as exc:
+        raise _failure(exc) from exc
+
+
 def project_command(f: Callable[..., Any]) -> Callable[..., Any]:
     """Give the command a Project built from --db/--datastore/--json, close it afterwards,
     and turn library errors into one line and an exit code."""
@@ -211,11 +222,8 @@ def project_command(f: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
         project = Project(db, datastore, as_json)
         try:
-            return f(project, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except (CasStoreError, OSError, SQLAlchemyError) as exc:
-            raise _failure(exc) from exc
+            with _one_line_errors():
+                return f(project, **kwargs)
         finally:
             project.close()
 
@@ -597,11 +605,8 @@ def db_command(f: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
         engine = _open_engine(db)
         try:
-            return f(engine, as_json, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except (CasStoreError, OSError, SQLAlchemyError) as exc:
-            raise _failure(exc) from exc
+            with _one_line_errors():
+                return f(engine, as_json, **kwargs)
         finally:
             engine.dispose()
 

@@ -225,7 +225,7 @@ def step_inspect(work: str) -> None:
     ids = _ids(os.path.join(work, "project", DB))
     for name, record in experiments.items():
         record["id"] = ids[name]
-        record.update(_tree(os.path.join(extracted, ids[name])))
+        record.update(tree_record(os.path.join(extracted, ids[name])))
     with open(os.path.join(work, "inspect.json"), "w") as f:
         json.dump(experiments, f)
 
@@ -238,7 +238,7 @@ def _ids(db: str) -> dict[str, str]:
         return {name: str(uuid.UUID(hex=i)) for i, name in conn.execute("SELECT id_experiment, name FROM experiments")}
 
 
-def _tree(root: str) -> dict:
+def tree_record(root: str) -> dict:
     """Paths under `root` (target-relative, str with surrogateescape), kinds, sha256 of
     files, link targets, and groups of paths that are one inode."""
     tree, inodes = {}, {}

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import blob_files
 
 from casstore import (Archive, ArchiveStore, ArchiveStoreIO, Bunch, InvalidInput, LoadError, SourceNotFound,
                       create_session, options)
@@ -25,9 +26,6 @@ def _work(workdir):
     return workdir
 
 
-def blob_files(datastore: str | Path = "mltraq.datastore") -> list[Path]:
-    root = Path(datastore) / "casstore" / "blobs"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def blob_path(blob_id: str, datastore: str | Path = "mltraq.datastore") -> Path:

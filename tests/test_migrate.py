@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from make_legacy_fixture import tree_record
+
 from casstore import create_session
 from casstore.cas import legacy
 from casstore.cas import migrate as migration
@@ -97,22 +99,8 @@ def project(tmp_path, workdir) -> Project:
 
 
 def tree(root: Path) -> dict:
-    """What an extraction left: as make_legacy_fixture._tree records it."""
-    out, inodes = {}, {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in sorted(dirs + files):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = {"kind": "symlink", "target": os.readlink(path)}
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    out[rel] = {"kind": "file", "sha256": hashlib.sha256(f.read()).hexdigest()}
-                inodes.setdefault(st.st_ino, []).append(rel)
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = {"kind": "dir"}
-    return {"tree": out, "hardlinks": sorted(sorted(g) for g in inodes.values() if len(g) > 1)}
+    """What an extraction left, recorded as make_legacy_fixture records MLtraq's extraction."""
+    return tree_record(str(root))
 
 
 def files_digest(root: Path) -> dict[str, str]:

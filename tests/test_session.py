@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import blob_files
 
 from casstore import (Archive, ArchiveStore, Bunch, Experiment, ExperimentAlreadyExists, ExperimentNotFound,
                       InvalidInput, Session, UnsupportedValue, create_session, options)
@@ -23,9 +24,6 @@ def _work(workdir):
     return workdir
 
 
-def blob_files(datastore: str | Path = "mltraq.datastore") -> list[Path]:
-    root = Path(datastore) / "casstore" / "blobs"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def make_folder(path: str, files: dict[str, bytes]) -> None:
