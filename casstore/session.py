@@ -151,7 +151,7 @@ class Session:
             archive.stored(info)
             return BlobFacts(info.blob_id, info.size, info.stored_size, info.codec)
         lease.add(archive.blob_id)
-        found = store.blobs.find(archive.blob_id)
+        found = store.blobs.find_leased(archive.blob_id)
         if found is None:
             raise BlobNotFound(f"blob {archive.blob_id} of this experiment is not in the datastore {store.blobs.url}")
         known = self.index.blob_facts(archive.blob_id)

@@ -329,6 +329,23 @@ def test_loaded_experiment_persisted_in_another_session_keeps_its_archives(tmp_p
     assert tree(extracted(again, "a")) == DATA
 
 
+def test_loaded_experiment_re_persisted_while_gc_holds_its_blob_in_the_trash_puts_it_back():
+    """gc moves candidates into its trash before it re-reads the leases: the persist's lease
+    makes the blob live, so the persist takes it back instead of failing with BlobNotFound."""
+    from casstore.cas.blobs import LocalBlobStore
+
+    make_folder("d", DATA)
+    s = create_session()
+    s.create_experiment("x", data=ArchiveStore("d", arc_dir="a")).persist()
+    loaded = s.load_experiment("x")
+    store = LocalBlobStore("mltraq.datastore")
+    assert store.move_to_trash(store.find(loaded.fields.data.blob_id)) is not None
+    loaded.persist(if_exists="replace")
+    shutil.rmtree("mltraq.archivestore")
+    assert tree(extracted(s.load_experiment("x"), "a")) == DATA
+    assert list(store.iter_trash()) == []
+
+
 def test_vanished_src_dir_raises_source_not_found_a_file_not_found_error():
     make_folder("d", DATA)
     e = create_session().create_experiment("x", data=ArchiveStore("d"))

@@ -302,6 +302,44 @@ class BlobStoreContract:
         store.restore_from_trash(key)
         assert read_blob(store, stat.blob_id) == data
 
+    def test_find_leased_puts_back_a_blob_that_gc_holds_in_its_trash(self, store):
+        data = payload(2000, seed=17)
+        stat, _new = ingest(store, data)
+        store.move_to_trash(store.find(stat.blob_id))
+        assert store.find(stat.blob_id) is None
+        assert store.find_leased(stat.blob_id) == store.find(stat.blob_id) is not None
+        assert read_blob(store, stat.blob_id) == data
+        assert list(store.iter_trash()) == []
+
+    def test_find_leased_of_a_blob_deleted_for_good_is_none(self, store):
+        stat, _new = ingest(store, payload(2000, seed=18))
+        store.delete_object(store.move_to_trash(stat))
+        assert store.find_leased(stat.blob_id) is None
+
+    @pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["small", "large"])
+    def test_a_commit_racing_gcs_trash_still_publishes(self, store, size, monkeypatch):
+        """The writer's check misses the blob, its publish finds the id taken, and gc moves
+        that blob into its trash just then: the commit still ends with the blob published,
+        never with an error."""
+        data = payload(size, seed=19)
+        stat, _new = ingest(store, data)
+        real_find, calls = store.find, []
+
+        def find_then_gc(bid):
+            calls.append(bid)
+            if len(calls) == 1:
+                return None
+            if len(calls) == 2:
+                store.move_to_trash(stat)
+            return real_find(bid)
+
+        monkeypatch.setattr(store, "find", find_then_gc)
+        again, _new = ingest(store, data)
+        monkeypatch.undo()
+        assert len(calls) >= 2, "the race was not reached"
+        assert again.blob_id == stat.blob_id and again.stored_size == size
+        assert read_blob(store, stat.blob_id) == data
+
     # leftovers of interrupted writes
 
     def test_a_leftover_of_an_interrupted_write_is_deleted(self, store):

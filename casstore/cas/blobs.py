@@ -80,6 +80,11 @@ def parse_blob_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def trash_key(blob_id: str, codec: str) -> str:
+    """Where gc keeps a blob between moving it out of sight and deleting it."""
+    return f"{TRASH_PREFIX}/{blob_key(blob_id, codec).split('/', 2)[2].replace('/', '-')}"
+
+
 def trash_key_blob(key: str) -> tuple[str, str] | None:
     """(blob id, codec) of a trash key `casstore/trash/<algo>-<hex[:2]>-<hex[2:]><suffix>`."""
     name = key.rsplit("/", 1)[-1]
@@ -122,6 +127,17 @@ class BlobStore(ABC):
     @abstractmethod
     def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]: ...
 
+    def find_leased(self, blob_id: str) -> BlobStat | None:
+        """`find` for a caller that holds a lease on `blob_id`. gc moves a candidate into its
+        trash before it re-reads the leases, and puts back the leased ones: a blob can look
+        missing for that moment. This caller may put it back itself instead of failing."""
+        found = self.find(blob_id)
+        if found is not None:
+            return found
+        for codec in CODEC_SUFFIX:
+            self.restore_from_trash(trash_key(blob_id, codec))
+        return self.find(blob_id)
+
     @abstractmethod
     def begin_ingest(self) -> Ingest: ...
 
@@ -158,7 +174,7 @@ class BlobStore(ABC):
         """Move a blob out of sight (gc's first step); its trash key, None if it was gone."""
 
     @abstractmethod
-    def restore_from_trash(self, trash_key: str) -> None:
+    def restore_from_trash(self, key: str) -> None:
         """Put a trashed blob back (a writer leased it meanwhile); no-op if its id exists."""
 
     def delete_leftover(self, key: str) -> bool:
@@ -282,7 +298,7 @@ class LocalBlobStore(BlobStore):
             os.close(fd)
 
     def move_to_trash(self, blob: BlobStat) -> str | None:
-        key = f"{TRASH_PREFIX}/{blob_key(blob.blob_id, blob.codec).split('/', 2)[2].replace('/', '-')}"
+        key = trash_key(blob.blob_id, blob.codec)
         os.makedirs(self._path(TRASH_PREFIX), exist_ok=True)
         try:
             os.rename(self._path(blob_key(blob.blob_id, blob.codec)), self._path(key))
@@ -290,33 +306,41 @@ class LocalBlobStore(BlobStore):
             return None
         return key
 
-    def restore_from_trash(self, trash_key: str) -> None:
-        parsed = trash_key_blob(trash_key)
+    def restore_from_trash(self, key: str) -> None:
+        parsed = trash_key_blob(key)
         if parsed is not None:
-            self.publish(self._path(trash_key), *parsed)
-        self.delete_object(trash_key)
+            try:
+                self.publish(self._path(key), *parsed)
+            except FileNotFoundError:  # not in the trash (any more)
+                pass
+        self.delete_object(key)
 
     def publish(self, tmp_path: str, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
-        """Link `tmp_path` to its final name unless the id exists (in either codec)."""
-        existing = self.find(blob_id)
-        if existing is not None:
-            return existing, False
+        """Link `tmp_path` to its final name unless the id exists (in either codec).
+
+        The final name is never stat'ed after the link: gc may move it into its trash at
+        any instant (and puts it back once it sees the writer's lease). The facts come from
+        `tmp_path`, the same inode, before the link."""
         final = self._path(blob_key(blob_id, codec))
         shard = os.path.dirname(final)
-        if not os.path.isdir(shard):
-            os.makedirs(shard, exist_ok=True)
-            _fsync_dir(os.path.dirname(shard))
-        try:
-            os.link(tmp_path, final)
-        except FileExistsError:
-            return self._stat(blob_id, final, codec), False
-        _fsync_dir(shard)
-        return self._stat(blob_id, final, codec), True
+        for _ in range(_PUBLISH_TRIES):
+            existing = self.find(blob_id)
+            if existing is not None:
+                return existing, False
+            if not os.path.isdir(shard):
+                os.makedirs(shard, exist_ok=True)
+                _fsync_dir(os.path.dirname(shard))
+            st = os.stat(tmp_path)
+            try:
+                os.link(tmp_path, final)
+            except FileExistsError:
+                continue  # published meanwhile by another writer (or put back by gc): take that
+            _fsync_dir(shard)
+            return BlobStat(blob_id, st.st_size, codec, st.st_mtime), True
+        raise DatastoreError(f"blob {blob_id}: its name in {self.root} keeps appearing and vanishing; write it again")
 
-    @staticmethod
-    def _stat(blob_id: str, path: str, codec: str) -> BlobStat:
-        st = os.stat(path)
-        return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+
+_PUBLISH_TRIES = 100
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,8 +28,8 @@ import uuid
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
-from casstore.cas.blobs import (CODEC_SUFFIX, INTERNAL, TRASH_PREFIX, BlobStat, BlobStore, Ingest, ObjectStat,
-                                blob_key, trash_key_blob)
+from casstore.cas.blobs import (CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, Ingest, ObjectStat,
+                                blob_key, trash_key, trash_key_blob)
 from casstore.errors import BlobNotFound, DatastoreError
 
 TMP_PREFIX = f"{INTERNAL}/tmp"
@@ -250,7 +250,7 @@ class FsspecBlobStore(BlobStore):
         """Copy to the trash key, then delete the blob (S3 has no rename). gc re-reads leases
         afterwards, so a writer that found the blob between the two steps gets it back."""
         source = blob_key(blob.blob_id, blob.codec)
-        key = f"{TRASH_PREFIX}/{source.split('/', 2)[2].replace('/', '-')}"
+        key = trash_key(blob.blob_id, blob.codec)
         try:
             self._copy(source, key, blob.stored_size, exclusive=False)
         except FileNotFoundError:
@@ -258,15 +258,15 @@ class FsspecBlobStore(BlobStore):
         self.delete_object(source)
         return key
 
-    def restore_from_trash(self, trash_key: str) -> None:
-        parsed = trash_key_blob(trash_key)
-        found = self._head(trash_key)
+    def restore_from_trash(self, key: str) -> None:
+        parsed = trash_key_blob(key)
+        found = self._head(key)
         if parsed is not None and found is not None and self.find(parsed[0]) is None:
             try:
-                self._copy(trash_key, blob_key(*parsed), found[0], exclusive=True)
-            except FileExistsError:
+                self._copy(key, blob_key(*parsed), found[0], exclusive=True)
+            except (FileExistsError, FileNotFoundError):  # put back by another, or gc deleted it
                 pass
-        self.delete_object(trash_key)
+        self.delete_object(key)
 
     def delete_leftover(self, key: str) -> bool:
         """No locks on an object store: a temp key is taken for abandoned by its age alone.
@@ -327,8 +327,8 @@ class FsspecBlobStore(BlobStore):
             pass
 
     def _published(self, blob_id: str, codec: str) -> BlobStat:
-        """The blob that won a publish race we lost."""
-        found = self.find(blob_id)
+        """The blob that won a publish race we lost (the caller holds a lease on it)."""
+        found = self.find_leased(blob_id)
         if found is None:
             raise DatastoreError(f"blob {blob_id}: the datastore refused to overwrite it, yet it is not there "
                                  f"(deleted meanwhile?); write it again")
