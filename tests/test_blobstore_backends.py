@@ -270,6 +270,20 @@ class BlobStoreContract:
         store.put_object("casstore/tmp.txt", b"x")
         assert keys(store, "casstore/tmp") == ["casstore/tmp/a.partial"]
 
+    def test_list_small_objects_is_everything_but_the_blobs_and_the_trash(self, store):
+        kept, _new = ingest(store, payload(3000, seed=20))
+        trashed, _new = ingest(store, payload(3000, seed=21))
+        store.move_to_trash(trashed)
+        small = ["casstore/leases/l1.json", "casstore/registry/r1.json", "casstore/tmp/x.partial",
+                 "undefined/0123abcd", "deep/er/ref", "top", "casstore/leases/l2.json.0123456789abcdef0123456789abcdef.tmp"]
+        store.ensure_format()
+        for key in small:
+            store.put_object(key, b"{}")
+        listed = sorted(o.key for o in store.list_small_objects())
+        assert listed == sorted(small + [FORMAT_KEY])
+        every = keys(store)
+        assert blob_key(kept.blob_id, "none") in every and any(k.startswith(f"{TRASH_PREFIX}/") for k in every)
+
     # gc's trash
 
     def test_trash_and_restore(self, store):
@@ -427,6 +441,25 @@ class TestS3BlobStore(BlobStoreContract):
         assert new is False
         assert _multipart_uploads(store, s3_bucket) == []
         assert keys(store) == [blob_key(digest_bytes(data), "none")]
+
+    def test_listing_the_small_objects_sends_no_request_below_the_blobs_or_the_trash(self, store, monkeypatch):
+        for seed in range(3):
+            stat, _new = ingest(store, payload(100, seed=30 + seed))
+        store.move_to_trash(stat)
+        store.put_object("casstore/leases/l.json", b"{}")
+        store.put_object("undefined/ref", b"{}")
+        real_call, prefixes = store._call, []
+
+        def record(method, **kwargs):
+            if method == "list_objects_v2":
+                prefixes.append((kwargs["Prefix"], kwargs.get("Delimiter")))
+            return real_call(method, **kwargs)
+
+        monkeypatch.setattr(store, "_call", record)
+        assert sorted(o.key for o in store.list_small_objects()) == ["casstore/leases/l.json", "undefined/ref"]
+        base = store._key("")
+        assert prefixes and all(not p.startswith((f"{base}casstore/blobs", f"{base}casstore/trash")) for p, _d in prefixes)
+        assert all(d == "/" for p, d in prefixes if p in (base, f"{base}casstore/")), prefixes
 
     def test_a_missing_bucket_is_a_datastore_error(self, s3_options):
         store = open_blobstore(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/ds", s3_options)
@@ -620,6 +653,21 @@ class SessionContract:
             s.read_experiment("kept").fields.data.blob_id, held.fields.data.blob_id}
         assert list(store.blobs.iter_trash()) == []
         s.load_experiment("kept")
+        index.dispose()
+        s.index.dispose()
+
+    def test_gc_and_verify_list_the_blobs_once_and_never_the_whole_datastore(self, project, workdir, monkeypatch):
+        db, url = project
+        s = create_session(db)
+        s.create_experiment("a", data=ArchiveStore(src_dir=_make_folder(workdir / "a", seed=10), arc_dir="d")).persist()
+        store, index = self._store(url), Index.open(db)
+        listed: list[str] = []
+        real = store.blobs.list_objects
+        monkeypatch.setattr(store.blobs, "list_objects", lambda prefix: listed.append(prefix) or real(prefix))
+        for run in (lambda: collect(index, store, grace_s=0), lambda: verify(index, store)):
+            listed.clear()
+            run()
+            assert listed.count("casstore/blobs") == 1 and "" not in listed, listed
         index.dispose()
         s.index.dispose()
 

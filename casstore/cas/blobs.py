@@ -42,6 +42,7 @@ def is_torn_object(key: str) -> bool:
     """A small object's temp file (`<key>.<uuid hex>.tmp`) that a crash left behind."""
     return _TORN.search(key) is not None
 CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
+BULK_PREFIXES = (f"{INTERNAL}/blobs/", f"{TRASH_PREFIX}/")  # what list_small_objects skips
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,15 @@ class BlobStore(ABC):
     def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
         """Every object below `prefix` (recursively); missing prefix: nothing."""
 
+    def list_small_objects(self) -> Iterator[ObjectStat]:
+        """Every object except the blobs and gc's trash: named references, leases, registry
+        entries, the format file, temp files. gc and verify read these several times and the
+        blobs once (`iter_blobs`); a backend overrides this to skip the bulk prefixes without
+        listing them (a million blobs are a thousand LIST requests on S3)."""
+        for obj in self.list_objects(""):
+            if not obj.key.startswith(BULK_PREFIXES):
+                yield obj
+
     @abstractmethod
     def exists(self) -> bool:
         """Whether the datastore has been created."""
@@ -271,16 +281,22 @@ class LocalBlobStore(BlobStore):
             pass
 
     def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
-        base = self._path(prefix)
-        for dirpath, _dirs, files in os.walk(base):
+        return self._walk(self._path(prefix), set())
+
+    def list_small_objects(self) -> Iterator[ObjectStat]:
+        return self._walk(self.root, {self._path(p.rstrip("/")) for p in BULK_PREFIXES})
+
+    def _walk(self, base: str, skip: set[str]) -> Iterator[ObjectStat]:
+        """Every file below `base`, not entering the folders in `skip`."""
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
             for name in files:
                 path = os.path.join(dirpath, name)
                 try:
                     st = os.lstat(path)
                 except FileNotFoundError:
                     continue
-                key = os.path.relpath(path, self.root).replace(os.sep, "/")
-                yield ObjectStat(key, st.st_size, st.st_mtime)
+                yield ObjectStat(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
 
     def delete_leftover(self, key: str) -> bool:
         try:

@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
-from casstore.cas.blobs import (CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, Ingest, ObjectStat,
+from casstore.cas.blobs import (BULK_PREFIXES, CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, Ingest, ObjectStat,
                                 blob_key, trash_key, trash_key_blob)
 from casstore.errors import BlobNotFound, DatastoreError
 
@@ -225,26 +225,56 @@ class FsspecBlobStore(BlobStore):
             if info.get("type", "file") == "file" and name.startswith(self._root + "/"):
                 yield ObjectStat(name[skip:], int(info.get("size") or 0), _mtime(info))
 
+    def list_small_objects(self) -> Iterator[ObjectStat]:
+        """On S3, listed one level at a time (Delimiter "/") down to `casstore/`, whose
+        blobs and trash are not listed at all; everything else recursively. Other fsspec
+        backends list everything in one call and filter."""
+        if not self.s3:
+            yield from super().list_small_objects()
+            return
+        yield from self._list_s3_skipping("", {self._key(p) for p in BULK_PREFIXES})
+
+    def _list_s3_skipping(self, prefix: str, skip: set[str]) -> Iterator[ObjectStat]:
+        strip = len(self._prefix) + 1 if self._prefix else 0
+        for page in self._s3_pages(prefix, Delimiter="/"):
+            yield from self._s3_objects(page)
+            for common in page.get("CommonPrefixes", []):
+                sub = common["Prefix"]
+                if sub in skip:
+                    continue
+                if any(s.startswith(sub) for s in skip):
+                    yield from self._list_s3_skipping(sub[strip:].rstrip("/"), skip)
+                else:
+                    yield from self._list_s3(sub[strip:].rstrip("/"))
+
     def _list_s3(self, prefix: str) -> Iterator[ObjectStat]:
+        for page in self._s3_pages(prefix):
+            yield from self._s3_objects(page)
+
+    def _s3_pages(self, prefix: str, **extra: Any) -> Iterator[dict]:
+        """The ListObjectsV2 pages (1000 keys each) below datastore key `prefix`."""
         base = self._key(f"{prefix}/" if prefix else "")
         if base == "/":
             base = ""
-        skip = len(self._prefix) + 1 if self._prefix else 0
         token = None
         while True:
-            kwargs: dict[str, Any] = {"Prefix": base}
+            kwargs: dict[str, Any] = {"Prefix": base, **extra}
             if token:
                 kwargs["ContinuationToken"] = token
             try:
                 page = self._call("list_objects_v2", **kwargs)
             except FileNotFoundError:
                 return
-            for item in page.get("Contents", []):
-                if not item["Key"].endswith("/"):
-                    yield ObjectStat(item["Key"][skip:], item["Size"], item["LastModified"].timestamp())
+            yield page
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
+
+    def _s3_objects(self, page: dict) -> Iterator[ObjectStat]:
+        strip = len(self._prefix) + 1 if self._prefix else 0
+        for item in page.get("Contents", []):
+            if not item["Key"].endswith("/"):
+                yield ObjectStat(item["Key"][strip:], item["Size"], item["LastModified"].timestamp())
 
     def move_to_trash(self, blob: BlobStat) -> str | None:
         """Copy to the trash key, then delete the blob (S3 has no rename). gc re-reads leases

@@ -31,7 +31,7 @@ class NamedRef:
 def named_refs(blobs: BlobStore) -> list[NamedRef]:
     """Every named reference in the datastore (small JSON objects outside casstore/)."""
     found = []
-    for obj in blobs.list_objects(""):
+    for obj in blobs.list_small_objects():
         if obj.key.startswith(f"{INTERNAL}/") or obj.size > MAX_REF_BYTES or is_torn_object(obj.key):
             continue
         data = blobs.get_object(obj.key) or b""
@@ -49,10 +49,7 @@ def named_refs(blobs: BlobStore) -> list[NamedRef]:
 def leftovers(blobs: BlobStore) -> list[ObjectStat]:
     """Temp files of interrupted writes: blob ingests in casstore/tmp, and small objects
     (leases, registry entries, named references) torn between write and rename."""
-    found = list(blobs.list_objects(f"{INTERNAL}/tmp"))
-    found += [o for o in blobs.list_objects("") if is_torn_object(o.key)
-              and not o.key.startswith((f"{INTERNAL}/tmp/", f"{INTERNAL}/blobs/"))]
-    return found
+    return [o for o in blobs.list_small_objects() if o.key.startswith(f"{INTERNAL}/tmp/") or is_torn_object(o.key)]
 
 
 def registered_blob_ids(blobs: BlobStore, index: Index) -> set[str]:
