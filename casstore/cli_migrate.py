@@ -131,6 +131,9 @@ def render(report: Any) -> str:
     if r.failures:
         lines.append("not migrated (left as they were):")
         lines += [f"  {f.experiment}  {_text(f.field)}  {_text(f.url)}: {_text(f.reason)}" for f in r.failures]
+    if r.standalone:
+        lines.append(f"standalone ArchiveStoreIO archives {would}replaced by named references (same URL):")
+        lines += [f"  {_text(a.path)}  {a.blob}  {_bytes(a.legacy_bytes)}" for a in r.standalone]
     if r.orphans:
         lines.append("datastore files nothing references (reported, not deleted):")
         lines += [f"  {_text(o.path)}  {o.kind}  {_bytes(o.size)}" for o in r.orphans]

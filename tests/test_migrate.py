@@ -28,19 +28,20 @@ from click.testing import CliRunner
 
 from make_legacy_fixture import tree_record
 
-from casstore import create_session
+from casstore import create_session, options
 from casstore.cas import legacy
 from casstore.cas import migrate as migration
 from casstore.cas.blobs import LocalBlobStore
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.digest import DigestSink
+from casstore.cas.gc import collect
 from casstore.cas.index import Index
 from casstore.cas.tarball import scan, tar_bytes
 from casstore.cas.verify import verify
 from casstore.cli_migrate import migrate as migrate_command
 from casstore.errors import InvalidInput
 from casstore.storage import datapak
-from casstore.storage.archivestore import ArchiveStore
+from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy"
 LEGACY = "mltraq.ArchiveStore-0"
@@ -175,7 +176,7 @@ def test_identical_content_with_different_legacy_bytes_is_stored_once(project):
     (blob,) = blobs
     algo, hexdigest = blob.split(":")
     assert [b for b in blob_files(project) if b.name.startswith(hexdigest[2:])] != []
-    assert len(blob_files(project)) == 6  # 9 references migrated into 6 distinct contents
+    assert len(blob_files(project)) == 7  # 9 references into 6 contents, and the standalone archive
 
 
 def test_migrated_fields_hold_casstore_references_and_index_rows(project):
@@ -274,13 +275,96 @@ def test_datastore_values_and_their_files_stay(project):
 
 def test_orphans_are_reported_and_never_deleted(project):
     expected = {rel for rel, f in project.manifest["datastore"].items()
-                if rel == "stray.txt" or rel.startswith("undefined/")
-                or (f["tar"] and not any(rel.startswith(e["id"]) for e in project.manifest["experiments"].values()))}
-    assert len(expected) == 3  # a stray file, a standalone ArchiveStoreIO TAR, gamma's replaced folder
+                if rel == "stray.txt"
+                or (f["tar"] and not rel.startswith("undefined/")
+                    and not any(rel.startswith(e["id"]) for e in project.manifest["experiments"].values()))}
+    assert len(expected) == 2  # a stray file, gamma's replaced folder
     before = {rel: (project.datastore / rel).read_bytes() for rel in expected}
     report = project.migrate()
     assert {o.path for o in report.orphans} == expected
     assert {rel: (project.datastore / rel).read_bytes() for rel in expected} == before
+
+
+def standalone_paths(project) -> list[str]:
+    found = [rel for rel in project.manifest["datastore"] if rel.startswith("undefined/")]
+    assert len(found) == 1  # the generator's one ArchiveStoreIO.create
+    return found
+
+
+def legacy_tree(path: Path, out: Path) -> dict:
+    """What MLtraq's own extraction of a legacy TAR gives (tarfile, filter="data")."""
+    with tarfile.open(path) as tar:
+        tar.extractall(out, filter="data")
+    return tree_record(str(out))
+
+
+def test_a_standalone_archivestoreio_tar_is_read_through_its_url_after_migration(project, tmp_path):
+    (rel,) = standalone_paths(project)
+    expected = legacy_tree(project.datastore / rel, tmp_path / "by-tarfile")
+    report = project.migrate()
+    assert [(a.path, a.legacy_bytes) for a in report.standalone] == [(rel, project.manifest["datastore"][rel]["size"])]
+    options().set("datastore.url", f"file:///{project.datastore}")
+    io = ArchiveStoreIO(url=f"file:///{rel}")
+    assert io.blob_id == report.standalone[0].blob
+    io.extract(str(tmp_path / "by-casstore"))
+    assert tree_record(str(tmp_path / "by-casstore")) == expected
+
+
+def test_a_standalone_tar_is_replaced_by_a_named_reference_that_gc_keeps(project):
+    (rel,) = standalone_paths(project)
+    report = project.migrate()
+    body = json.loads((project.datastore / rel).read_bytes())
+    assert body == {"format": "casstore-ref-1", "blob": report.standalone[0].blob,
+                    "size": body["size"], "arc_dir": None}
+    index = Index.open(project.url)
+    try:
+        store = ContentStore(LocalBlobStore(str(project.datastore)))
+        collect(index, store, grace_s=0)
+        assert store.blobs.find(body["blob"]) is not None
+    finally:
+        index.dispose()
+
+
+def test_a_run_stopped_before_the_reference_is_written_leaves_the_tar_for_the_next(project, monkeypatch):
+    (rel,) = standalone_paths(project)
+    before = (project.datastore / rel).read_bytes()
+
+    real_put = LocalBlobStore.put_object
+
+    def stopped(self, key, data):
+        if key == rel:
+            raise Stop(f"killed before writing {key}")
+        real_put(self, key, data)
+
+    monkeypatch.setattr(LocalBlobStore, "put_object", stopped)
+    with pytest.raises(Stop):
+        migration.execute(project.plan())
+    monkeypatch.undo()
+    assert (project.datastore / rel).read_bytes() == before
+    report = project.migrate()
+    assert [a.path for a in report.standalone] == [rel]
+    assert json.loads((project.datastore / rel).read_bytes())["blob"] == report.standalone[0].blob
+
+
+def test_keep_legacy_leaves_standalone_tars_as_they_are(project):
+    (rel,) = standalone_paths(project)
+    before = (project.datastore / rel).read_bytes()
+    report = project.migrate(keep_legacy=True)
+    assert report.standalone == [] and rel in {o.path for o in report.orphans}
+    assert (project.datastore / rel).read_bytes() == before
+
+
+def test_a_standalone_tar_that_cannot_be_read_is_kept_and_reported(project):
+    (rel,) = standalone_paths(project)
+    path = project.datastore / rel
+    data = bytearray(path.read_bytes())
+    data[600:700] = b"\xff" * 100  # the first member's data region: its header stays a TAR header
+    data[1024:1536] = b"\x01" * 512  # the second header is garbage
+    path.write_bytes(bytes(data))
+    report = project.migrate()
+    assert report.standalone == [] and rel in {o.path for o in report.orphans}
+    assert path.read_bytes() == bytes(data)
+    assert any(rel in w for w in report.warnings)
 
 
 def test_report_counts_before_and_after(project):
@@ -291,8 +375,10 @@ def test_report_counts_before_and_after(project):
     assert (report.references_found, report.references_migrated) == (10, 9)
     assert report.legacy_files == len(migrated) == 9
     assert report.legacy_bytes == report.deleted_bytes == sum(tars[rel]["size"] for rel in migrated)
-    assert report.blobs == report.blobs_new == len(blob_files(project)) == 6
-    assert report.new_bytes == sum(b.stat().st_size for b in blob_files(project))
+    standalone_blob = report.standalone[0].blob.split(":")[1]
+    referenced = [b for b in blob_files(project) if not b.name.startswith(standalone_blob[2:])]
+    assert report.blobs == report.blobs_new == len(referenced) == 6
+    assert report.new_bytes == sum(b.stat().st_size for b in referenced)
     assert report.bytes_saved == report.legacy_bytes - report.new_bytes > 0
 
 
@@ -358,7 +444,7 @@ def test_verify_deep_passes_after_migration(project):
         report = verify(index, ContentStore(LocalBlobStore(str(project.datastore))), deep=True)
     finally:
         index.dispose()
-    assert report.problems == [] and report.blobs_checked == 6
+    assert report.problems == [] and report.blobs_checked == 7  # 6 referenced by experiments, 1 by name
 
 
 # --------------------------------------------------------------------------- dry run, re-run, interruption

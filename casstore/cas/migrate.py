@@ -7,14 +7,17 @@ Two steps, dvc's prepare()/migrate() split:
   serialized columns of the run tables (`experiment_<name>`, as the experiment's meta
   names them). DataPak bytes are read only with `datapak.safe_unpickle`, never with
   MLtraq's decoder (which extracts archives as a side effect). It also lists the datastore
-  files nothing references (orphans, only ever reported).
+  files nothing references: standalone `ArchiveStoreIO` TARs (`<prefix>/<uuid4 hex>`),
+  and the other orphans, which are only ever reported.
 * `execute(plan, ...)` migrates one experiment at a time: each legacy TAR is turned into
   its canonical TAR (legacy.py) and stored under its content digest (under a lease), the
   blob is re-read and checked, then one transaction replaces each reference by casstore's
   `{"DATAPAK-0": "casstore.ArchiveStore-0", "value": {"blob", "arc_dir", "size"}}`, inserts
   the index rows (run-level ones with their id_run) and records each migrated legacy file
   in casstore_meta. Only after that commit are the legacy TARs deleted (`keep_legacy`
-  keeps them), and their casstore_meta records with them.
+  keeps them), and their casstore_meta records with them. Last, each standalone TAR is
+  stored and checked the same way, then replaced (one atomic rename) by a named reference
+  at the same path, so that the URL the user kept still opens it through ArchiveStoreIO.
 
 Every state is resumable: a killed run leaves either an experiment untouched (legacy
 references; at most unreferenced blobs that gc reclaims) or committed (the legacy files it
@@ -34,6 +37,7 @@ import json
 import os
 import pickle
 import posixpath
+import re
 import stat
 import time
 import uuid
@@ -137,6 +141,7 @@ class MigrationPlan:
     orphans: list[Orphan]
     pending: list[Pending]
     warnings: list[str]
+    standalone: list[Orphan] = field(default_factory=list)  # ArchiveStoreIO TARs
 
     @property
     def refs(self) -> list[LegacyRef]:
@@ -166,7 +171,10 @@ def plan(db_url: str, datastore: str) -> MigrationPlan:
     referenced = {r.relpath for e in experiments for r in e.refs if r.relpath}
     referenced |= {p.path for p in pending}
     referenced |= datastore_files
-    return MigrationPlan(db_url, root, experiments, _orphans(root, referenced), pending, warnings)
+    found = _orphans(root, referenced)
+    standalone = [o for o in found if _is_standalone(o)]
+    orphans = [o for o in found if not _is_standalone(o)]
+    return MigrationPlan(db_url, root, experiments, orphans, pending, warnings, standalone)
 
 
 def datastore_path(datastore: str) -> str:
@@ -400,6 +408,19 @@ def _orphans(root: str, referenced: set[str]) -> list[Orphan]:
     return out
 
 
+_UUID_HEX = re.compile(r"[0-9a-f]{32}")
+_DASHED_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _is_standalone(orphan: Orphan) -> bool:
+    """An `ArchiveStoreIO.create` TAR: `<relative_path_prefix>/<uuid4 hex>`, outside the
+    experiments' folders (named by their dashed id), that no experiment references."""
+    parent, _, name = orphan.path.rpartition("/")
+    folder = parent.rpartition("/")[2]
+    return (orphan.kind == "tar" and bool(parent) and _UUID_HEX.fullmatch(name) is not None
+            and _DASHED_UUID.fullmatch(folder) is None)
+
+
 def _is_named_ref(head: bytes) -> bool:
     if len(head) > MAX_REF_BYTES or not head.startswith(b"{"):
         return False
@@ -443,6 +464,15 @@ class MigrationEvent:
 Progress = Callable[[MigrationEvent], None]
 
 
+@dataclass(frozen=True)
+class StandaloneArchive:
+    """An ArchiveStoreIO TAR replaced by a named reference at the same path (same URL)."""
+
+    path: str
+    blob: str
+    legacy_bytes: int
+
+
 @dataclass
 class MigrationReport:
     dry_run: bool
@@ -466,6 +496,7 @@ class MigrationReport:
     kept_bytes: int = 0
     failures: list[RefFailure] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
+    standalone: list[StandaloneArchive] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -513,6 +544,7 @@ def execute(plan: MigrationPlan, dry_run: bool = False, keep_legacy: bool = Fals
         run.finish_pending()
         for i, exp in enumerate(plan.experiments):
             run.experiment(exp, i)
+        run.standalone(plan.standalone)
     finally:
         run.close()
     return report
@@ -627,7 +659,7 @@ class _Run:
         done = []
         for ref in refs:
             try:
-                stored = self._store(ref, lease)
+                stored = self._store(ref.relpath, lease)
                 if not self.dry_run:
                     self._check_blob(stored.info.blob_id, stored.info.size)
             except LegacyArchiveError as exc:
@@ -640,14 +672,14 @@ class _Run:
                 done.append((ref, stored))
         return done
 
-    def _store(self, ref: LegacyRef, lease: Lease | None) -> _Stored:
-        assert ref.relpath is not None
-        if ref.relpath in self.stored:
-            stored = self.stored[ref.relpath]
+    def _store(self, relpath: str | None, lease: Lease | None) -> _Stored:
+        assert relpath is not None
+        if relpath in self.stored:
+            stored = self.stored[relpath]
             if lease is not None:
                 lease.add(stored.info.blob_id)
             return stored
-        path = os.path.join(self.plan.datastore, ref.relpath)
+        path = os.path.join(self.plan.datastore, relpath)
         with open(path, "rb") as f:
             legacy_size = os.fstat(f.fileno()).st_size
             members = canonical_members(read_members(f))
@@ -668,7 +700,7 @@ class _Run:
                 else:
                     info = self._ingest(f, members, blob_id, size)
         stored = _Stored(info, legacy_size)
-        self.stored[ref.relpath] = stored
+        self.stored[relpath] = stored
         return stored
 
     def _ingest(self, f: Any, members: list, blob_id: str, size: int) -> BlobInfo:
@@ -793,6 +825,40 @@ class _Run:
                 continue
             self._delete_legacy(relpath, stored.legacy_size)
             self._forget_pending([_pending_key(relpath)])
+
+    # ArchiveStoreIO archives no experiment references
+
+    def standalone(self, archives: list[Orphan]) -> None:
+        """Store each standalone TAR as a blob, check it, then replace the file, in one
+        atomic rename, by a named reference at the same path: its URL (`file:///<prefix>/<uuid
+        hex>`, kept by the user's code) then reads the blob through ArchiveStoreIO. With
+        --keep-legacy they stay as they are (the reference would take the TAR's place)."""
+        if self.keep_legacy:
+            self.report.orphans += archives
+            return
+        lease = None if self.dry_run else Lease(self.store.blobs)
+        try:
+            for orphan in archives:
+                converted = self._convert_standalone(orphan, lease)
+                if converted is None:
+                    self.report.orphans.append(orphan)
+                else:
+                    self.report.standalone.append(converted)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _convert_standalone(self, orphan: Orphan, lease: Lease | None) -> StandaloneArchive | None:
+        try:
+            stored = self._store(orphan.path, lease)
+            if not self.dry_run:
+                self._check_blob(stored.info.blob_id, stored.info.size)
+                body = {"format": REF_FORMAT, "blob": stored.info.blob_id, "size": stored.info.size, "arc_dir": None}
+                self.store.blobs.put_object(orphan.path, json.dumps(body).encode())
+        except (LegacyArchiveError, CasStoreError, OSError) as exc:
+            self.report.warnings.append(f"standalone archive {orphan.path} kept as it is: {exc}")
+            return None
+        return StandaloneArchive(orphan.path, stored.info.blob_id, stored.legacy_size)
 
     def _delete_legacy(self, relpath: str, size: int) -> None:
         path = os.path.join(self.plan.datastore, relpath)
