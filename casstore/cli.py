@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from casstore import __version__
+from casstore.cas.engine import safe_url
 from casstore.errors import (BlobNotFound, CasStoreError, CorruptBlob, DatastoreError, ExperimentNotFound,
                              InvalidInput, LoadError, SchemaOutdated)
 
@@ -73,13 +74,6 @@ def _warn(message: str) -> None:
 
 # -- opening the database and the datastore ------------------------------------------------
 
-def _safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
 def _open_engine(url: str) -> Engine:
     """An engine on an existing database: a SQLite file that does not exist is refused
     rather than created (a typo in --db must not start an empty project)."""
@@ -99,7 +93,7 @@ def _open_engine(url: str) -> Engine:
     try:
         return make_engine(url)
     except (SQLAlchemyError, ImportError, InvalidInput) as exc:
-        raise Failure(f"cannot open database {_safe_url(url)}: {exc}", EXIT_UNUSABLE) from exc
+        raise Failure(f"cannot open database {safe_url(url)}: {exc}", EXIT_UNUSABLE) from exc
 
 
 def _open_index(url: str):
@@ -111,18 +105,18 @@ def _open_index(url: str):
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
     except SQLAlchemyError as exc:
-        raise Failure(f"cannot open database {_safe_url(url)}: {getattr(exc, 'orig', None) or exc}",
+        raise Failure(f"cannot open database {safe_url(url)}: {getattr(exc, 'orig', None) or exc}",
                       EXIT_UNUSABLE) from exc
     finally:
         engine.dispose()
     if not any(t.name in names for t in CASSTORE_TABLES):
-        raise Failure(f"database {_safe_url(url)} holds no casstore tables (not a casstore project?)", EXIT_UNUSABLE)
+        raise Failure(f"database {safe_url(url)} holds no casstore tables (not a casstore project?)", EXIT_UNUSABLE)
     try:
         return Index.open(url)
     except SchemaOutdated as exc:
         raise Failure(str(exc), EXIT_UNUSABLE) from exc
     except (CasStoreError, SQLAlchemyError) as exc:
-        raise Failure(f"cannot open database {_safe_url(url)}: {exc}", EXIT_UNUSABLE) from exc
+        raise Failure(f"cannot open database {safe_url(url)}: {exc}", EXIT_UNUSABLE) from exc
 
 
 class Project:
@@ -510,7 +504,7 @@ def _find_experiment(index: Any, ref: str) -> Any:
         except ValueError:
             record = None
     if record is None:
-        raise Failure(f"no experiment named {ref!r} or with that id in {_safe_url(index.url)}", EXIT_UNUSABLE)
+        raise Failure(f"no experiment named {ref!r} or with that id in {safe_url(index.url)}", EXIT_UNUSABLE)
     return record
 
 
@@ -621,7 +615,7 @@ def _revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return current_revision(conn)
     except SQLAlchemyError as exc:
-        raise Failure(f"cannot open database {_safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}",
+        raise Failure(f"cannot open database {safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}",
                       EXIT_UNUSABLE) from exc
 
 

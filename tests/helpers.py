@@ -2,10 +2,53 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from casstore.cli import main
 
 
 def blob_files(datastore: str | Path = "mltraq.datastore") -> list[Path]:
     """The blob files of a local datastore, sorted."""
     root = Path(datastore) / "casstore" / "blobs"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def write(path: str | os.PathLike, data: bytes = b"x", mode: int | None = None) -> str | os.PathLike:
+    """Write a file (making its folders), optionally chmod it; returns `path`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+    return path
+
+
+def make_folder(path: str | Path, files: dict[str, bytes]) -> None:
+    """Create the files of `files` ('/'-separated relative path -> bytes) below `path`."""
+    for rel, data in files.items():
+        p = Path(path) / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def db_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def file_tree(root: str | Path) -> dict[str, bytes]:
+    """Every file below `root`: '/'-separated relative path -> its bytes."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(*args: str, code: int | None = 0, env: dict | None = None) -> Result:
+    """Run the `casstore` command in-process; check its exit code unless `code` is None."""
+    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}
+    result = CliRunner(**kwargs).invoke(main, list(args), env=env, catch_exceptions=False)
+    if code is not None:
+        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    return result

@@ -15,7 +15,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import blob_files
+from helpers import blob_files, db_url, make_folder
+from helpers import file_tree as tree
 
 from casstore import (Archive, ArchiveStore, ArchiveStoreIO, Bunch, InvalidInput, LoadError, SourceNotFound,
                       create_session, options)
@@ -35,22 +36,6 @@ def blob_path(blob_id: str, datastore: str | Path = "mltraq.datastore") -> Path:
     found = [p for p in folder.glob(hexdigest[2:] + ".*")] if folder.exists() else []
     assert len(found) == 1, found
     return found[0]
-
-
-def make_folder(path: str | Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        p = Path(path) / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-
-def tree(root: str | Path) -> dict[str, bytes]:
-    root = Path(root)
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def db_url(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
 
 
 def extracted(e, arc_dir: str = ".") -> Path:

@@ -9,7 +9,6 @@ moto server that conftest.py starts on a free loopback port."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import threading
@@ -18,18 +17,16 @@ import uuid
 from multiprocessing.pool import ThreadPool
 
 import pytest
-from click.testing import CliRunner
+from helpers import file_tree, run_cli
 
 from casstore import create_session, options
 from casstore.cas.blobs import FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, LocalBlobStore, blob_key, open_blobstore
-from casstore.cas.contentstore import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.gc import collect
 from casstore.cas.index import DATASTORE_KEY, Index
 from casstore.cas.leases import Lease
 from casstore.cas.registry import registered
 from casstore.cas.verify import verify
-from casstore.cli import main
 from casstore.errors import BlobNotFound, DatastoreError
 from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
@@ -527,16 +524,6 @@ class TestMemoryFsspecBlobStore(BlobStoreContract):
 # The same story on every backend: sessions, dedup, loads, named references, gc, verify, CLI
 
 
-def _tree(root) -> dict:
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def _make_folder(root, seed: int = 0):
     os.makedirs(os.path.join(root, "sub"), exist_ok=True)
     with open(os.path.join(root, "a.csv"), "wb") as f:
@@ -544,14 +531,6 @@ def _make_folder(root, seed: int = 0):
     with open(os.path.join(root, "sub", "b.bin"), "wb") as f:
         f.write(payload(200_000, seed=seed))
     return str(root)
-
-
-def _cli(*args: str, env: dict | None = None, code: int | None = 0):
-    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}
-    result = CliRunner(**kwargs).invoke(main, list(args), env=env, catch_exceptions=False)
-    if code is not None:
-        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    return result
 
 
 class SessionContract:
@@ -591,7 +570,7 @@ class SessionContract:
         assert registered(store.blobs) == [f"sqlite:///{workdir / 'runs.db'}"]
         e = s.load_experiment("baseline")
         target = workdir / "mltraq.archivestore" / str(e.id_experiment) / "data"
-        assert _tree(target) == _tree(src)
+        assert file_tree(target) == file_tree(src)
         assert os.path.abspath(e.fields.data.get_target()) == str(workdir / "mltraq.archivestore" / str(e.id_experiment))
         s.index.dispose()
 
@@ -606,7 +585,7 @@ class SessionContract:
         other = _make_folder(workdir / "other", seed=2)
         s.create_experiment("z", data=ArchiveStore(src_dir=other, arc_dir="data")).persist(if_exists="replace")
         e = s.load_experiment("z")
-        assert _tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "data") == _tree(other)
+        assert file_tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "data") == file_tree(other)
         s.index.dispose()
 
     def test_named_references(self, project, workdir):
@@ -617,7 +596,7 @@ class SessionContract:
             again = ArchiveStoreIO(url=io.url)
             assert any(name.endswith("data/a.csv") for name in again.getnames())
             again.extract(str(workdir / "out"))
-        assert _tree(workdir / "out" / "data") == _tree(src)
+        assert file_tree(workdir / "out" / "data") == file_tree(src)
         store = self._store(url)
         assert any(o.key.startswith("refs/") for o in store.blobs.list_objects("refs"))
 
@@ -707,14 +686,14 @@ class SessionContract:
         s.create_experiment("b", data=ArchiveStore(src_dir=src, arc_dir="d")).persist()
         s.index.dispose()
         options().reset()  # the command knows only --db and the environment
-        stats = json.loads(_cli("stats", "--db", db, "--json", env=cli_env).stdout)
+        stats = json.loads(run_cli("stats", "--db", db, "--json", env=cli_env).stdout)
         assert (stats["blobs"], stats["references"], stats["datastore"]) == (1, 2, url)
         assert stats["dedup_ratio"] == pytest.approx(2.0)
-        assert json.loads(_cli("verify", "--db", db, "--deep", "--json", env=cli_env).stdout)["problems"] == []
-        _cli("gc", "--db", db, "--grace", "0", env=cli_env)
-        _cli("extract", "--db", db, "a", "--target", str(workdir / "x"), env=cli_env)
-        assert _tree(workdir / "x" / "d") == _tree(src)
-        listed = json.loads(_cli("registry", "--db", db, "--datastore", url, "--json", env=cli_env).stdout)
+        assert json.loads(run_cli("verify", "--db", db, "--deep", "--json", env=cli_env).stdout)["problems"] == []
+        run_cli("gc", "--db", db, "--grace", "0", env=cli_env)
+        run_cli("extract", "--db", db, "a", "--target", str(workdir / "x"), env=cli_env)
+        assert file_tree(workdir / "x" / "d") == file_tree(src)
+        listed = json.loads(run_cli("registry", "--db", db, "--datastore", url, "--json", env=cli_env).stdout)
         assert [d["url"] for d in listed["databases"]] == [f"sqlite:///{workdir / 'runs.db'}"]
 
 
@@ -741,7 +720,7 @@ class TestS3Session(SessionContract):
         s = create_session(db)
         s.create_experiment("a", data=ArchiveStore(src_dir=_make_folder(workdir / "d"), arc_dir="d")).persist()
         s.index.dispose()
-        result = _cli("stats", "--db", db, "--datastore", "s3://no-such-bucket-casstore/ds", env=cli_env, code=3)
+        result = run_cli("stats", "--db", db, "--datastore", "s3://no-such-bucket-casstore/ds", env=cli_env, code=3)
         assert "no-such-bucket-casstore" in result.stderr and "does not exist" in result.stderr
         assert "Traceback" not in result.stderr
 

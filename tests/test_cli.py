@@ -5,7 +5,6 @@ script and the checkout launcher (`python cli.py`) as subprocesses."""
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
+from helpers import run_cli as run
 
 from casstore import create_session, options
 from casstore.cas.blobs import LocalBlobStore
@@ -32,12 +31,6 @@ from casstore.storage.archivestore import ArchiveStore
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "cli.md"
-
-
-def _runner() -> CliRunner:
-    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    return CliRunner()
 
 
 @dataclass
@@ -68,13 +61,6 @@ class Project:
         algo, hexd = blob_id.split(":")
         suffix = ".tar.zst" if found.codec == "zstd" else ".tar"
         return self.datastore / "casstore" / "blobs" / algo / hexd[:2] / f"{hexd[2:]}{suffix}"
-
-
-def run(*args: str, code: int | None = 0, env: dict | None = None):
-    result = _runner().invoke(main, list(args), env=env, catch_exceptions=False)
-    if code is not None:
-        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    return result
 
 
 def run_json(*args: str, code: int = 0):

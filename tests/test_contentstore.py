@@ -14,6 +14,7 @@ import time
 
 import pytest
 import zstandard
+from helpers import write
 
 import casstore.cas.tarball as tarball
 from casstore.cas.blobs import LocalBlobStore, blob_key
@@ -25,14 +26,6 @@ from casstore.errors import BlobNotFound, CorruptBlob, SourceChanged, SourceNotF
 
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def write(path, data: bytes = b"x", mode: int | None = None):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
 
 
 def make_src(root, scale: int = 1):

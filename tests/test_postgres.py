@@ -5,7 +5,6 @@ database. The last tests run a team's whole setup: the index on PostgreSQL, the 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from click.testing import CliRunner
+from helpers import file_tree, run_cli
 from sqlalchemy.engine import make_url
 
 from casstore import create_session, options
@@ -24,7 +23,6 @@ from casstore.cas.gc import collect
 from casstore.cas.index import BlobFacts, ExperimentRecord, Index, Ref
 from casstore.cas.registry import register, registered, registry_url
 from casstore.cas.verify import verify
-from casstore.cli import main
 from casstore.errors import DatastoreError, ExperimentAlreadyExists
 from casstore.storage.archivestore import ArchiveStore
 
@@ -44,24 +42,6 @@ def _folder(root, seed: int = 0) -> str:
     with open(os.path.join(root, "sub", "b.txt"), "wb") as f:
         f.write(f"seed {seed}\n".encode() * 100)
     return str(root)
-
-
-def _tree(root) -> dict:
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
-def _cli(*args: str, env: dict | None = None, code: int | None = 0):
-    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}
-    result = CliRunner(**kwargs).invoke(main, list(args), env=env, catch_exceptions=False)
-    if code is not None:
-        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    return result
 
 
 @pytest.fixture
@@ -87,10 +67,10 @@ def test_persist_load_replace_delete(project, workdir):
         s.create_experiment("exp", data=ArchiveStore(src_dir=second, arc_dir="data")).persist()
     loaded = s.load_experiment("exp")
     assert loaded.fields.note == "kept"
-    assert _tree(workdir / "mltraq.archivestore" / str(loaded.id_experiment) / "data") == _tree(first)
+    assert file_tree(workdir / "mltraq.archivestore" / str(loaded.id_experiment) / "data") == file_tree(first)
     s.create_experiment("exp", data=ArchiveStore(src_dir=second, arc_dir="data")).persist(if_exists="replace")
     again = s.load_experiment("exp")
-    assert _tree(workdir / "mltraq.archivestore" / str(again.id_experiment) / "data") == _tree(second)
+    assert file_tree(workdir / "mltraq.archivestore" / str(again.id_experiment) / "data") == file_tree(second)
     assert sorted(s.ls()["name"]) == ["exp", "twin"]
     assert len(list(LocalBlobStore(datastore).iter_blobs())) == 2
     s.delete_experiment(s.read_experiment("twin"))
@@ -133,12 +113,12 @@ def test_the_cli_on_the_database(project, workdir):
     s.create_experiment("a", data=ArchiveStore(src_dir=src, arc_dir="d")).persist()
     s.create_experiment("b", data=ArchiveStore(src_dir=src, arc_dir="d")).persist()
     s.index.dispose()
-    stats = json.loads(_cli("stats", "--db", db, "--json").stdout)
+    stats = json.loads(run_cli("stats", "--db", db, "--json").stdout)
     assert (stats["blobs"], stats["references"]) == (1, 2)
-    assert json.loads(_cli("verify", "--db", db, "--json").stdout)["problems"] == []
-    assert [r["name"] for r in json.loads(_cli("ls", "--db", db, "--json").stdout)] == ["a", "b"]
-    assert json.loads(_cli("db", "current", "--db", db, "--json").stdout)["up_to_date"] is True
-    _cli("gc", "--db", db, "--grace", "0")
+    assert json.loads(run_cli("verify", "--db", db, "--json").stdout)["problems"] == []
+    assert [r["name"] for r in json.loads(run_cli("ls", "--db", db, "--json").stdout)] == ["a", "b"]
+    assert json.loads(run_cli("db", "current", "--db", db, "--json").stdout)["up_to_date"] is True
+    run_cli("gc", "--db", db, "--grace", "0")
 
 
 def test_a_password_never_shows(pg_url):
@@ -150,7 +130,7 @@ def test_a_password_never_shows(pg_url):
     assert (make_url(reg).host, make_url(reg).port, make_url(reg).database) == \
         (make_url(pg_url).host, make_url(pg_url).port, make_url(pg_url).database)
     unreachable = make_url(pg_url).set(password="hunter2", database="no_such_db_casstore")
-    result = _cli("stats", "--db", unreachable.render_as_string(hide_password=False), code=3)
+    result = run_cli("stats", "--db", unreachable.render_as_string(hide_password=False), code=3)
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
@@ -260,7 +240,7 @@ def test_concurrent_replacements_of_one_experiment(project, workdir):
     assert list(s.ls()["name"]) == ["same"]
     assert len(list(s.index.iter_refs())) == 1
     e = s.load_experiment("same")
-    assert _tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "d") in [_tree(f) for f in folders]
+    assert file_tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "d") in [file_tree(f) for f in folders]
     s.index.dispose()
 
 
@@ -289,7 +269,7 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
     report = collect(solo.index, store, grace_s=0)
     assert [d.blob for d in report.deleted if d.blob] == [mine.fields.data.blob_id]
     assert [b.blob_id for b in store.blobs.iter_blobs()] == [kept.fields.data.blob_id]
-    out = json.loads(_cli("gc", "--db", solo_db, "--grace", "0", "--json").stdout)
+    out = json.loads(run_cli("gc", "--db", solo_db, "--grace", "0", "--json").stdout)
     assert out["deleted"] == []
 
     # the team deletes its experiment: now gc from the other project may take the blob
@@ -304,10 +284,10 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
     register(store.blobs, gone)
     with pytest.raises(DatastoreError, match="casstore_gone_"):
         collect(solo.index, store, grace_s=0)
-    result = _cli("gc", "--db", solo_db, "--grace", "0", code=3)
+    result = run_cli("gc", "--db", solo_db, "--grace", "0", code=3)
     assert "casstore_gone_" in result.stderr and "registry --forget" in result.stderr
-    _cli("registry", "--db", solo_db, "--forget", gone)
-    _cli("gc", "--db", solo_db, "--grace", "0")
+    run_cli("registry", "--db", solo_db, "--forget", gone)
+    run_cli("gc", "--db", solo_db, "--grace", "0")
     solo.index.dispose()
 
 
@@ -330,7 +310,7 @@ def test_team_setup_postgresql_and_s3(pg_url, s3_bucket, s3_options, s3_endpoint
     s.delete_experiment(gone)
     assert s.index.get_fact("datastore") == datastore
     e = s.load_experiment("baseline")
-    assert _tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "data") == _tree(src)
+    assert file_tree(workdir / "mltraq.archivestore" / str(e.id_experiment) / "data") == file_tree(src)
     s.index.dispose()
 
     # several team members persist at once, each with only the AWS variables set
@@ -338,11 +318,11 @@ def test_team_setup_postgresql_and_s3(pg_url, s3_bucket, s3_options, s3_endpoint
     _run_writers(pg_url, datastore, [[[f"m{p}", src, "fail"]] for p in range(3)], env=aws)
 
     options().reset()  # the command knows --db and the environment only
-    assert json.loads(_cli("verify", "--db", pg_url, "--deep", "--json", env=aws).stdout)["problems"] == []
-    out = json.loads(_cli("gc", "--db", pg_url, "--grace", "0", "--json", env=aws).stdout)
+    assert json.loads(run_cli("verify", "--db", pg_url, "--deep", "--json", env=aws).stdout)["problems"] == []
+    out = json.loads(run_cli("gc", "--db", pg_url, "--grace", "0", "--json", env=aws).stdout)
     assert [d["blob"] for d in out["deleted"] if "blob" in d] == [gone.fields.data.blob_id]
-    stats = json.loads(_cli("stats", "--db", pg_url, "--json", env=aws).stdout)
+    stats = json.loads(run_cli("stats", "--db", pg_url, "--json", env=aws).stdout)
     # the workers archive under arc_dir "d", the first two under "data": two blobs
     assert (stats["blobs"], stats["references"], stats["datastore"]) == (2, 5, datastore)
-    listed = json.loads(_cli("registry", "--db", pg_url, "--json", env=aws).stdout)
+    listed = json.loads(run_cli("registry", "--db", pg_url, "--json", env=aws).stdout)
     assert [d["url"] for d in listed["databases"]] == [registry_url(pg_url)]

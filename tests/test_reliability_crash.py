@@ -436,13 +436,19 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
 # --------------------------------------------------------------------------- the aftermath of a crash, made by hand
 
 
-def test_temp_file_of_a_killed_ingest_is_reclaimable_and_gc_removes_it(tmp_path):
+def persisted_project(tmp_path):
+    """A project with one experiment persisted (one small blob), and its session."""
     project = rw.Project(tmp_path / "p")
     s = project.session()
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"a")
     s.create_experiment("a", data=ArchiveStore(src_dir=str(src))).persist()
+    return project, s
+
+
+def test_temp_file_of_a_killed_ingest_is_reclaimable_and_gc_removes_it(tmp_path):
+    project, s = persisted_project(tmp_path)
     tmp = os.path.join(project.datastore, "casstore", "tmp")
     os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(tmp, "0123456789abcdef0123456789abcdef.partial"), "wb") as f:
@@ -462,12 +468,7 @@ def test_torn_small_object_write_of_a_killed_process_is_reclaimable(tmp_path, fo
     """put_object writes `<key>.<uuid>.tmp` then renames it: a process killed in between
     leaves that temp file. It is a leftover of an interrupted write, so verify must list it
     as reclaimable and gc must remove it (otherwise such files pile up forever)."""
-    project = rw.Project(tmp_path / "p")
-    s = project.session()
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_bytes(b"a")
-    s.create_experiment("a", data=ArchiveStore(src_dir=str(src))).persist()
+    project, s = persisted_project(tmp_path)
     torn = os.path.join(project.datastore, "casstore", folder, "0" * 32 + ".json." + "1" * 32 + ".tmp")
     os.makedirs(os.path.dirname(torn), exist_ok=True)
     with open(torn, "wb") as f:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import blob_files
+from helpers import blob_files, db_url, make_folder
 
 from casstore import (Archive, ArchiveStore, Bunch, Experiment, ExperimentAlreadyExists, ExperimentNotFound,
                       InvalidInput, Session, UnsupportedValue, create_session, options)
@@ -24,17 +24,6 @@ def _work(workdir):
     return workdir
 
 
-
-
-def make_folder(path: str, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        p = Path(path) / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-
-def db_url(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
 
 
 def fields_row(db: Path, name: str) -> tuple:

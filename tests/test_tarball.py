@@ -16,6 +16,7 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from helpers import write
 
 from casstore.cas.blobs import LocalBlobStore, blob_key
 from casstore.cas.contentstore import ContentStore
@@ -27,15 +28,6 @@ from casstore.errors import InvalidInput
 
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def write(path, data: bytes = b"x", mode: int | None = None):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
-    return path
 
 
 def archive(src, arc_dir: str = ".", **kw) -> bytes:

@@ -20,6 +20,14 @@ WRITE_OPTION = "casstore_write"
 PG_WRITE_LOCK_KEY = 0x6361_7373  # "cass"
 
 
+def safe_url(url: str) -> str:
+    """`url` for messages: its password, if any, masked (an unparsable URL as given)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
     try:

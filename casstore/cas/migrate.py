@@ -53,7 +53,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from casstore.cas.blobs import INTERNAL, LocalBlobStore
 from casstore.cas.contentstore import CODECS, BlobInfo, ContentStore
 from casstore.cas.digest import DigestSink
-from casstore.cas.engine import write_transaction
+from casstore.cas.engine import safe_url, write_transaction
 from casstore.cas.index import DATASTORE_KEY, Index
 from casstore.cas.leases import Lease
 from casstore.cas.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
@@ -156,7 +156,7 @@ def plan(db_url: str, datastore: str) -> MigrationPlan:
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
             if EXPERIMENTS_TABLE not in names:
-                raise InvalidInput(f"database {_safe_url(db_url)} has no {EXPERIMENTS_TABLE!r} table: "
+                raise InvalidInput(f"database {safe_url(db_url)} has no {EXPERIMENTS_TABLE!r} table: "
                                    "not an MLtraq project")
             warnings: list[str] = []
             datastore_files: set[str] = set()
@@ -164,7 +164,7 @@ def plan(db_url: str, datastore: str) -> MigrationPlan:
                            for row in _experiment_rows(conn)]
             pending = _pending(conn) if MetaRow.__tablename__ in names else []
     except SQLAlchemyError as exc:
-        raise InvalidInput(f"cannot read database {_safe_url(db_url)}: {getattr(exc, 'orig', None) or exc}") from exc
+        raise InvalidInput(f"cannot read database {safe_url(db_url)}: {getattr(exc, 'orig', None) or exc}") from exc
     finally:
         engine.dispose()
     _mark_collisions(experiments)
@@ -191,13 +191,6 @@ def datastore_path(datastore: str) -> str:
     return root
 
 
-def _safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
 def _read_engine(db_url: str) -> Engine:
     """An engine that only reads: no pragmas, and a SQLite file must exist (never created)."""
     try:
@@ -213,7 +206,7 @@ def _read_engine(db_url: str) -> Engine:
     try:
         return create_engine(db_url)
     except (SQLAlchemyError, ImportError) as exc:
-        raise InvalidInput(f"cannot open database {_safe_url(db_url)}: {exc}") from exc
+        raise InvalidInput(f"cannot open database {safe_url(db_url)}: {exc}") from exc
 
 
 def _experiment_rows(conn: Connection) -> Iterator[Any]:
