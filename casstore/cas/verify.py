@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from casstore.cas.blobs import BlobStat
+from casstore.cas.blobs import CODEC_SUFFIX, BlobStat
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.index import BlobFacts, Index
 from casstore.cas.leases import read_leases
@@ -46,24 +46,48 @@ class VerifyReport:
 def verify(index: Index, store: ContentStore, *, deep: bool = False,
            progress: Callable[[int], None] | None = None) -> VerifyReport:
     report = VerifyReport()
-    stored = {b.blob_id: b for b in store.blobs.iter_blobs()}
+    copies = _stored_copies(store)
     facts = {f.blob_id: f for f in index.iter_blob_facts()}
     referenced: dict[str, tuple[str | None, str | None]] = {}
     for ref in index.iter_refs():
         referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.field))
     for named in named_refs(store.blobs):
         referenced.setdefault(named.blob_id, (None, named.key))
-        found = stored.get(named.blob_id)
-        if named.blob_id not in facts and found is not None and named.size is not None:
-            facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found.stored_size, found.codec)
+        found = copies.get(named.blob_id)
+        if named.blob_id not in facts and found and named.size is not None:
+            facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     for blob_id, (experiment, fld) in sorted(referenced.items()):
-        problem = _check_blob(store, blob_id, stored.get(blob_id), facts.get(blob_id), deep, progress, trashed)
+        known = facts.get(blob_id)
+        problem = _check_blob(store, blob_id, _described(copies.get(blob_id, []), known), known, deep, progress, trashed)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
         report.blobs_checked += 1
-    report.reclaimable = reclaimable(index, store, stored)
+    report.reclaimable = reclaimable(index, store, copies)
     return report
+
+
+def _stored_copies(store: ContentStore) -> dict[str, list[BlobStat]]:
+    """Every stored blob by id, from one listing; the copy readers use comes first (`find`'s
+    codec order). Two writers racing with different codecs can leave a `.tar` and a
+    `.tar.zst` of one id (docs/datastore.md); both are sound."""
+    order = list(CODEC_SUFFIX)
+    copies: dict[str, list[BlobStat]] = {}
+    for blob in store.blobs.iter_blobs():
+        copies.setdefault(blob.blob_id, []).append(blob)
+    for found in copies.values():
+        found.sort(key=lambda b: order.index(b.codec))
+    return copies
+
+
+def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | None:
+    """The copy the index facts describe (a writer records the copy it found or wrote), else
+    the one readers use; None if there is none."""
+    if known is not None:
+        for copy in copies:
+            if copy.codec == known.codec:
+                return copy
+    return copies[0] if copies else None
 
 
 def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known: BlobFacts | None,
@@ -98,13 +122,14 @@ def _rehash(store: ContentStore, blob_id: str, size: int, progress: Callable[[in
     return None
 
 
-def reclaimable(index: Index, store: ContentStore, stored: dict[str, BlobStat] | None = None) -> list[Reclaimable]:
+def reclaimable(index: Index, store: ContentStore,
+                copies: dict[str, list[BlobStat]] | None = None) -> list[Reclaimable]:
     """What gc could delete, ignoring the grace period (gc applies it)."""
     now = time.time()
-    stored = stored if stored is not None else {b.blob_id: b for b in store.blobs.iter_blobs()}
+    copies = copies if copies is not None else _stored_copies(store)
     live = live_blob_ids(store.blobs, index)
     items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
-             for b in stored.values() if b.blob_id not in live]
+             for found in copies.values() for b in found if b.blob_id not in live]
     items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
     items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
               for lease in read_leases(store.blobs) if lease.expired(now)]
