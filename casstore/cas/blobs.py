@@ -343,10 +343,10 @@ class LocalBlobStore(BlobStore):
             existing = self.find(blob_id)
             if existing is not None:
                 return existing, False
+            st = os.stat(tmp_path)
             if not os.path.isdir(shard):
                 os.makedirs(shard, exist_ok=True)
                 _fsync_dir(os.path.dirname(shard))
-            st = os.stat(tmp_path)
             try:
                 os.link(tmp_path, final)
             except FileExistsError:
