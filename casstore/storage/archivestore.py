@@ -276,4 +276,5 @@ class ArchiveStoreIO:
         rmtree(runtime.archivestore_root() + os.sep + relative_path_prefix, ignore_errors=True)
 
     def __repr__(self) -> str:
-        return f"ArchiveStoreIO({self.url!r})"
+        pinned = "" if self._blob_id is None else f", blob_id={self._blob_id!r}"
+        return f"ArchiveStoreIO({self.url!r}{pinned})"
