@@ -213,7 +213,8 @@ class ContentStore:
     def extract(self, blob_id: str, target: str, *, size: int | None = None,
                 members: list[str] | None = None) -> list[str]:
         """Extract a blob into `target`, only after its digest checked out."""
-        with no_space(f"into {target}"), self.open_tar(blob_id, size) as reader, Extraction(target, members) as extraction:
+        with no_space(f"into {target}"), self.open_tar(blob_id, size) as reader, \
+                Extraction(target, members) as extraction:
             try:
                 extraction.stage(reader)
             except (CorruptBlob, UnsafeArchive) as exc:
@@ -226,7 +227,7 @@ class ContentStore:
         """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
         the way: when this returns, `out` holds bytes that match the id and read as a TAR.
         On CorruptBlob or UnsafeArchive the caller must discard `out`."""
-        with no_space("a temp file"), self.open_tar(blob_id, size) as reader:
+        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size) as reader:
             try:
                 list_members(_Tee(reader, out))
             except (CorruptBlob, UnsafeArchive) as exc:
