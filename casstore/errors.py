@@ -41,11 +41,20 @@ class BlobNotFound(CasStoreError, FileNotFoundError):
 class CorruptBlob(CasStoreError, ValueError):
     """A blob whose bytes do not match its id, or that does not read as an archive.
 
-    `reason` says which: "digest", "size" or "unreadable" (verify's problem kinds)."""
+    `reason` says which: "digest", "size" or "unreadable" (verify's problem kinds), or
+    "reference" (CorruptReference)."""
 
     def __init__(self, message: str, reason: str = "unreadable"):
         super().__init__(message)
         self.reason = reason
+
+
+class CorruptReference(CorruptBlob):
+    """A named reference (ArchiveStoreIO) that cannot be trusted to bound a read: no valid
+    blob id or size, or another blob than the one the caller pinned. Nothing is read."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "reference")
 
 
 class UnsafeArchive(CasStoreError, ValueError):
@@ -54,6 +63,11 @@ class UnsafeArchive(CasStoreError, ValueError):
 
 class DatastoreError(CasStoreError, OSError):
     """The datastore cannot be used (unreadable, wrong format version, not a datastore)."""
+
+
+class NoSpace(CasStoreError, OSError):
+    """Extraction ran out of room (ENOSPC, EDQUOT, or EFBIG under a file-size limit). The
+    staging folder was removed; `errno` is the one the file system gave."""
 
 
 class DatabaseFailure(CasStoreError, OSError):

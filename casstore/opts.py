@@ -25,6 +25,9 @@ DEFAULT_VALUES: dict[str, Any] = {
         "relative_path_prefix": "undefined",
         # Passed to the object-store backend once there is one (credentials, endpoint...).
         "storage_options": {},
+        # A blob read with no size recorded anywhere (index, field or named reference) stops
+        # with CorruptBlob past this many uncompressed bytes: the bound on a zstd bomb.
+        "max_unsized_bytes": 1 << 30,
     },
     "archivestore": {
         "url": "file:///mltraq.archivestore",

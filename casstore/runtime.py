@@ -9,7 +9,7 @@ import os
 import threading
 
 from casstore.cas.blobs import BlobStore, open_blobstore
-from casstore.cas.contentstore import ContentStore, check_codec
+from casstore.cas.contentstore import UNSIZED_LIMIT, ContentStore, check_codec
 from casstore.cas.statcache import StatCache
 from casstore.errors import InvalidInput
 from casstore.opts import file_url_to_path, options
@@ -39,7 +39,16 @@ def content_store(url: str | None = None) -> ContentStore:
             blobs: BlobStore = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
             store = ContentStore(blobs, None if cache is None else StatCache(cache or None))
             _stores[(url, cache)] = store
+        store.unsized_limit = unsized_limit()
         return store
+
+
+def unsized_limit() -> int:
+    """Option datastore.max_unsized_bytes: how far a blob with no recorded size is read."""
+    limit = options().get("datastore.max_unsized_bytes", otherwise=UNSIZED_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInput(f"option datastore.max_unsized_bytes must be a number of bytes, got {limit!r}")
+    return limit
 
 
 def codec_and_level() -> tuple[str, int]:

@@ -22,6 +22,8 @@ Commands:
   `open_after_go` the session (schema creation on a fresh database) is opened after `go`.
 - persist-one: `name`, `src`, `codec`, `if_exists`, optional `fsize_limit` (RLIMIT_FSIZE,
   SIGXFSZ ignored): persist once, report an error as an event (exit 0 either way).
+- io-extract: `url`, `target`, optional `fsize_limit` (as persist-one): extract the
+  ArchiveStoreIO archive `url` into `target`, report an error as an event (exit 0 either way).
 - gc-once: one gc.collect(grace_s=`grace`).
 - gc-loop: gc.collect(grace_s=`grace`) until the `stop` file appears (at most `max_s`).
 - migrate: migrate the legacy MLtraq project (`db`, `datastore`) in place; prints a
@@ -125,16 +127,21 @@ def cmd_persist_jobs(cfg: dict) -> None:
             emit("deleted", name=job["name"])
 
 
-def cmd_persist_one(cfg: dict) -> None:
-    from casstore import ArchiveStore
-
-    setup(cfg)
-    s = session(cfg)
+def limit_file_size(cfg: dict) -> None:
+    """RLIMIT_FSIZE of `fsize_limit` bytes, if given; SIGXFSZ ignored, so writes get EFBIG."""
     if cfg.get("fsize_limit"):
         import resource
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["fsize_limit"], cfg["fsize_limit"]))
+
+
+def cmd_persist_one(cfg: dict) -> None:
+    from casstore import ArchiveStore
+
+    setup(cfg)
+    s = session(cfg)
+    limit_file_size(cfg)
     set_codec(cfg.get("codec", "none"))
     emit("ready")
     try:
@@ -144,6 +151,20 @@ def cmd_persist_one(cfg: dict) -> None:
         emit("error", **error_event(exc))
         return
     emit("done", name=cfg["name"], blob=e.fields.data.blob_id)
+
+
+def cmd_io_extract(cfg: dict) -> None:
+    from casstore import ArchiveStoreIO
+
+    setup(cfg)
+    limit_file_size(cfg)
+    emit("ready")
+    try:
+        ArchiveStoreIO(cfg["url"]).extract(cfg["target"])
+    except BaseException as exc:
+        emit("error", **error_event(exc))
+        return
+    emit("done")
 
 
 def _gc_args(cfg: dict):
@@ -218,6 +239,7 @@ COMMANDS = {
     "persist-loop": cmd_persist_loop,
     "persist-jobs": cmd_persist_jobs,
     "persist-one": cmd_persist_one,
+    "io-extract": cmd_io_extract,
     "gc-once": cmd_gc_once,
     "gc-loop": cmd_gc_loop,
     "load-loop": cmd_load_loop,

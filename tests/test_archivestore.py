@@ -20,7 +20,7 @@ from helpers import file_tree as tree
 
 from casstore import (Archive, ArchiveStore, ArchiveStoreIO, Bunch, InvalidInput, LoadError, SourceNotFound,
                       create_session, options)
-from casstore.errors import CorruptBlob
+from casstore.errors import CorruptBlob, CorruptReference
 
 @pytest.fixture(autouse=True)
 def _work(workdir):
@@ -635,6 +635,79 @@ def test_archivestoreio_url_reopens_in_a_new_object():
         url = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets").url
         ArchiveStoreIO(url).extract("again")
     assert tree("again/assets") == DATA
+
+
+def test_archivestoreio_create_returns_an_archive_pinned_to_its_blob():
+    make_folder("datasets", DATA)
+    with io_options():
+        archive = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets")
+        assert repr(ArchiveStoreIO(archive.url, blob_id=archive.blob_id)) == repr(archive)
+        ArchiveStoreIO(archive.url, blob_id=archive.blob_id).extract("out")
+    assert tree("out/assets") == DATA
+    assert archive.blob_id in repr(archive)
+
+
+def test_archivestoreio_pinned_to_another_blob_refuses_the_reference():
+    make_folder("datasets", DATA)
+    make_folder("other", {"x.txt": b"other"})
+    with io_options():
+        archive = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets")
+        other = ArchiveStoreIO.create(src_dir="other", arc_dir="assets")
+        with pytest.raises(CorruptReference, match="pinned"):
+            ArchiveStoreIO(archive.url, blob_id=other.blob_id).extract("out")
+    assert not Path("out").exists() or tree("out") == {}
+
+
+def test_archivestoreio_pinned_to_something_that_is_not_a_blob_id_is_refused():
+    with pytest.raises(InvalidInput, match="not a blob id"):
+        ArchiveStoreIO("file:///archives/" + "0" * 32, blob_id="xxh128:nothex")
+
+
+def test_archivestoreio_open_extractall_extracts_what_extract_does():
+    make_folder("datasets", DATA)
+    with io_options(**{"archivestore.codec": "zstd"}):
+        archive = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets")
+        with archive.open() as tar:
+            tar.extractall("out")
+            assert tar.extractfile("assets/first.csv").read() == DATA["first.csv"]
+    assert tree("out/assets") == DATA
+
+
+def test_archivestoreio_open_extract_of_one_member_writes_only_that_member():
+    make_folder("datasets", DATA)
+    with io_options():
+        with ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets").open() as tar:
+            tar.extract("assets/sub/deep.bin", "out")
+            tar.extract(tar.getmember("assets/first.csv"), "out", filter="data")
+    assert tree("out") == {"assets/sub/deep.bin": DATA["sub/deep.bin"], "assets/first.csv": DATA["first.csv"]}
+
+
+def test_archivestoreio_open_extractall_with_a_filter_function_is_refused():
+    """casstore's validation always applies; a filter function it would not honour is refused."""
+    make_folder("datasets", DATA)
+    with io_options():
+        with ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets").open() as tar:
+            with pytest.raises(InvalidInput, match="filter"):
+                tar.extractall("out", filter=lambda member, path: member)
+    assert not Path("out").exists()
+
+
+def test_archivestoreio_open_of_a_large_archive_keeps_memory_bounded():
+    """open() checks the digest into a temp copy: in memory only up to 8 MiB (P11)."""
+    import random
+    import tracemalloc
+
+    make_folder("datasets", {"big.bin": random.Random(5).randbytes(32 << 20)})
+    with io_options():
+        archive = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets")
+        tracemalloc.start()
+        try:
+            with archive.open() as tar:
+                assert tar.getnames() == ["assets/big.bin"]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 << 20, peak
 
 
 def test_archivestoreio_create_of_missing_folder_raises_source_not_found_and_writes_no_reference():

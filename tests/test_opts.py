@@ -21,6 +21,7 @@ def _restore_options():
         ("datastore.url", "file:///mltraq.datastore"),
         ("datastore.relative_path_prefix", "undefined"),
         ("datastore.storage_options", {}),
+        ("datastore.max_unsized_bytes", 1 << 30),
         ("archivestore.url", "file:///mltraq.archivestore"),
         ("archivestore.relative_path_prefix", "undefined"),
         ("archivestore.codec", "none"),

@@ -22,11 +22,11 @@ import uuid
 import pytest
 
 import reliability_worker as rw
-from casstore import ArchiveStore, create_session, options
+from casstore import ArchiveStore, ArchiveStoreIO, create_session, options
 from casstore.cas.gc import collect, parse_duration
 from casstore.cas.verify import verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentNotFound, InvalidInput,
-                             SourceChanged, SourceNotFound)
+                             NoSpace, SourceChanged, SourceNotFound)
 
 
 @pytest.fixture(autouse=True)
@@ -224,6 +224,54 @@ def test_file_size_limit_while_writing_a_blob_fails_cleanly(tmp_path):
         assert loaded(project, s, "x") == {b"a.txt": ("file", b"version one")}
         assert project.blob_files() == files
         assert_store_consistent(project, s)
+
+
+def big_archive(tmp_path) -> tuple[rw.Project, ArchiveStoreIO]:
+    """A project (in tmp_path) with a 3 MiB ArchiveStoreIO archive."""
+    project = rw.Project(tmp_path / "p")
+    project.configure()
+    write_tree(tmp_path / "big", {"big.bin": random.Random(3).randbytes(3 << 20)})
+    return project, ArchiveStoreIO.create(src_dir=str(tmp_path / "big"), arc_dir="data")
+
+
+def extract_by(how: str, archive: ArchiveStoreIO, target: str) -> None:
+    if how == "extract":
+        archive.extract(target)
+    else:
+        with archive.open() as tar:
+            tar.extractall(target)
+
+
+@pytest.mark.parametrize("how", ["extract", "open-extractall"])
+def test_no_space_left_while_extracting_is_no_space_and_the_target_is_untouched(tmp_path, small_fs, how):
+    """The target on a 2 MB tmpfs, a 3 MiB archive: NoSpace (an OSError, errno ENOSPC), the
+    target as it was, the staging folder removed (the space is free again)."""
+    _, archive = big_archive(tmp_path)
+    target = small_fs / "target"
+    write_tree(target, {"keep.txt": b"kept"})
+    free = os.statvfs(small_fs).f_bfree
+    with pytest.raises(NoSpace) as info:
+        extract_by(how, archive, str(target))
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC, info.value
+    assert sorted(os.listdir(target)) == ["keep.txt"] and (target / "keep.txt").read_bytes() == b"kept"
+    assert os.statvfs(small_fs).f_bfree == free
+
+
+def test_file_size_limit_while_extracting_is_no_space_and_the_target_is_untouched(tmp_path):
+    """Fallback for ENOSPC that needs no mount (runs in CI): RLIMIT_FSIZE of 1 MiB in the
+    worker, a 3 MiB archive. NoSpace with errno EFBIG; the target as it was."""
+    project, archive = big_archive(tmp_path)
+    target = tmp_path / "target"
+    write_tree(target, {"keep.txt": b"kept"})
+    proc = rw.start("io-extract", project.cfg(url=archive.url, target=str(target), fsize_limit=1 << 20),
+                    stderr_path=str(tmp_path / "err"))
+    rc, events = rw.finish(proc)
+    assert rc == 0, (tmp_path / "err").read_text()
+    errors = [e for e in events if e["event"] == "error"]
+    assert len(errors) == 1, events
+    assert "NoSpace" in errors[0]["mro"] and "OSError" in errors[0]["mro"], errors[0]
+    assert errors[0]["errno"] == errno.EFBIG, errors[0]
+    assert sorted(os.listdir(target)) == ["keep.txt"] and (target / "keep.txt").read_bytes() == b"kept"
 
 
 # --------------------------------------------------------------------------- permission denied

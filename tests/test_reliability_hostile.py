@@ -14,6 +14,8 @@ links leading outside src_dir (stored as content), FIFOs and dangling links (ski
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import stat
 import uuid
@@ -22,11 +24,13 @@ import pytest
 import zstandard
 
 import reliability_worker as rw
-from casstore import ArchiveStore, LoadError, options
+from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
 from casstore.cas.blobs import blob_key
+from casstore.cas.contentstore import BlobInfo
+from casstore.cas.digest import DEFAULT_ALGORITHM, hasher_id, new_hasher
 from casstore.cas.tarball import DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding
 from casstore.cas.verify import verify
-from casstore.errors import CorruptBlob, UnsafeArchive
+from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
 
 TOKEN = uuid.uuid4().hex[:12]
 
@@ -83,8 +87,6 @@ def hostile_archives(outside: str) -> dict[str, bytes]:
 def zstd_bomb(inflated: int = 1 << 30) -> bytes:
     """A small .tar.zst whose TAR announces a 1 GiB member of zeros (~32 KB compressed)."""
     out = zstandard.ZstdCompressor(level=1)
-    import io
-
     buf = io.BytesIO()
     zero = bytes(1 << 20)
     with out.stream_writer(buf, closefd=False) as w:
@@ -217,22 +219,54 @@ def test_zstd_bomb_in_place_of_a_blob_is_refused_without_inflating(tmp_path):
     assert free_before - free_after < 64 << 20
 
 
-def test_forged_zstd_bomb_with_a_small_recorded_size_is_refused(tmp_path):
-    """Even a bomb stored under its own digest is read only up to the recorded size."""
-    victim = Victim(tmp_path)
-    bomb = zstd_bomb(256 << 20)
-    from casstore.cas.digest import digest_bytes
-
-    # its real id: hash the inflated stream once
-    blob_id = digest_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(bomb))
+def plant_bomb(victim: Victim, inflated: int) -> tuple[str, int]:
+    """A zstd bomb stored under its own digest (the inflated stream hashed once, streamed);
+    its blob id and inflated size."""
+    bomb = zstd_bomb(inflated)
+    hasher, size = new_hasher(DEFAULT_ALGORITHM), 0
+    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bomb)) as stream:
+        while chunk := stream.read(1 << 20):
+            hasher.update(chunk)
+            size += len(chunk)
+    blob_id = hasher_id(hasher, DEFAULT_ALGORITHM)
     path = os.path.join(victim.store.blobs.root, *blob_key(blob_id, "zstd").split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(bomb)
+    return blob_id, size
+
+
+def test_forged_zstd_bomb_with_a_small_recorded_size_is_refused(tmp_path):
+    """Even a bomb stored under its own digest is read only up to the recorded size."""
+    victim = Victim(tmp_path)
+    blob_id, _ = plant_bomb(victim, 256 << 20)
     forged = ArchiveStore.from_ref({"blob": blob_id, "arc_dir": "data", "size": 4096})
     e = victim.persist(forged)
     err = victim.assert_refused(e, blob_id)
     assert isinstance(err.failures[0].error, CorruptBlob)
+
+
+def test_blob_with_no_recorded_size_is_read_only_up_to_option_max_unsized_bytes(tmp_path):
+    """A read for which no record gives a size (a blob the index has no facts for, e.g. by
+    `casstore cat`, a run table's reference or migrate) stops at the cap, with CorruptBlob,
+    and the target is as it was."""
+    victim = Victim(tmp_path)
+    blob_id, _ = plant_bomb(victim, 64 << 20)
+    options().set("datastore.max_unsized_bytes", 1 << 20)
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    with pytest.raises(CorruptBlob, match="no recorded size.*datastore.max_unsized_bytes") as raised:
+        victim.project.store().extract(blob_id, target)
+    assert raised.value.reason == "size"
+    assert_nothing_written(victim, before)
+
+
+@pytest.mark.parametrize("value", ["big", -1, True, 1.5])
+def test_option_max_unsized_bytes_must_be_a_number_of_bytes(tmp_path, value):
+    victim = Victim(tmp_path)
+    options().set("datastore.max_unsized_bytes", value)
+    with pytest.raises(InvalidInput, match="max_unsized_bytes"):
+        victim.project.store()
 
 
 def test_target_folder_replaced_by_a_symlink_pointing_out_is_not_written_through(tmp_path):
@@ -247,6 +281,169 @@ def test_target_folder_replaced_by_a_symlink_pointing_out_is_not_written_through
         victim.session.load_experiment(e.name)
     assert [f.field for f in info.value.failures] == ["data"]
     assert os.listdir(victim.outside) == []
+
+
+# --------------------------------------------------------------------------- named references (ArchiveStoreIO)
+
+
+def write_named_ref(victim: Victim, blob_id: object, key: str | None = None, **fields: object) -> str:
+    """Write a named reference, as any project (anyone who can write the datastore) can: at
+    `key`, by default a new `undefined/<uuid hex>`. Returns its URL."""
+    key = key or f"undefined/{uuid.uuid4().hex}"
+    path = os.path.join(victim.project.datastore, *key.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"format": "casstore-ref-1", "blob": blob_id, "arc_dir": "data", **fields}, f)
+    return f"file:///{key}"
+
+
+def forge(victim: Victim, tar: bytes) -> BlobInfo:
+    """Store TAR bytes under their own digest (the blob checks out)."""
+    with victim.store.lease() as lease:
+        return victim.store.put_tar_bytes(tar, lease=lease)
+
+
+def deep_target(tmp_path) -> str:
+    """An empty target five levels below tmp_path: the climbs of the hostile archives (four
+    `..` at most) stay inside tmp_path, where the snapshot sees them."""
+    target = os.path.join(tmp_path, "t1", "t2", "t3", "t4", "target")
+    os.makedirs(target)
+    return target
+
+
+def assert_nothing_written(victim: Victim, before: dict) -> None:
+    """The whole test folder (the target included) is as it was; no hostile name anywhere."""
+    assert victim.snapshot("/nonexistent") == before
+    for root in (victim.tmp_path, victim.outside, os.path.dirname(str(victim.tmp_path))):
+        assert not any(TOKEN in n for n in os.listdir(root))
+
+
+READS = {
+    "extract": lambda archive, target: archive.extract(target),
+    "getnames": lambda archive, target: archive.getnames(target),
+    "open": lambda archive, target: archive.open().close(),
+}
+
+
+def test_named_reference_rewritten_by_another_project_is_refused_by_the_pinned_archive(tmp_path):
+    """Anyone who can write the datastore can point `undefined/<uuid>` at other content. The
+    object `create` returned, and one built with its blob id, refuse it; nothing is read."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    theirs = forge(victim, finish_tar(member(b"data/d.txt", data=b"attacker's content")))
+    write_named_ref(victim, theirs.blob_id, key=archive.url[len("file:///"):], size=theirs.size)
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    for pinned in (archive, ArchiveStoreIO(archive.url, blob_id=archive.blob_id)):
+        for name, read in READS.items():
+            with pytest.raises(CorruptReference, match="pinned"):
+                read(pinned, target)
+    assert_nothing_written(victim, before)
+
+
+@pytest.mark.parametrize("size", ["missing", None, "big", -1, True, 1.5, "4096"])
+def test_named_reference_without_a_valid_size_is_refused_before_its_blob_is_read(tmp_path, size):
+    """A 64 MiB bomb (a few KB of zstd) behind a reference whose size is absent or not a
+    non-negative integer: nothing would bound the read, so nothing is read."""
+    victim = Victim(tmp_path)
+    blob_id, _ = plant_bomb(victim, 64 << 20)
+    url = write_named_ref(victim, blob_id, **({} if size == "missing" else {"size": size}))
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    for name, read in READS.items():
+        with pytest.raises(CorruptReference, match="no valid size"):
+            read(ArchiveStoreIO(url), target)
+    assert_nothing_written(victim, before)
+
+
+@pytest.mark.parametrize("blob", [None, 5, "xxh128:zz", "md5:" + "0" * 32])
+def test_named_reference_without_a_valid_blob_id_is_refused(tmp_path, blob):
+    victim = Victim(tmp_path)
+    url = write_named_ref(victim, blob, size=10240)
+    for name, read in READS.items():
+        with pytest.raises(CorruptReference, match="no valid blob id"):
+            read(ArchiveStoreIO(url), str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 1 << 20])
+@pytest.mark.parametrize("read", sorted(READS))
+def test_named_reference_whose_size_disagrees_with_its_blob_is_refused(tmp_path, delta, read):
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    info = victim.store.blobs.find(archive.blob_id)
+    size = victim.store.check(archive.blob_id)
+    write_named_ref(victim, archive.blob_id, key=archive.url[len("file:///"):], size=size + delta)
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    with pytest.raises(CorruptBlob) as raised:
+        READS[read](archive, target)
+    assert raised.value.reason == "size" and info is not None
+    assert_nothing_written(victim, before)
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+@pytest.mark.parametrize("read", sorted(READS))
+def test_named_reference_to_a_blob_whose_digest_fails_is_refused(tmp_path, codec, read):
+    """The blob the reference names was replaced on disk (a hostile TAR of the same size as
+    the reference records): extract, getnames and open all refuse it before any member is
+    used; open() never hands tarfile the bytes."""
+    victim = Victim(tmp_path)
+    options().set("archivestore.codec", codec)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    size = victim.store.check(archive.blob_id)
+    hostile = finish_tar(hostile_archives(victim.outside)["dotdot"])
+    hostile += bytes(size - len(hostile))
+    tamper(victim, archive.blob_id, codec, hostile if codec == "none" else zstandard.compress(hostile))
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    with pytest.raises(CorruptBlob) as raised:
+        READS[read](ArchiveStoreIO(archive.url), target)
+    assert raised.value.reason == "digest"
+    assert_nothing_written(victim, before)
+
+
+def forged_io(victim: Victim, case: str) -> ArchiveStoreIO:
+    """An ArchiveStoreIO whose reference (size right) names a hostile archive stored under
+    its own digest: only member validation stands between it and the file system."""
+    info = forge(victim, finish_tar(hostile_archives(victim.outside)[case]))
+    return ArchiveStoreIO(write_named_ref(victim, info.blob_id, size=info.size))
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_open_extractall_of_a_hostile_archive_refuses_and_writes_nothing_outside_the_target(tmp_path, case):
+    """The CVE-2025-4517 family on Python 3.11.7, whose tarfile filters it bypasses: the
+    TarFile of open() extracts through casstore's validation, so nothing is written, outside
+    the target or in it (the whole test folder is compared)."""
+    victim = Victim(tmp_path)
+    archive = forged_io(victim, case)
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    with pytest.raises(UnsafeArchive):
+        with archive.open() as tar:
+            tar.extractall(target)
+    assert_nothing_written(victim, before)
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_open_extract_of_the_last_member_of_a_hostile_archive_refuses(tmp_path, case):
+    victim = Victim(tmp_path)
+    archive = forged_io(victim, case)
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    with pytest.raises(UnsafeArchive):
+        with archive.open() as tar:
+            tar.extract(tar.getmembers()[-1], target)
+    assert_nothing_written(victim, before)
+
+
+@pytest.mark.parametrize("size", ["missing", "big"])
+def test_verify_reports_a_named_reference_without_a_valid_size(tmp_path, size):
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    write_named_ref(victim, archive.blob_id, key=archive.url[len("file:///"):],
+                    **({} if size == "missing" else {"size": size}))
+    report = verify(victim.session.index, victim.store, deep=True)
+    assert [p.blob for p in report.problems] == [archive.blob_id]
 
 
 # --------------------------------------------------------------------------- odd trees

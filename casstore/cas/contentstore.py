@@ -10,6 +10,7 @@ the id before anything is published into the target."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
@@ -22,9 +23,11 @@ from casstore.cas.extract import CHUNK, Extraction, Member, list_members
 from casstore.cas.leases import Lease
 from casstore.cas.statcache import StatCache, listing_key
 from casstore.cas.tarball import Entry, scan, write_tar
-from casstore.errors import CorruptBlob, InvalidInput, SourceChanged, UnsafeArchive
+from casstore.errors import CasStoreError, CorruptBlob, InvalidInput, NoSpace, SourceChanged, UnsafeArchive
 
 CODECS = ("none", "zstd")
+UNSIZED_LIMIT = 1 << 30  # default of option datastore.max_unsized_bytes
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 Progress = Callable[[int], None]
 
 
@@ -40,15 +43,25 @@ class BlobInfo:
 class VerifyingReader:
     """Reads a blob's canonical TAR, hashing it; `verify` checks id and size at the end.
 
-    Reading past `max_size` fails at once: that bounds what a zstd bomb can inflate to."""
+    Reading past `max_size` fails at once: that bounds what a zstd bomb can inflate to. A
+    blob with no recorded size is read up to `limit` bytes (the store's unsized_limit)."""
 
-    def __init__(self, raw: BinaryIO, blob_id: str, max_size: int | None):
+    def __init__(self, raw: BinaryIO, blob_id: str, max_size: int | None, limit: int = UNSIZED_LIMIT):
         self._raw = raw
         self._blob_id = blob_id
         self._algorithm = parse_id(blob_id)[0]
         self._hasher = new_hasher(self._algorithm)
         self._max_size = max_size
+        self._limit = limit
         self.count = 0
+
+    def _check_bound(self) -> None:
+        if self._max_size is not None:
+            if self.count > self._max_size:
+                raise CorruptBlob(f"blob {self._blob_id} is larger than its recorded {self._max_size} bytes", "size")
+        elif self.count > self._limit:
+            raise CorruptBlob(f"blob {self._blob_id} has no recorded size and is larger than the {self._limit}-byte "
+                              "limit for such reads (option datastore.max_unsized_bytes)", "size")
 
     def read(self, n: int = -1) -> bytes:
         try:
@@ -56,8 +69,7 @@ class VerifyingReader:
         except zstandard.ZstdError as exc:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
         self.count += len(data)
-        if self._max_size is not None and self.count > self._max_size:
-            raise CorruptBlob(f"blob {self._blob_id} is larger than its recorded {self._max_size} bytes", "size")
+        self._check_bound()
         self._hasher.update(data)
         return data
 
@@ -74,8 +86,7 @@ class VerifyingReader:
         except zstandard.ZstdError as exc:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
         self.count += n
-        if self._max_size is not None and self.count > self._max_size:
-            raise CorruptBlob(f"blob {self._blob_id} is larger than its recorded {self._max_size} bytes", "size")
+        self._check_bound()
         with memoryview(buffer) as view, view[:n] as part:
             self._hasher.update(part)
         return n
@@ -90,6 +101,19 @@ class VerifyingReader:
             raise CorruptBlob(f"blob {self._blob_id} has {self.count} bytes, {self._max_size} recorded", "size")
 
 
+class _Tee:
+    """A stream that copies what is read from `source` into `out`."""
+
+    def __init__(self, source: VerifyingReader, out: BinaryIO):
+        self._source = source
+        self._out = out
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        self._out.write(data)
+        return data
+
+
 class ContentStore:
     """Archives folders into blobs and extracts blobs, over one BlobStore."""
 
@@ -98,6 +122,7 @@ class ContentStore:
         self.blobs = blobs
         self.statcache = statcache
         self.algorithm = algorithm
+        self.unsized_limit = UNSIZED_LIMIT
         self._format_checked = False
 
     def lease(self) -> Lease:
@@ -175,19 +200,21 @@ class ContentStore:
 
     @contextlib.contextmanager
     def open_tar(self, blob_id: str, size: int | None = None) -> Iterator[VerifyingReader]:
-        """The blob's canonical TAR bytes (decompressed), hashed as they are read."""
+        """The blob's canonical TAR bytes (decompressed), hashed as they are read; without a
+        recorded `size`, at most `unsized_limit` bytes are read."""
         f, found = self.blobs.open_blob(blob_id)
         with f:
             if found.codec == "zstd":
                 with zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK) as raw:
-                    yield VerifyingReader(raw, blob_id, size)
+                    yield VerifyingReader(raw, blob_id, size, self.unsized_limit)
             else:
-                yield VerifyingReader(f, blob_id, size)
+                yield VerifyingReader(f, blob_id, size, self.unsized_limit)
 
     def extract(self, blob_id: str, target: str, *, size: int | None = None,
                 members: list[str] | None = None) -> list[str]:
         """Extract a blob into `target`, only after its digest checked out."""
-        with self.open_tar(blob_id, size) as reader, Extraction(target, members) as extraction:
+        with no_space(f"into {target}"), self.open_tar(blob_id, size) as reader, \
+                Extraction(target, members) as extraction:
             try:
                 extraction.stage(reader)
             except (CorruptBlob, UnsafeArchive) as exc:
@@ -196,9 +223,28 @@ class ContentStore:
             reader.verify()
             return extraction.publish()
 
+    def copy_checked(self, blob_id: str, size: int, out: BinaryIO) -> None:
+        """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
+        the way: when this returns, `out` holds bytes that match the id and read as a TAR.
+        On CorruptBlob or UnsafeArchive the caller must discard `out`."""
+        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size) as reader:
+            try:
+                list_members(_Tee(reader, out))
+            except (CorruptBlob, UnsafeArchive) as exc:
+                _prefer_digest_error(reader, exc)
+                raise
+            reader.verify()
+
     def members(self, blob_id: str, size: int | None = None) -> list[Member]:
+        """The blob's members, once its digest checked out (listing reads it to the end)."""
         with self.open_tar(blob_id, size) as reader:
-            return list_members(reader)
+            try:
+                found = list_members(reader)
+            except (CorruptBlob, UnsafeArchive) as exc:
+                _prefer_digest_error(reader, exc)
+                raise
+            reader.verify()
+            return found
 
     def check(self, blob_id: str, size: int | None = None) -> int:
         """Re-hash a blob; CorruptBlob if it does not match. Returns its size."""
@@ -214,6 +260,17 @@ def check_codec(codec: object, level: object, where: str = "") -> None:
         raise InvalidInput(f"{where}codec must be one of {', '.join(CODECS)}, got {codec!r}")
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
         raise InvalidInput(f"{where}level must be an integer from 1 to 22, got {level!r}")
+
+
+@contextlib.contextmanager
+def no_space(where: str) -> Iterator[None]:
+    """Turn a write failing for lack of room into NoSpace (an OSError with the same errno)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, CasStoreError) or exc.errno not in NO_SPACE:
+            raise
+        raise NoSpace(exc.errno, f"no room left to write {where} ({exc.strerror})") from exc
 
 
 def _prefer_digest_error(reader: VerifyingReader, exc: Exception) -> None:

@@ -42,8 +42,14 @@ def named_refs(blobs: BlobStore) -> list[NamedRef]:
         except ValueError:
             continue
         if isinstance(body, dict) and body.get("format") == REF_FORMAT and isinstance(body.get("blob"), str):
-            found.append(NamedRef(obj.key, body["blob"], body.get("size")))
+            found.append(NamedRef(obj.key, body["blob"], ref_size(body.get("size"))))
     return found
+
+
+def ref_size(value: object) -> int | None:
+    """The `size` of a named reference if it is one (a non-negative integer), else None:
+    a reference without a valid size bounds no read."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def leftovers(blobs: BlobStore) -> list[ObjectStat]:

@@ -12,25 +12,36 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 import uuid
+from collections.abc import Iterable
 from shutil import rmtree
-from typing import Any, Optional, Union
-
-import zstandard
+from typing import Any, BinaryIO, Optional, Union
 
 from casstore import runtime
-from casstore.cas.contentstore import BlobInfo
+from casstore.cas.contentstore import BlobInfo, no_space
+from casstore.cas.digest import parse_id
 from casstore.cas.extract import Extraction
+from casstore.cas.roots import NamedRef, ref_size
 from casstore.cas.tarball import check_arc_dir, scan, tar_bytes
-from casstore.errors import BlobNotFound, InvalidInput
+from casstore.errors import BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
 from casstore.opts import file_url_to_path, options
 from casstore.utils.bunch import Bunch
 
 ARCHIVE_TAG = "mltraq.Archive-0"
 ARCHIVESTORE_TAG = "casstore.ArchiveStore-0"
 REF_FORMAT = "casstore-ref-1"
+SPOOL_IN_MEMORY = 8 << 20  # open(): archives up to this size are checked into memory, larger into a temp file
+TARFILE_FILTERS = ("data", "tar", "fully_trusted")
 
 Patterns = Union[str, list[str]]
+
+
+def _extract_stream(stream: BinaryIO, target: str, members: Optional[list[str]]) -> list[str]:
+    """Extract TAR bytes that need no digest check (in memory, or already checked)."""
+    with no_space(f"into {target}"), Extraction(target, members) as extraction:
+        extraction.stage(stream)
+        return extraction.publish()
 
 
 class Archive:
@@ -54,9 +65,7 @@ class Archive:
 
     def extract(self, target: str = ".", members: Optional[list[str]] = None) -> list[str]:
         """Extract into `target` (validated member by member, nothing written if one is unsafe)."""
-        with Extraction(target, members) as extraction:
-            extraction.stage(io.BytesIO(self.data))
-            return extraction.publish()
+        return _extract_stream(io.BytesIO(self.data), target, members)
 
     def __datapak_encode__(self) -> tuple[str, Any]:
         return ARCHIVE_TAG, self.data
@@ -111,32 +120,73 @@ class ArchiveStore:
         return f"ArchiveStore({where!r}, arc_dir={self.params.arc_dir!r})"
 
 
-class _BlobTarFile(tarfile.TarFile):
-    """A TarFile that also closes the blob file it reads."""
+class _CheckedTarFile(tarfile.TarFile):
+    """The TarFile of ArchiveStoreIO.open: it reads a temp copy of the archive whose digest
+    was checked, and extracts with casstore's member validation (the Extraction of
+    casstore/cas/extract.py, as ArchiveStoreIO.extract), never with tarfile's own
+    extraction code: its filters had bypasses until Python 3.11.13 (CVE-2025-4517 and
+    siblings). The `filter` argument may name one of tarfile's filters, and is ignored:
+    casstore's rules, at least as strict as "data", always apply."""
 
-    blob_file: Any = None
+    spool: Any = None
+
+    def extractall(self, path: str = ".", members: Optional[Iterable[Union[str, tarfile.TarInfo]]] = None, *,
+                   numeric_owner: bool = False, filter: Any = None) -> None:
+        names = None if members is None else [self._name(m) for m in members]
+        self._extract(path, names, filter)
+
+    def extract(self, member: Union[str, tarfile.TarInfo], path: str = "", set_attrs: bool = True, *,
+                numeric_owner: bool = False, filter: Any = None) -> None:
+        self._extract(path or ".", [self._name(member)], filter)
+
+    def _extract_member(self, *args: Any, **kwargs: Any) -> None:
+        raise UnsafeArchive("this TarFile extracts only through extract() and extractall(), with casstore's checks")
+
+    def _name(self, member: Union[str, tarfile.TarInfo]) -> str:
+        return member.name if isinstance(member, tarfile.TarInfo) else self.getmember(member).name
+
+    def _extract(self, path: str, names: Optional[list[str]], filter: Any) -> None:
+        if filter is not None and filter not in TARFILE_FILTERS:
+            raise InvalidInput(f"filter must be None or one of {', '.join(TARFILE_FILTERS)} (casstore validates "
+                               f"members itself), got {filter!r}")
+        position = self.spool.tell()
+        try:
+            self.spool.seek(0)
+            _extract_stream(self.spool, path, names)
+        finally:
+            self.spool.seek(position)
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            if self.blob_file is not None:
-                self.blob_file.close()
+            if self.spool is not None:
+                self.spool.close()
 
 
 class ArchiveStoreIO:
     """An archive outside experiments, named by `url` (`file:///<prefix>/<uuid hex>`, MLtraq's
-    form) relative to the datastore of the options."""
+    form) relative to the datastore of the options.
 
-    __slots__ = ("url",)
+    The named reference at `url` is not authenticated: anyone who can write the datastore can
+    point it at other content. Give `blob_id` (the `blob_id` of the object `create` returned)
+    to pin the content: reads then refuse, with CorruptReference, a reference that names
+    another blob. Without it, what is read is whatever blob the reference names now (its
+    bytes always match that id)."""
 
-    def __init__(self, url: str):
+    __slots__ = ("url", "_blob_id")
+
+    def __init__(self, url: str, blob_id: Optional[str] = None):
         self.url = url
+        if blob_id is not None:
+            parse_id(blob_id)
+        self._blob_id = blob_id
 
     @classmethod
     def create(cls, src_dir: str, arc_dir: str = ".", include: Patterns = "**",
                exclude: Optional[Patterns] = None) -> ArchiveStoreIO:
-        """Archive `src_dir` now and name it with a new reference in the datastore."""
+        """Archive `src_dir` now and name it with a new reference in the datastore. The
+        object returned is pinned to the blob it stored."""
         check_arc_dir(arc_dir)
         prefix = runtime.checked_prefix("datastore.relative_path_prefix")
         codec, level = runtime.codec_and_level()
@@ -146,25 +196,42 @@ class ArchiveStoreIO:
             info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level)
             body = {"format": REF_FORMAT, "blob": info.blob_id, "size": info.size, "arc_dir": arc_dir}
             store.blobs.put_object(key, json.dumps(body).encode())
-        return cls(f"file:///{key}")
+        return cls(f"file:///{key}", blob_id=info.blob_id)
 
-    def _ref(self) -> dict:
+    def _ref(self) -> NamedRef:
         key = file_url_to_path(self.url).replace(os.sep, "/")
         data = runtime.content_store().blobs.get_object(key)
         if data is None:
             raise BlobNotFound(f"no archive at {self.url} in datastore {runtime.datastore_url()}")
         try:
             body = json.loads(data)
-            if body.get("format") != REF_FORMAT:
-                raise ValueError(body.get("format"))
-            return body
-        except (ValueError, AttributeError) as exc:
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("format") != REF_FORMAT:
             raise InvalidInput(f"{self.url} is not a casstore archive reference (a legacy MLtraq TAR? "
-                               "run `casstore migrate`)") from exc
+                               "run `casstore migrate`)")
+        return NamedRef(key, self._checked_blob(body.get("blob")), self._checked_size(body.get("size")))
+
+    def _checked_blob(self, blob: object) -> str:
+        try:
+            parse_id(blob)  # type: ignore[arg-type]
+        except InvalidInput:
+            raise CorruptReference(f"named reference {self.url} names no valid blob id: {blob!r}") from None
+        if self._blob_id is not None and blob != self._blob_id:
+            raise CorruptReference(f"named reference {self.url} names blob {blob}, not {self._blob_id} that this "
+                                   "archive is pinned to: someone who can write the datastore rewrote it")
+        return blob  # type: ignore[return-value]
+
+    def _checked_size(self, size: object) -> int:
+        if ref_size(size) is None:
+            raise CorruptReference(f"named reference {self.url} records no valid size ({size!r}): nothing would "
+                                   "bound the read of its blob")
+        return size  # type: ignore[return-value]
 
     @property
     def blob_id(self) -> str:
-        return self._ref()["blob"]
+        """The blob this archive reads: the pinned one, else the one its reference names."""
+        return self._blob_id or self._ref().blob_id
 
     @classmethod
     def get_target(cls, target: Optional[str] = None) -> str:
@@ -174,25 +241,33 @@ class ArchiveStoreIO:
 
     def extract(self, target: Optional[str] = None, members: Optional[list[str]] = None) -> ArchiveStoreIO:
         ref = self._ref()
-        runtime.content_store().extract(ref["blob"], self.get_target(target), size=ref.get("size"), members=members)
+        runtime.content_store().extract(ref.blob_id, self.get_target(target), size=ref.size, members=members)
         return self
 
     def getnames(self, target: Optional[str] = None) -> list[str]:
         ref = self._ref()
         target = self.get_target(target)
-        members = runtime.content_store().members(ref["blob"], ref.get("size"))
+        members = runtime.content_store().members(ref.blob_id, ref.size)
         return [os.path.normpath(target + os.sep + os.fsdecode(m.name)) for m in members]
 
     def open(self) -> tarfile.TarFile:
-        """A TarFile to read the archive. For zstd blobs it is a stream-mode TarFile
-        (mode "r|"): members must be read in order, as with `tar` on a pipe."""
+        """A TarFile to read the archive, over a copy whose digest and size were checked
+        first: in memory up to 8 MiB, beyond in a file of the system temp folder (TMPDIR),
+        which needs room for the uncompressed archive. Its extract() and extractall()
+        validate members as ArchiveStoreIO.extract does."""
         ref = self._ref()
-        f, found = runtime.content_store().blobs.open_blob(ref["blob"])
-        if found.codec == "zstd":
-            tar = _BlobTarFile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(f), mode="r|")
-        else:
-            tar = _BlobTarFile.open(fileobj=f, mode="r")
-        tar.blob_file = f
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        try:
+            runtime.content_store().copy_checked(ref.blob_id, ref.size, spool)
+            spool.seek(0)
+            tar = _CheckedTarFile.open(fileobj=spool, mode="r:")
+        except tarfile.TarError as exc:
+            spool.close()
+            raise CorruptBlob(f"blob {ref.blob_id} does not read as a TAR: {exc}") from exc
+        except BaseException:
+            spool.close()
+            raise
+        tar.spool = spool
         return tar
 
     @classmethod
@@ -201,4 +276,5 @@ class ArchiveStoreIO:
         rmtree(runtime.archivestore_root() + os.sep + relative_path_prefix, ignore_errors=True)
 
     def __repr__(self) -> str:
-        return f"ArchiveStoreIO({self.url!r})"
+        pinned = "" if self._blob_id is None else f", blob_id={self._blob_id!r}"
+        return f"ArchiveStoreIO({self.url!r}{pinned})"
