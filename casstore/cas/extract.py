@@ -243,17 +243,23 @@ def check_symlink(name: str, raw_target: bytes) -> str:
     return target
 
 
-def check_name_length(path: str, name_max: int = NAME_MAX, what: str = "member") -> None:
-    """UnsafeArchive if the file system would refuse `path`: a component over `name_max`
-    bytes, or the whole over PATH_MAX - 1 bytes."""
-    raw = os.fsencode(path)
+def check_name_length(name: str, name_max: int = NAME_MAX, under: str = "") -> None:
+    """UnsafeArchive if the file system would refuse member `name` (below folder `under`):
+    a component over `name_max` bytes, or a whole path of PATH_MAX bytes or more."""
+    raw = os.fsencode(name)
     longest = max(raw.split(b"/"), key=len)
     if len(longest) > name_max:
-        raise UnsafeArchive(f"{what} {path[:80]!r}... has a name component of {len(longest)} bytes: the file "
+        raise UnsafeArchive(f"member {_short(name)!r} has a name component of {len(longest)} bytes: the file "
                             f"system takes at most {name_max}")
-    if len(raw) >= PATH_MAX:
-        raise UnsafeArchive(f"{what} {path[:80]!r}... is a path of {len(raw)} bytes: the file system takes at "
-                            f"most {PATH_MAX - 1}")
+    full = len(os.fsencode(os.path.join(under, name))) if under else len(raw)
+    if full >= PATH_MAX:
+        where = f" in {under!r}" if under else ""
+        raise UnsafeArchive(f"member {_short(name)!r} would be a path of {full} bytes{where}: the file system "
+                            f"takes at most {PATH_MAX - 1}")
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else name[:80] + "..."
 
 
 class MemberRules:
@@ -281,7 +287,8 @@ class MemberRules:
         name = safe_name(member.name)
         check_name_length(name)
         if member.kind not in _FILE_KINDS and member.kind not in (SYMLINK, HARDLINK, DIRECTORY):
-            raise UnsafeArchive(f"member {name!r} has type {member.kind!r}: only files, links and folders are extracted")
+            raise UnsafeArchive(f"member {name!r} has type {member.kind!r}: only files, links and folders are "
+                                "extracted")
         self._refuse_through_symlink(name)
         self._refuse_file_folder_clash(name, member.kind == DIRECTORY)
         link = ""
@@ -481,9 +488,10 @@ class Extraction:
     def _check_target(self, items: list[_Staged]) -> None:
         """Refuse, before anything moves, members that the target's files or folders block,
         and paths the target's file system would refuse."""
-        name_max = min(NAME_MAX, os.pathconf(self.target, "PC_NAME_MAX"))
+        limit = os.pathconf(self.target, "PC_NAME_MAX")
+        name_max = limit if 0 < limit < NAME_MAX else NAME_MAX
         for item in items:
-            check_name_length(os.path.join(self.target, item.name), name_max)
+            check_name_length(item.name, name_max, self.target)
         parents = {"/".join(i.name.split("/")[:k]) for i in items for k in range(1, i.name.count("/") + 1)}
         folders = parents | {i.name for i in items if i.kind == DIRECTORY}
         for rel in sorted(folders):
