@@ -9,6 +9,8 @@ import os
 import tarfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from casstore.cas.extract import Extraction, TarStream, check_symlink, list_members, safe_name
 from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
@@ -550,3 +552,182 @@ def test_truncated_member_data_is_corrupt_whatever_the_stream_offers(tmp_path, w
     data = tar_of(file_("a.bin", b"x" * 5000)).getvalue()[:512 + 3000]
     with Extraction(str(tmp_path / "t")) as ex, pytest.raises(CorruptBlob):
         ex.stage(wrap(data))
+
+
+# ---------------------------------------------------------------------------------------
+# malformed headers: every one is CorruptBlob or UnsafeArchive, never another exception
+
+
+def raw_pax(body: bytes) -> bytes:
+    """A PAX extended header carrying `body` as it is (records not checked)."""
+    return raw_block(b"PaxHeader", b"x", len(body)) + body + bytes(-len(body) % 512)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    rest = b" " + key + b"=" + value + b"\n"
+    n = len(rest) + len(str(len(rest)))
+    n += len(str(n)) - len(str(len(rest)))
+    return b"%d%s" % (n, rest)
+
+
+def test_pax_size_of_5000_digits_raises_corrupt_blob(area):
+    stream = io.BytesIO(raw_pax(pax_record(b"size", b"1" * 5000)) + raw_block(b"a.txt", b"0", 0) + bytes(1024))
+    assert_refused(area, stream, CorruptBlob)
+
+
+@pytest.mark.parametrize("body", [b"9" * 5000 + b" path=x\n", b"99 path=x\n", b"3 path=x\n",
+                                  b"10 path=xy!", b"+9 path=\n", b"9 pathx\n\n", b" 9 path=\n", b"10 =x\n\n\n"],
+                         ids=["length-of-5000-digits", "length-past-the-end", "length-short-of-the-key",
+                              "no-newline", "signed-length", "no-equals-sign", "leading-space", "empty-key"])
+def test_malformed_pax_record_length_raises_corrupt_blob(area, body):
+    stream = io.BytesIO(raw_pax(body) + raw_block(b"a.txt", b"0", 0) + bytes(1024))
+    assert_refused(area, stream, CorruptBlob)
+
+
+@pytest.mark.parametrize("field", [b"-0000000001\0", b"0000000_001\0", b"+0000000001\0", b"\x81" + bytes(11)],
+                         ids=["minus-sign", "underscore", "plus-sign", "base-256-with-a-stray-high-byte"])
+@pytest.mark.parametrize("kind", [b"0", b"L", b"x"], ids=["file", "gnu-longname", "pax"])
+def test_size_field_that_is_not_plain_octal_or_base_256_raises_corrupt_blob(area, field, kind):
+    block = bytearray(raw_block(b"a.txt", kind, 0))
+    block[124:136] = field
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    stream = io.BytesIO(bytes(block) + b"x" * 512 + raw_block(b"b.txt", b"0", 0) + bytes(1024))
+    assert_refused(area, stream, CorruptBlob)
+
+
+def test_pax_path_that_is_not_utf8_is_extracted_under_its_raw_bytes(area):
+    name = b"caf\xe9-" + b"n" * 120
+    stream = io.BytesIO(raw_pax(pax_record(b"path", name)) + raw_block(b"ignored", b"0", 2) + b"ok"
+                        + bytes(510) + bytes(1024))
+    extract(area / "target", stream)
+    assert (area / "target" / os.fsdecode(name)).read_bytes() == b"ok"
+
+
+def _sample_archive() -> bytes:
+    """Files, a folder, links, a PAX header with path and size records, a GNU longname."""
+    sized, data = file_("s.txt", b"S" * 30)
+    sized.pax_headers = {"size": "30"}
+    pax = tar_of(file_("a.txt", b"A" * 700), file_("d/" + "n" * 120 + "/b.txt", b"B" * 30, 0o755),
+                 symlink("d/l", "../a.txt"), hardlink("h.txt", "a.txt"), member("e", tarfile.DIRTYPE, mode=0o755),
+                 (sized, data), fmt=tarfile.PAX_FORMAT)
+    with tarfile.open(fileobj=pax) as tf:
+        last = tf.getmembers()[-1]
+    end = last.offset_data + last.size + (-last.size % 512)
+    return pax.getvalue()[:end] + tar_of(file_("z" * 150, b"Z")).getvalue()
+
+
+SAMPLE = _sample_archive()
+SAMPLE_HEADERS = [i for i in range(0, len(SAMPLE), 512) if SAMPLE[i:i + 512] != bytes(512)
+                  and SAMPLE[i + 257:i + 262] == b"ustar"]
+TAR_BYTES = st.one_of(st.integers(0, 255), st.sampled_from(b"-+_ 0789\0\x80\xff\n=x"))
+
+
+def _fix_checksums(archive: bytearray) -> None:
+    """Give every header block its right checksum again, so that mutations reach the parser."""
+    for i in SAMPLE_HEADERS:
+        if i + 512 <= len(archive):
+            archive[i + 148:i + 156] = b" " * 8
+            archive[i + 148:i + 156] = b"%06o\0 " % sum(archive[i:i + 512])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_byte_mutation_extracts_or_raises_a_typed_error_with_the_target_untouched(tmp_path, data):
+    archive = bytearray(SAMPLE)
+    for _ in range(data.draw(st.integers(1, 4), "mutations")):
+        pos = data.draw(st.integers(0, len(archive) - 1), "position")
+        archive[pos] = data.draw(TAR_BYTES, "byte")
+    if data.draw(st.booleans(), "fix checksums"):
+        _fix_checksums(archive)
+    if data.draw(st.booleans(), "truncate"):
+        archive = archive[:data.draw(st.integers(0, len(archive)), "cut")]
+    root = tmp_path / f"m{len(os.listdir(tmp_path))}"
+    target = root / "target"
+    target.mkdir(parents=True)
+    (target / "existing.txt").write_bytes(b"was here")
+    (root / "outside.txt").write_bytes(b"outside")
+    before = snapshot(root)
+    try:
+        names = extract(target, io.BytesIO(bytes(archive)))
+    except (CorruptBlob, UnsafeArchive):
+        assert snapshot(root) == before
+        return
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if not k.startswith(b"target")} == \
+        {k: v for k, v in before.items() if not k.startswith(b"target")}
+    landed = {os.fsencode(n) for n in names} | {b"existing.txt"}
+    for rel in (os.path.relpath(k, b"target") for k in after if k.startswith(b"target/")):
+        assert rel in landed or any(n.startswith(rel + b"/") for n in landed), rel
+
+
+PAX_VALUES = st.one_of(st.binary(max_size=300), st.text("0123456789", min_size=1, max_size=6000).map(str.encode),
+                       st.sampled_from([b"../x", b"/x", b"abcdefgh/" * 460, b"n" * 300, b"a\0b", b"-1", b"."]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(st.tuples(st.sampled_from([b"size", b"path", b"linkpath", b"mtime", b"uid"]), PAX_VALUES),
+                        min_size=1, max_size=3),
+       kind=st.sampled_from([b"0", b"2", b"5"]))
+def test_any_pax_record_extracts_or_raises_a_typed_error_with_the_target_untouched(tmp_path, records, kind):
+    body = b"".join(pax_record(k, v) for k, v in records)
+    data = b"mm" + bytes(510) if kind == b"0" else b""
+    stream = raw_block(b"ok.txt", b"0", 2) + b"ok" + bytes(510) + raw_pax(body) \
+        + raw_block(b"m", kind, 2 if data else 0, linkname=b"ok.txt") + data
+    root = tmp_path / f"p{len(os.listdir(tmp_path))}"
+    (root / "target").mkdir(parents=True)
+    before = snapshot(root)
+    try:
+        names = extract(root / "target", io.BytesIO(stream + bytes(1024)))
+    except (CorruptBlob, UnsafeArchive):
+        assert snapshot(root) == before
+        return
+    assert names[0] == "ok.txt" and len(names) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# publishing is all or nothing: every conflict is found before the first rename
+
+
+@pytest.mark.parametrize("first", [file_("data/x", b"file"), symlink("data/x", "ok.txt")], ids=["file", "symlink"])
+def test_a_member_then_a_folder_member_of_the_same_name_is_refused_before_anything_is_written(area, first):
+    folder = member("data/x", tarfile.DIRTYPE, mode=0o755)
+    assert_refused(area, tar_of(file_("data/ok.txt", b"ok"), first, folder), UnsafeArchive)
+
+
+def test_a_name_component_of_300_bytes_is_refused_before_anything_is_written(area):
+    stream = tar_of(file_("data/ok.txt", b"ok"), file_("data/" + "n" * 300, b"long"), fmt=tarfile.PAX_FORMAT)
+    assert_refused(area, stream, UnsafeArchive)
+
+
+def test_a_path_longer_than_path_max_is_refused_before_anything_is_written(area):
+    deep = "/".join(["d" * 200] * 21) + "/f"
+    assert len(deep) > 4096
+    stream = tar_of(file_("data/ok.txt", b"ok"), file_(deep, b"deep"), fmt=tarfile.PAX_FORMAT)
+    assert_refused(area, stream, UnsafeArchive)
+
+
+def test_a_path_that_only_the_target_makes_too_long_is_refused_before_anything_is_written(area):
+    prefix = len(os.fsencode(area / "target")) + 1
+    deep = "/".join(["d" * 200] * 20)
+    deep += "/" + "f" * (4090 - prefix - len(deep))
+    assert len(deep) < 4096 < prefix + len(deep) + 10
+    deep += "x" * 10
+    stream = tar_of(file_("data/ok.txt", b"ok"), file_(deep, b"deep"), fmt=tarfile.PAX_FORMAT)
+    assert_refused(area, stream, UnsafeArchive)
+
+
+def test_a_symlink_target_longer_than_the_file_system_takes_is_refused(area):
+    stream = tar_of(file_("data/ok.txt", b"ok"), symlink("data/l", "a/" * 2100), fmt=tarfile.PAX_FORMAT)
+    assert_refused(area, stream, UnsafeArchive)
+
+
+def test_a_folder_member_where_the_target_has_a_file_is_refused_before_anything_is_written(area):
+    stream = tar_of(file_("data/ok.txt", b"ok"), member("existing.txt", tarfile.DIRTYPE, mode=0o755))
+    assert_refused(area, stream, TargetConflict)
+
+
+def test_a_folder_member_where_the_target_has_a_symlink_is_refused_before_anything_is_written(area):
+    os.symlink("existing.txt", area / "target/data")
+    stream = tar_of(file_("a.txt", b"a"), member("data", tarfile.DIRTYPE, mode=0o755))
+    assert_refused(area, stream, TargetConflict)

@@ -248,6 +248,57 @@ def test_absolute_symlink_reference_is_reported_and_its_tar_kept(project):
     assert path.read_bytes() == data
 
 
+def legacy_tar(*members: tuple[str, bytes, str], fmt: int = tarfile.GNU_FORMAT, pax: dict | None = None) -> bytes:
+    """A legacy TAR built with tarfile, as MLtraq's are: (name, type, file data or link target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, kind, arg in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(arg)
+                info.pax_headers = pax or {}
+                tar.addfile(info, io.BytesIO(arg.encode()))
+            else:
+                info.linkname = arg
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def assert_kept_and_reported(project, name: str, field: str, data: bytes, reason: str):
+    """Plant `data` as the legacy TAR of `name`.`field`, migrate: that reference is reported
+    and left as it was, with its TAR; the experiment's other fields migrate."""
+    path = project.legacy_path(name, field)
+    path.write_bytes(data)
+    old = project.value(name, field)
+    report = project.migrate()
+    reasons = {(f.experiment, f.field): f.reason for f in report.failures}
+    assert set(reasons) == {("unsafe", "bad"), (name, field)}
+    assert reason in reasons[(name, field)], reasons[(name, field)]
+    assert report.exit_code == 1
+    assert path.read_bytes() == data
+    assert project.value(name, field) == old
+    assert project.value(name, "hidden")["DATAPAK-0"] == CASSTORE
+
+
+def test_a_symlink_leading_out_through_another_symlink_is_reported_and_its_tar_kept(project):
+    # each link is lexically inside; on disk data/x resolves through data/a/b to the target's parent
+    hostile = legacy_tar(("data/ok.txt", tarfile.REGTYPE, "ok"), ("data/a/b", tarfile.SYMTYPE, ".."),
+                         ("data/x", tarfile.SYMTYPE, "a/b/../.."))
+    assert_kept_and_reported(project, "beta", "data", hostile, "leads out of the target through other links")
+
+
+def test_a_name_the_file_system_refuses_is_reported_and_its_tar_kept(project):
+    hostile = legacy_tar(("data/ok.txt", tarfile.REGTYPE, "ok"), ("data/" + "n" * 300, tarfile.REGTYPE, "long"))
+    assert_kept_and_reported(project, "beta", "data", hostile, "name component of 300 bytes")
+
+
+def test_a_pax_size_of_5000_digits_is_reported_and_its_tar_kept(project):
+    hostile = legacy_tar(("data/ok.txt", tarfile.REGTYPE, "ok"), fmt=tarfile.PAX_FORMAT, pax={"size": "1" * 5000})
+    assert b"1" * 5000 in hostile
+    assert_kept_and_reported(project, "beta", "data", hostile, "malformed PAX size")
+
+
 def test_migrated_experiments_record_datastore_and_registry(project):
     project.migrate()
     assert project.sql("SELECT value FROM casstore_meta WHERE key = 'datastore'") == [(str(project.datastore),)]
@@ -759,6 +810,18 @@ def test_symlinks_leaving_the_archive_are_refused(tmp_path, target):
         tar.addfile(info)
     with pytest.raises(legacy.LegacyArchiveError, match="points outside"):
         _canonical(buf.getvalue())
+
+
+def test_symlinks_leaving_the_archive_through_other_symlinks_are_refused():
+    data = legacy_tar(("sub/a/b", tarfile.SYMTYPE, ".."), ("sub/x", tarfile.SYMTYPE, "a/b/../.."))
+    with pytest.raises(legacy.LegacyArchiveError, match="leads out of the target through other links"):
+        _canonical(data)
+
+
+def test_a_member_below_a_symlink_is_refused_whatever_the_member_order():
+    data = legacy_tar(("sub/l/f", tarfile.REGTYPE, "f"), ("sub/l", tarfile.SYMTYPE, "."))
+    with pytest.raises(legacy.LegacyArchiveError, match="clashes with|through symlink"):
+        _canonical(data)
 
 
 def test_truncated_legacy_tar_is_refused(tmp_path):

@@ -31,6 +31,7 @@ from casstore.cas.digest import DEFAULT_ALGORITHM, hasher_id, new_hasher
 from casstore.cas.tarball import DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding
 from casstore.cas.verify import verify
 from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
+from casstore.storage.archivestore import Archive
 
 TOKEN = uuid.uuid4().hex[:12]
 
@@ -81,7 +82,21 @@ def hostile_archives(outside: str) -> dict[str, bytes]:
         "directory-out": ok + member(b"../" + esc + b"/", DIRECTORY, mode=0o755),
         "huge-gnu-longname": ok + huge_gnu_longname() + member(b"x", data=b"pwned"),
         "longname-escape": ok + member(b"data/" + b"a" * 120 + b"/../../../../" + esc, data=b"pwned"),
+        "symlink-out-through-symlink": ok + member(b"data/a/b", SYMLINK, linkname=b"..")
+        + member(b"data/x", SYMLINK, linkname=b"a/b/../.."),
+        "file-then-folder": ok + member(b"data/x", data=b"file") + member(b"data/x", DIRECTORY, mode=0o755),
+        "symlink-then-folder": ok + member(b"data/x", SYMLINK, linkname=b"ok.txt")
+        + member(b"data/x", DIRECTORY, mode=0o755),
+        "name-component-300-bytes": ok + member(b"data/" + b"n" * 300, data=b"long"),
     }
+
+
+def pax_size_of_5000_digits() -> bytes:
+    """A PAX header whose size record has 5,000 digits (past Python's int-string limit)."""
+    body = b" size=" + b"1" * 5000 + b"\n"
+    body = b"%d" % (len(body) + 4) + body
+    return member(b"data/ok.txt", data=b"harmless") + header(b"PaxHeader", b"x", 0o644, len(body)) + body \
+        + padding(len(body)) + member(b"data/later.txt", data=b"later")
 
 
 def zstd_bomb(inflated: int = 1 << 30) -> bytes:
@@ -202,6 +217,33 @@ def test_forged_blob_under_its_own_digest_is_refused_by_member_validation(tmp_pa
     e = victim.persist(forged)
     err = victim.assert_refused(e, info.blob_id)
     assert isinstance(err.failures[0].error, UnsafeArchive), err.failures[0].error
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_pax_size_of_5000_digits_in_a_tampered_blob_is_a_load_error_and_the_other_field_extracts(tmp_path, codec):
+    victim = Victim(tmp_path)
+    e = victim.persist(ArchiveStore(src_dir=str(tmp_path / "src-data"), arc_dir="data"))
+    blob_id = e.fields.data.blob_id
+    data = finish_tar(pax_size_of_5000_digits())
+    tamper(victim, blob_id, codec, data if codec == "none" else zstandard.compress(data))
+    err = victim.assert_refused(e, blob_id)
+    assert isinstance(err.failures[0].error, CorruptBlob) and err.failures[0].error.reason == "digest"
+
+
+def test_pax_size_of_5000_digits_in_a_forged_blob_is_a_load_error(tmp_path):
+    victim = Victim(tmp_path)
+    with victim.store.lease() as lease:
+        info = victim.store.put_tar_bytes(finish_tar(pax_size_of_5000_digits()), lease=lease)
+    e = victim.persist(ArchiveStore.from_ref({"blob": info.blob_id, "arc_dir": "data", "size": info.size}))
+    err = victim.assert_refused(e, info.blob_id)
+    assert isinstance(err.failures[0].error, CorruptBlob) and "malformed PAX size" in str(err.failures[0].error)
+
+
+def test_pax_size_of_5000_digits_in_an_inline_archive_is_corrupt_and_the_target_untouched(tmp_path):
+    target = tmp_path / "target"
+    with pytest.raises(CorruptBlob, match="malformed PAX size"):
+        Archive.from_bytes(finish_tar(pax_size_of_5000_digits())).extract(str(target))
+    assert os.listdir(target) == []
 
 
 def test_zstd_bomb_in_place_of_a_blob_is_refused_without_inflating(tmp_path):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from casstore.cas.tarball import BLOCK, CHUNK, DIRECTORY, FILE, HARDLINK, SYMLINK
 from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
@@ -22,6 +23,11 @@ MAX_LONG_NAME = 64 * 1024
 MAX_PAX_HEADER = 1 << 20
 _FILE_KINDS = {b"0", b"\0", b"7"}
 _SKIP_KINDS = {b"g"}
+_OCTAL = re.compile(rb"[0-7]*")
+_MAX_DIGITS = 20  # a decimal number in a PAX header: 20 digits reach 10**20 bytes
+_DECIMAL = re.compile(rb"[0-9]{1,%d}" % _MAX_DIGITS)
+NAME_MAX = 255  # bytes of one path component (Linux)
+PATH_MAX = 4096  # bytes of a path with its terminating NUL (Linux): also a symlink's target
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +52,15 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
 
 
 def _number(field: bytes) -> int:
+    """A numeric header field: octal digits (NUL or space padded) or GNU base-256."""
     if field[:1] == b"\x80":
         return int.from_bytes(field[1:], "big")
     if field[:1] == b"\xff":
         raise CorruptBlob("negative number in a TAR header")
     text = field.replace(b"\0", b" ").strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError as exc:
-        raise CorruptBlob(f"bad number field in a TAR header: {field!r}") from exc
+    if not _OCTAL.fullmatch(text):
+        raise CorruptBlob(f"bad number field in a TAR header: {field!r}")
+    return int(text, 8) if text else 0
 
 
 def _nts(field: bytes) -> bytes:
@@ -85,24 +91,26 @@ def _skip(stream: BinaryIO, size: int) -> None:
 
 
 def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    """The records of a PAX header, each `<length> <key>=<value>\\n`, parsed whole: the length
+    is plain decimal digits (a bounded count of them) and ends exactly at the newline."""
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError as exc:
-            raise CorruptBlob("malformed PAX header") from exc
-        if space < 0 or length <= 0:
-            raise CorruptBlob("malformed PAX header")
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        space = data.find(b" ", pos, pos + _MAX_DIGITS + 1)
+        digits = data[pos:space] if space > pos else b""
+        if not _DECIMAL.fullmatch(digits):
+            raise CorruptBlob("malformed PAX header: a record does not start with its length")
+        end = pos + int(digits)
+        key, equals, value = data[space + 1:end - 1].partition(b"=")
+        if end > len(data) or end <= space + 1 or data[end - 1:end] != b"\n" or not equals or not key:
+            raise CorruptBlob("malformed PAX header: a record's length does not end at its newline")
         records[key] = value
-        pos += length
+        pos = end
     return records
 
 
 def _pax_size(value: bytes) -> int:
-    if not value.isdigit():
+    if not _DECIMAL.fullmatch(value):
         raise CorruptBlob(f"malformed PAX size {value[:40]!r}")
     return int(value)
 
@@ -229,7 +237,133 @@ def check_symlink(name: str, raw_target: bytes) -> str:
     if (not target or "\0" in target or posixpath.isabs(target)
             or resolved == ".." or resolved.startswith("../")):
         raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the target")
+    if len(raw_target) >= PATH_MAX:
+        raise UnsafeArchive(f"symlink {name!r} has a target of {len(raw_target)} bytes: the file system takes "
+                            f"at most {PATH_MAX - 1}")
     return target
+
+
+def check_name_length(name: str, name_max: int = NAME_MAX, under: str = "") -> None:
+    """UnsafeArchive if the file system would refuse member `name` (below folder `under`):
+    a component over `name_max` bytes, or a whole path of PATH_MAX bytes or more."""
+    raw = os.fsencode(name)
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > name_max:
+        raise UnsafeArchive(f"member {_short(name)!r} has a name component of {len(longest)} bytes: the file "
+                            f"system takes at most {name_max}")
+    full = len(os.fsencode(os.path.join(under, name))) if under else len(raw)
+    if full >= PATH_MAX:
+        where = f" in {under!r}" if under else ""
+        raise UnsafeArchive(f"member {_short(name)!r} would be a path of {full} bytes{where}: the file system "
+                            f"takes at most {PATH_MAX - 1}")
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else name[:80] + "..."
+
+
+class MemberRules:
+    """What every member must satisfy to be extracted, checked member by member in archive
+    order, then for the symlinks once all are known: the one implementation of the rules,
+    used by Extraction and by migration (legacy.py), so that a migrated archive always
+    extracts. Raises UnsafeArchive, before anything is written to a target.
+
+    Refused: names that are empty, absolute, climb out, hold NUL or that the file system
+    would refuse (NAME_MAX, PATH_MAX); members written through a symlink member; a path
+    that is both a folder and a file or symlink (a folder member, or the parent of another
+    member); symlinks pointing out, lexically or through other links; hardlinks to anything
+    but an earlier file member; member types other than file, hardlink, symlink, folder."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}  # symlink member -> its target, as they will land
+        self._files: set[str] = set()  # names a hardlink may point to
+        self._leaves: set[str] = set()  # files and symlinks
+        self._dirs: set[str] = set()  # folder members and the parents of every member
+
+    def check(self, member: Member) -> tuple[str, str]:
+        """The member's safe name, and its link (symlink target or hardlink's file), or "".
+
+        State is updated only for a member that passes: the rules track what will land."""
+        name = safe_name(member.name)
+        check_name_length(name)
+        if member.kind not in _FILE_KINDS and member.kind not in (SYMLINK, HARDLINK, DIRECTORY):
+            raise UnsafeArchive(f"member {name!r} has type {member.kind!r}: only files, links and folders are "
+                                "extracted")
+        self._refuse_through_symlink(name)
+        self._refuse_file_folder_clash(name, member.kind == DIRECTORY)
+        link = ""
+        if member.kind == SYMLINK:
+            link = check_symlink(name, member.linkname)
+        elif member.kind == HARDLINK:
+            link = safe_name(member.linkname, "hardlink target")
+            if link not in self._files:
+                raise UnsafeArchive(f"hardlink {name!r} -> {link!r} does not name a file of the archive")
+        self._record(name, member.kind, link)
+        return name, link
+
+    def check_links(self, disk_link: Callable[[str], str | None] = lambda rel: None) -> None:
+        """Refuse a symlink that leads out of the target (or loops) through the archive's other
+        links and, when `disk_link` reads them, those already in the target."""
+        for name, target in self.links.items():
+            if _escapes(name, target, self.links, disk_link):
+                raise UnsafeArchive(f"symlink {name!r} -> {target!r} leads out of the target through other links")
+
+    def _refuse_through_symlink(self, name: str) -> None:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self.links:
+                raise UnsafeArchive(f"member {name!r} would be written through symlink {'/'.join(parts[:i])!r}")
+
+    def _refuse_file_folder_clash(self, name: str, is_dir: bool) -> None:
+        """A member below a file member, or a file where a folder is (or the other way
+        round), cannot both land."""
+        parts = name.split("/")
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        clash = next((p for p in parents if p in self._leaves), None)
+        if clash is None and name in (self._leaves if is_dir else self._dirs):
+            clash = name
+        if clash is not None:
+            raise UnsafeArchive(f"member {name!r} clashes with {clash!r}: one is a file or symlink, the other a folder")
+
+    def _record(self, name: str, kind: bytes, link: str) -> None:
+        parts = name.split("/")
+        self._dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if kind == DIRECTORY:
+            self._dirs.add(name)
+            return
+        self._leaves.add(name)
+        if kind == SYMLINK:
+            self.links[name] = link
+            self._files.discard(name)
+        else:
+            self.links.pop(name, None)
+            self._files.add(name)
+
+
+def _escapes(name: str, target: str, links: dict[str, str], disk_link: Callable[[str], str | None]) -> bool:
+    """Whether `name -> target`, resolved through `links` and `disk_link`, leaves the target
+    (or loops)."""
+    parts = name.split("/")[:-1] + target.split("/")
+    stack: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return True
+            stack.pop()
+            continue
+        stack.append(part)
+        link = links.get("/".join(stack)) or disk_link("/".join(stack))
+        if link is not None:
+            hops += 1
+            if hops > 40 or link.startswith("/"):
+                return True
+            stack.pop()
+            parts = link.split("/") + parts
+    return False
 
 
 STAGING_PREFIX = ".casstore-extract-"
@@ -267,6 +401,9 @@ class _Staged:
 class Extraction:
     """Stage an archive into a hidden folder inside `target`, then publish it by renames.
 
+    Every member passes MemberRules while it is staged; publish checks what only the target
+    can tell (its files, folders and symlinks, the length of the full paths) for every member
+    before the first rename, so that a refused archive leaves the target as it was.
     Use as a context manager: the staging folder is always removed on exit."""
 
     def __init__(self, target: str, members: list[str] | None = None):
@@ -275,9 +412,7 @@ class Extraction:
         self._staging = ""
         self._items: list[_Staged] = []
         self._files: dict[str, str] = {}
-        self._symlinks: set[str] = set()
-        self._leaves: set[str] = set()
-        self._dirs: set[str] = set()
+        self._rules = MemberRules()
 
     def __enter__(self) -> Extraction:
         os.makedirs(self.target, exist_ok=True)
@@ -292,37 +427,15 @@ class Extraction:
         """Validate every member and write it into the staging folder."""
         reader = TarStream(stream)
         for member in reader:
-            name = safe_name(member.name)
-            self._refuse_through_symlink(name)
-            self._refuse_file_folder_clash(name, member.kind == DIRECTORY)
+            name, link = self._rules.check(member)
             if member.kind in _FILE_KINDS:
                 self._stage_file(reader, member, name)
             elif member.kind == SYMLINK:
-                self._stage_symlink(member, name)
+                self._stage_symlink(name, link)
             elif member.kind == HARDLINK:
-                self._stage_hardlink(member, name)
-            elif member.kind == DIRECTORY:
-                self._items.append(_Staged(name, DIRECTORY))
+                self._stage_hardlink(name, link)
             else:
-                raise UnsafeArchive(f"member {name!r} has type {member.kind!r}: only files, links and folders are extracted")
-
-    def _refuse_through_symlink(self, name: str) -> None:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self._symlinks:
-                raise UnsafeArchive(f"member {name!r} would be written through symlink {'/'.join(parts[:i])!r}")
-
-    def _refuse_file_folder_clash(self, name: str, is_dir: bool) -> None:
-        """A member below a file member, or a file where a folder is, cannot both land."""
-        parts = name.split("/")
-        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        clash = next((p for p in parents if p in self._leaves), None)
-        if clash is None and not is_dir and name in self._dirs:
-            clash = name
-        if clash is not None:
-            raise UnsafeArchive(f"member {name!r} clashes with {clash!r}: one is a file, the other a folder")
-        self._dirs.update(parents)
-        (self._dirs if is_dir else self._leaves).add(name)
+                self._items.append(_Staged(name, DIRECTORY))
 
     def _stage_path(self) -> str:
         return os.path.join(self._staging, str(len(self._items)))
@@ -336,21 +449,14 @@ class Extraction:
         finally:
             os.close(fd)
         self._files[name] = path
-        self._symlinks.discard(name)
         self._items.append(_Staged(name, FILE, path))
 
-    def _stage_symlink(self, member: Member, name: str) -> None:
-        target = check_symlink(name, member.linkname)
+    def _stage_symlink(self, name: str, target: str) -> None:
         path = self._stage_path()
         os.symlink(target, path)
-        self._symlinks.add(name)
-        self._files.pop(name, None)
         self._items.append(_Staged(name, SYMLINK, path, target))
 
-    def _stage_hardlink(self, member: Member, name: str) -> None:
-        link = safe_name(member.linkname, "hardlink target")
-        if link not in self._files:
-            raise UnsafeArchive(f"hardlink {name!r} -> {link!r} does not name a file of the archive")
+    def _stage_hardlink(self, name: str, link: str) -> None:
         path = self._stage_path()
         os.link(self._files[link], path)
         self._files[name] = path
@@ -361,10 +467,7 @@ class Extraction:
 
         Symlinks are checked again first, now that every member is known: a link can only
         be judged with the other links of the archive (and of the target) it goes through."""
-        links = {item.name: item.link for item in self._items if item.kind == SYMLINK}
-        for name, target in links.items():
-            if self._escapes(name, target, links):
-                raise UnsafeArchive(f"symlink {name!r} -> {target!r} leads out of the target through other links")
+        self._rules.check_links(self._disk_link)
         chosen = [i for i in self._items if self.selected is None or i.name in self.selected]
         self._check_target(chosen)
         done: list[str] = []
@@ -378,39 +481,20 @@ class Extraction:
             done.append(item.name)
         return done
 
-    def _escapes(self, name: str, target: str, links: dict[str, str]) -> bool:
-        """Whether `name -> target`, resolved through the archive's symlinks and those already
-        in the target, leaves the target (or loops)."""
-        parts = name.split("/")[:-1] + target.split("/")
-        stack: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not stack:
-                    return True
-                stack.pop()
-                continue
-            stack.append(part)
-            link = links.get("/".join(stack)) or self._disk_link("/".join(stack))
-            if link is not None:
-                hops += 1
-                if hops > 40 or link.startswith("/"):
-                    return True
-                stack.pop()
-                parts = link.split("/") + parts
-        return False
-
     def _disk_link(self, rel: str) -> str | None:
         path = os.path.join(self.target, rel)
         return os.readlink(path) if os.path.islink(path) else None
 
     def _check_target(self, items: list[_Staged]) -> None:
-        """Refuse, before anything moves, members that the target's files or folders block."""
+        """Refuse, before anything moves, members that the target's files or folders block,
+        and paths the target's file system would refuse."""
+        limit = os.pathconf(self.target, "PC_NAME_MAX")
+        name_max = limit if 0 < limit < NAME_MAX else NAME_MAX
+        for item in items:
+            check_name_length(item.name, name_max, self.target)
         parents = {"/".join(i.name.split("/")[:k]) for i in items for k in range(1, i.name.count("/") + 1)}
-        for rel in sorted(parents):
+        folders = parents | {i.name for i in items if i.kind == DIRECTORY}
+        for rel in sorted(folders):
             path = os.path.join(self.target, rel)
             if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
                 raise TargetConflict(f"cannot extract into {path!r}: it is a file or a symlink")

@@ -7,7 +7,8 @@ whichever name the set gave first. Two passes over the file, with a sort between
 it into the canonical stream of the same content:
 
 1. `read_members` reads the headers only (names, kinds, modes, link targets, where each
-   file's data starts) and checks every member the way casstore's extractor will;
+   file's data starts) and checks the members in their canonical order with the
+   extractor's own rules (extract.MemberRules): what is checked is what will be extracted;
 2. `canonical_members` sorts them bytewise by name, makes the first name of each hardlink
    group in that order the file and points the others at it, and normalizes the modes;
 3. `write_canonical` streams the headers (tarball.header: mode & 0o777, mtime 0, root
@@ -17,14 +18,15 @@ it into the canonical stream of the same content:
 The blob id therefore depends only on the content: the same folder archived by MLtraq in
 two processes gives one blob.
 
-What is refused (`LegacyArchiveError`): anything casstore's extractor would refuse, so that
-a migrated experiment always loads. A symlink that is absolute or climbs out of the archive
-is the one such member MLtraq itself writes; MLtraq's own load refused it too (tarfile's
-`data` filter), so that experiment never loaded. Rewriting the member (dropping it, or
-storing the file it pointed to, which is not in the TAR) would change the content, so the
-reference is left unmigrated and reported instead. Also refused: member types other than
-file, hardlink and symlink, duplicate names, a hardlink to no file of the archive, a member
-below a symlink or below a file, and TARs that are truncated or do not parse."""
+What is refused (`LegacyArchiveError`): anything casstore's extractor would refuse, checked
+by the extractor's code (extract.MemberRules, and extract.TarStream for the headers), so
+that a migrated experiment always loads. A symlink that is absolute or climbs out of the
+archive is the one such member MLtraq itself writes; MLtraq's own load refused it too
+(tarfile's `data` filter), so that experiment never loaded. Rewriting the member (dropping
+it, or storing the file it pointed to, which is not in the TAR) would change the content,
+so the reference is left unmigrated, its TAR kept, and reported instead. Migration also
+refuses what it cannot canonicalize: member types other than file, hardlink and symlink
+(MLtraq writes no folder members), duplicate names, a hardlink to no file of the archive."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
-from casstore.cas.extract import Member, TarStream, check_symlink, safe_name
+from casstore.cas.extract import Member, MemberRules, TarStream, safe_name
 from casstore.cas.tarball import BLOCK, CHUNK, FILE, HARDLINK, RECORD, SYMLINK, BufferedSink, Sink, header, padding
 from casstore.errors import CasStoreError, CorruptBlob, UnsafeArchive
 
@@ -102,34 +104,31 @@ def _member(m: Member, offset: int) -> LegacyMember:
             raise LegacyArchiveError(str(exc)) from exc
         return LegacyMember(name, HARDLINK, m.mode & 0o777, 0, target)
     if m.kind == SYMLINK:
-        try:
-            check_symlink(os.fsdecode(name), m.linkname)
-        except UnsafeArchive as exc:
-            raise LegacyArchiveError(
-                f"{exc}: MLtraq could not load it either; casstore keeps archives that always extract, "
-                "so this reference is left as it was") from exc
         return LegacyMember(name, SYMLINK, SYMLINK_MODE, 0, m.linkname)
     raise LegacyArchiveError(f"member {os.fsdecode(m.name)!r} has type {m.kind!r}: only files, hardlinks and "
                              "symlinks can be migrated")
 
 
 def _check(members: list[LegacyMember]) -> None:
+    """What canonicalization needs (unique names, hardlinks to files of the archive), then
+    the extractor's rules on the canonical members, in the order the blob will hold them."""
     kinds: dict[bytes, bytes] = {}
     for m in members:
         if m.name in kinds:
             raise LegacyArchiveError(f"member {os.fsdecode(m.name)!r} appears twice")
         kinds[m.name] = m.kind
     for m in members:
-        parts = m.name.split(b"/")
-        for i in range(1, len(parts)):
-            parent = b"/".join(parts[:i])
-            if parent in kinds:
-                what = "symlink" if kinds[parent] == SYMLINK else "file"
-                raise LegacyArchiveError(f"member {os.fsdecode(m.name)!r} lies below the {what} "
-                                         f"{os.fsdecode(parent)!r}")
         if m.kind == HARDLINK and kinds.get(m.linkname) not in (FILE, HARDLINK):
             raise LegacyArchiveError(f"hardlink {os.fsdecode(m.name)!r} -> {os.fsdecode(m.linkname)!r} does not "
                                      "name a file of the archive")
+    rules = MemberRules()
+    try:
+        for m in canonical_members(members):
+            rules.check(Member(m.name, m.kind, m.mode, m.size, m.linkname))
+        rules.check_links()
+    except UnsafeArchive as exc:
+        raise LegacyArchiveError(f"{exc}: casstore's extractor would refuse it, so this reference is left "
+                                 "as it was") from exc
 
 
 def canonical_members(members: Iterable[LegacyMember]) -> list[LegacyMember]:
