@@ -367,3 +367,30 @@ def test_an_sqlite_file_needs_no_confirmation_and_cannot_be_confirmed(shared):
     datastore, a, b, _ = shared
     result = run_cli("registry", *_args(a, datastore), "--trust", b.db, code=3)
     assert "need no confirmation" in result.stderr
+
+
+def test_registry_trust_by_the_key_a_refusal_names_confirms_that_entrys_url(shared, fake_postgres):
+    datastore, a, _, _ = shared
+    url = f"postgresql+psycopg://victim@127.0.0.1:{fake_postgres.port}/db"
+    key = _plant(datastore, url, _entry_body(url))
+    assert "not confirmed" in run_cli("registry", *_args(a, datastore)).stdout
+    assert json.loads(run_cli("registry", *_args(a, datastore), "--trust", key, "--json").stdout)["trusted"] == url
+    listed = json.loads(run_cli("registry", *_args(a, datastore), "--json").stdout)["databases"]
+    assert next(d for d in listed if d["key"] == key)["trusted"] is True
+
+
+def test_only_a_server_of_ones_own_database_gets_ones_own_password():
+    """Another project's server gets an empty password (libpq then reads only ~/.pgpass);
+    the server of the user's own database, same host, port and options, the user's own."""
+    from sqlalchemy.engine import make_url
+
+    from casstore.cas.roots import _open_url
+
+    own = make_url("postgresql+psycopg://casstore:pw@db.internal:5432/ml_runs")
+    same = _open_url(make_url("postgresql+psycopg://casstore@db.internal:5432/other"), own)
+    assert same.password == "pw" and "password" not in same.query
+    for elsewhere in ("postgresql+psycopg://casstore@evil:5432/ml_runs",
+                      "postgresql+psycopg://casstore@db.internal:6543/ml_runs",
+                      "postgresql+psycopg://casstore@db.internal:5432/ml_runs?host=/tmp/evil"):
+        opened = _open_url(make_url(elsewhere), own)
+        assert opened.password is None and opened.query["password"] == ""

@@ -87,7 +87,8 @@ def _read_other(entry: Entry, own: URL) -> set[str]:
         project, ids = other.get_fact(PROJECT_KEY), other.referenced_blob_ids()
     except SQLAlchemyError as exc:
         raise UnresolvedRegistryEntry(entry.key, f"cannot read registered database {url} (registry entry "
-                                      f"{entry.key}): {exc.__class__.__name__}; if it is gone for good, run `{forget}`") from exc
+                                      f"{entry.key}): {exc.__class__.__name__}; if it is gone for good, "
+                                      f"run `{forget}`") from exc
     finally:
         other.dispose()
     _check_project(entry, project)
@@ -111,14 +112,18 @@ def _check_sqlite_file(entry: Entry, path: str) -> None:
 
 def _open_url(parsed: URL, own: URL) -> URL:
     """How to reach another project's server: on the server of the user's own database
-    (same host and port), with the user's credentials for it; anywhere else with an empty
-    password, so that libpq takes one only from its password file (~/.pgpass), whose lines
-    name the server, never from PGPASSWORD or the user's own URL."""
+    (same host, port and options), with the user's credentials for it; anywhere else with
+    an empty password, so that libpq takes one only from its password file (~/.pgpass),
+    whose lines name the server, never from PGPASSWORD or the user's own URL."""
     if parsed.get_backend_name() == "sqlite":
         return parsed
-    if (parsed.host, parsed.port) == (own.host, own.port) and own.get_backend_name() != "sqlite":
+    if own.get_backend_name() != "sqlite" and _server(parsed) == _server(own):
         return parsed.set(password=own.password) if parsed.username == own.username else parsed
     return parsed.update_query_dict({"password": ""})
+
+
+def _server(url: URL) -> tuple:
+    return url.host, url.port, sorted(url.query.items())
 
 
 def _check_project(entry: Entry, found: str | None) -> None:

@@ -26,7 +26,9 @@ MAX_TRUST_BYTES = 1 << 20
 
 
 def trust_file() -> str:
-    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    config = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(config):  # unset, empty or relative: the XDG default
+        config = os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(config, "casstore", "trusted-databases.json")
 
 
