@@ -581,10 +581,9 @@ def _print_registry(project: Project, registry: Any, mine: str | None, forgotten
 
     entries, broken = registry
     confirmed = trusted_urls()
-    rows = [{"key": e.key, "url": e.url, "project": e.project, "this": e.url == mine,
-             "exists": _sqlite_exists(e.url),
-             "trusted": None if _sqlite_exists(e.url) is not None else (e.url in confirmed or e.url == mine)}
-            for e in entries]
+    rows = [{"key": e.key, "url": e.url, "project": e.project, "this": e.url == mine, "exists": exists,
+             "trusted": None if exists is not None else (e.url in confirmed or e.url == mine)}
+            for e in entries for exists in [_sqlite_exists(e.url)]]
     bad = [{"key": b.key, "reason": b.reason} for b in broken]
     url = project.store.blobs.url
     if project.as_json:
