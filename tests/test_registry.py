@@ -93,7 +93,7 @@ BROKEN_BODIES = {
     "empty": b"",
     "not JSON": b"{\"url\": ",
     "not an object": b"[]",
-    "url not a string": b'{"url": 5, "registered": 1}',
+    "url not a string": b'{"url": 5}',
     "newer format": json.dumps({"format": "casstore-registry-9", "url": "sqlite:////x.db", "registered": 1}).encode(),
     "project not a UUID": json.dumps({"format": REGISTRY_FORMAT, "project": "b", "url": "sqlite:////x.db",
                                       "registered": 1}).encode(),

@@ -144,22 +144,20 @@ def parse_entry(key: str, data: bytes) -> Entry | BrokenEntry:
         return BrokenEntry(key, "not JSON")
     if not isinstance(body, dict):
         return BrokenEntry(key, "not a JSON object")
-    fmt = body.get("format")
-    if fmt is None and "project" not in body:
-        project = None  # written by casstore 0.1.0
-    elif fmt == REGISTRY_FORMAT:
-        project = body.get("project")
-        if not is_project_id(project):
-            return BrokenEntry(key, "its project is not a UUID")
-    else:
-        return BrokenEntry(key, f"format {str(fmt)[:40]!r} is unknown to this casstore (written by a newer one?)")
-    registered_at = body.get("registered")
-    if isinstance(registered_at, bool) or not isinstance(registered_at, (int, float)):
-        return BrokenEntry(key, "its registration time is not a number")
     problem = url_problem(body.get("url"))
     if problem is not None:
         return BrokenEntry(key, problem)
-    return Entry(key, body["url"], project, float(registered_at))
+    fmt, project = body.get("format"), body.get("project")
+    if fmt is None and project is not None:
+        return BrokenEntry(key, "it names a project but has no format")
+    if fmt is not None and fmt != REGISTRY_FORMAT:
+        return BrokenEntry(key, f"format {str(fmt)[:40]!r} is unknown to this casstore (written by a newer one?)")
+    if fmt is not None and not is_project_id(project):
+        return BrokenEntry(key, "its project is not a UUID")
+    registered_at = body.get("registered")
+    if isinstance(registered_at, bool) or not isinstance(registered_at, (int, float)):
+        return BrokenEntry(key, "its registration time is not a number")
+    return Entry(key, body["url"], project, float(registered_at))  # project None: written by casstore 0.1.0
 
 
 def url_problem(url: object) -> str | None:
