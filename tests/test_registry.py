@@ -6,7 +6,6 @@ with the credentials configured for it (docs/gc.md, docs/teams.md)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import struct
