@@ -70,6 +70,15 @@ class NoSpace(CasStoreError, OSError):
     staging folder was removed; `errno` is the one the file system gave."""
 
 
+class UnresolvedRegistryEntry(DatastoreError):
+    """A registry entry that gc and verify cannot read, reach or trust: they refuse, since
+    the project it names could lose its blobs. `key` names the entry (docs/gc.md)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class DatabaseFailure(CasStoreError, OSError):
     """The project database failed (disk full, connection lost...): the transaction was
     rolled back, so what was stored stays as it was."""

@@ -129,7 +129,7 @@ class Session:
         with store.lease() as lease:
             facts = [self._store_archive(store, archive, lease) for _, archive in archives]
             if archives:
-                register(store.blobs, self.index.engine.url)
+                register(store.blobs, self.index.engine.url, self.index.project_id())
             refs = [Ref(path, a.blob_id, a.params.arc_dir) for path, a in archives]
             record = ExperimentRecord(experiment.id_experiment, experiment.name,
                                       datapak.dumps(experiment.fields, path="fields"),

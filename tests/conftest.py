@@ -9,7 +9,8 @@ import pytest
 def workdir(tmp_path, monkeypatch):
     """A fresh working folder (`tmp_path/work`) as the current directory, with every option
     reset to its default and restored afterwards; the stat cache and XDG cache live in
-    `tmp_path/cache`, outside the working folder and outside the user's home."""
+    `tmp_path/cache`, the user's config (confirmed databases) in `tmp_path/config`, outside
+    the working folder and outside the user's home."""
     from casstore.opts import options
 
     saved = options().copy_values()
@@ -17,6 +18,7 @@ def workdir(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     options().set("statcache.path", str(cache / "statcache.sqlite"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

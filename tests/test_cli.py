@@ -408,10 +408,11 @@ def test_gc_refuses_when_a_registered_database_is_gone_then_forget(project, work
     store = LocalBlobStore(str(project.datastore))
     assert store.find(q_blob) is not None and store.find(mine) is not None  # nothing touched
     listing = run_json("registry", *args(project))["databases"]
-    assert {"url": f"sqlite:///{other.db_path}", "this": False, "exists": False} in listing
+    gone = next(d for d in listing if d["url"] == f"sqlite:///{other.db_path}")
+    assert (gone["this"], gone["exists"]) == (False, False)
     assert "missing" in run("registry", *args(project)).stdout
     doc = run_json("registry", *args(project), "--forget", f"sqlite:///{other.db_path}")
-    assert doc["forgotten"] == f"sqlite:///{other.db_path}"
+    assert doc["forgotten"] == [gone["key"]]
     assert [d["url"] for d in doc["databases"]] == [f"sqlite:///{project.db_path}"]
     deleted = {d["blob"] for d in run_json("gc", *args(project), "--grace", "0")["deleted"]}
     assert deleted == {mine, q_blob}
@@ -419,7 +420,7 @@ def test_gc_refuses_when_a_registered_database_is_gone_then_forget(project, work
 
 def test_registry_forget_unknown_is_exit_3(project):
     result = run("registry", *args(project), "--forget", "sqlite:////nowhere/x.db", code=3)
-    assert "not registered" in result.stderr
+    assert "neither the key nor the URL of an entry" in result.stderr
 
 
 def test_gc_during_a_persist_keeps_the_leased_blob(project, workdir):
@@ -524,20 +525,24 @@ def test_cat_subprocess_pipes_into_tar(project):
 
 def test_registry_lists_this_database(project):
     doc = run_json("registry", *args(project))
-    assert doc["databases"] == [{"url": f"sqlite:///{project.db_path}", "this": True, "exists": True}]
+    project_id = sqlite3.connect(project.db_path).execute(
+        "SELECT value FROM casstore_meta WHERE key = 'project'").fetchone()[0]
+    assert doc["databases"] == [{"key": doc["databases"][0]["key"], "url": f"sqlite:///{project.db_path}",
+                                 "project": project_id, "this": True, "exists": True, "trusted": None}]
+    assert doc["unreadable"] == []
     assert "this database" in run("registry", *args(project)).stdout
 
 
 def test_db_current_and_upgrade(project, workdir):
-    assert run_json("db", "current", "--db", project.db) == {"current": "0001", "head": "0001", "up_to_date": True}
+    assert run_json("db", "current", "--db", project.db) == {"current": "0002", "head": "0002", "up_to_date": True}
     fresh = workdir / "fresh.db"
     with sqlite3.connect(fresh) as conn:
         conn.execute("CREATE TABLE unrelated (x INTEGER)")
     assert run_json("db", "current", "--db", f"sqlite:///{fresh}")["current"] is None
     result = run("stats", "--db", f"sqlite:///{fresh}", code=3)
     assert "no casstore tables" in result.stderr
-    assert run_json("db", "upgrade", "--db", f"sqlite:///{fresh}") == {"before": None, "after": "0001", "head": "0001"}
-    assert "already at 0001" in run("db", "upgrade", "--db", f"sqlite:///{fresh}").stdout
+    assert run_json("db", "upgrade", "--db", f"sqlite:///{fresh}") == {"before": None, "after": "0002", "head": "0002"}
+    assert "already at 0002" in run("db", "upgrade", "--db", f"sqlite:///{fresh}").stdout
     assert run("db", "current", "--db", "sqlite:///nope.db", code=3).stderr.count("\n") == 1
     assert not (workdir / "nope.db").exists()
 

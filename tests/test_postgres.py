@@ -265,7 +265,9 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
     assert set(registered(store.blobs)) == {pg_registered, registry_url(solo_db)}
     assert "not-needed-with-trust" not in json.dumps(registered(store.blobs))
 
-    # gc from the SQLite project reopens the PostgreSQL one from the registry (no password)
+    # gc from the SQLite project reopens the PostgreSQL one from the registry (no password),
+    # once the user has confirmed it (docs/teams.md)
+    run_cli("registry", "--db", solo_db, "--trust", pg_registered)
     report = collect(solo.index, store, grace_s=0)
     assert [d.blob for d in report.deleted if d.blob] == [mine.fields.data.blob_id]
     assert [b.blob_id for b in store.blobs.iter_blobs()] == [kept.fields.data.blob_id]
@@ -281,7 +283,8 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
     # a registered database that cannot be opened stops gc, naming it
     gone = make_url(pg_url).set(database="casstore_gone_" + uuid.uuid4().hex[:8]).render_as_string(
         hide_password=False)
-    register(store.blobs, gone)
+    register(store.blobs, gone, str(uuid.uuid4()))
+    run_cli("registry", "--db", solo_db, "--trust", gone)
     with pytest.raises(DatastoreError, match="casstore_gone_"):
         collect(solo.index, store, grace_s=0)
     result = run_cli("gc", "--db", solo_db, "--grace", "0", code=3)

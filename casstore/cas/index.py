@@ -17,10 +17,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from casstore.cas.engine import make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
-from casstore.cas.schema import ensure_schema
+from casstore.cas.schema import ensure_schema, upgrade
 from casstore.errors import DatabaseFailure, ExperimentAlreadyExists, InvalidInput
 
 DATASTORE_KEY = "datastore"
+PROJECT_KEY = "project"  # the project's identity, a UUID (migrations/versions/0002_project_identity.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class Index:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        self._project: str | None = None
 
     @classmethod
     def open(cls, url: str) -> Index:
@@ -91,6 +93,22 @@ class Index:
         with write_transaction(self.engine) as conn:
             conn.execute(delete(MetaRow).where(MetaRow.key == key))
             conn.execute(insert(MetaRow).values(key=key, value=value))
+
+    def project_id(self) -> str:
+        """This project's identity, created once. A database at schema 0001 gets it here, at
+        its first write that needs it (upgrading to 0002 adds only this row)."""
+        if self._project is None:
+            self._project = self.get_fact(PROJECT_KEY) or self._create_project_id()
+        return self._project
+
+    def _create_project_id(self) -> str:
+        upgrade(self.engine)
+        with write_transaction(self.engine) as conn:
+            found = conn.scalar(select(MetaRow.value).where(MetaRow.key == PROJECT_KEY))
+            if found is None:  # the row was deleted from a database already at 0002
+                found = str(uuid.uuid4())
+                conn.execute(insert(MetaRow).values(key=PROJECT_KEY, value=found))
+            return found
 
     # experiments
 

@@ -580,7 +580,7 @@ class _Run:
         blobs.ensure_format()
         if recorded is None:
             self.index.set_fact(DATASTORE_KEY, blobs.url)
-        register(blobs, self.index.engine.url)
+        register(blobs, self.index.engine.url, self.index.project_id())
 
     def close(self) -> None:
         if self.index is not None:

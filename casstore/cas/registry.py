@@ -3,20 +3,58 @@
 gc must know every project that shares a datastore before it may delete anything, so each
 database that stores a reference registers itself here: SQLite files by absolute path,
 servers by URL without password. In-memory databases are never registered (they die with
-their process, and nothing could ever open them again)."""
+their process, and nothing could ever open them again).
+
+An entry is `casstore/registry/<sha256(url)[:32]>.json`, holding
+`{"format": "casstore-registry-2", "project": <uuid>, "url": ..., "registered": <unix time>}`
+(docs/datastore.md). casstore 0.1.0 wrote `{"url": ..., "registered": ...}`: such an entry is
+read, and protects its database, as one without a project id. The key stays the hash of the
+URL: copies of one database file share a project id, and keyed by URL they never overwrite
+each other's entry; the project id tells a database that moved from one that was replaced.
+
+An entry that cannot be read stops gc and verify (`entries`), naming its key: the project it
+named could otherwise lose its blobs. Its project repairs it at its next write (`register`),
+or a user drops it with `casstore registry --forget KEY`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import time
+import uuid
+from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
-from casstore.cas.blobs import INTERNAL, BlobStore
+from casstore.cas.blobs import INTERNAL, BlobStore, is_torn_object
+from casstore.errors import UnresolvedRegistryEntry
 
 REGISTRY_PREFIX = f"{INTERNAL}/registry"
+REGISTRY_FORMAT = "casstore-registry-2"
+MAX_ENTRY_BYTES = 4096
+BACKENDS = ("sqlite", "postgresql")  # the databases casstore's index runs on
+_ENTRY_NAME = re.compile(r"[0-9a-f]{32}\.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A registered database. `project` is None in an entry written by casstore 0.1.0."""
+
+    key: str
+    url: str
+    project: str | None
+    registered: float
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenEntry:
+    """An object of the registry that is not a readable entry: `key` is its name there."""
+
+    key: str
+    reason: str
 
 
 def registry_url(url: str | URL) -> str | None:
@@ -29,36 +67,137 @@ def registry_url(url: str | URL) -> str | None:
     return parsed.render_as_string(hide_password=True).replace(":***@", "@")
 
 
-def _key(url: str) -> str:
-    return f"{REGISTRY_PREFIX}/{hashlib.sha256(url.encode()).hexdigest()[:32]}.json"
+def entry_key(url: str) -> str:
+    """The key of the entry of `url` (as `registry_url` writes it)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
-def register(blobs: BlobStore, url: str | URL) -> str | None:
-    """Record that the database at `url` references this datastore (idempotent)."""
+def _object_key(key: str) -> str:
+    return f"{REGISTRY_PREFIX}/{key}.json"
+
+
+def register(blobs: BlobStore, url: str | URL, project: str) -> str | None:
+    """Record that the database at `url`, of project `project`, references this datastore.
+
+    Writes only if the entry is missing, unreadable or disagrees (another project, an entry
+    of casstore 0.1.0): a project repairs its own entry whenever it writes."""
     reg = registry_url(url)
     if reg is None:
         return None
-    key = _key(reg)
-    if blobs.get_object(key) is None:
-        blobs.put_object(key, json.dumps({"url": reg, "registered": time.time()}).encode())
+    key = entry_key(reg)
+    current = parse_entry(key, blobs.get_object(_object_key(key)) or b"")
+    if not (isinstance(current, Entry) and current.url == reg and current.project == project):
+        body = {"format": REGISTRY_FORMAT, "project": project, "url": reg, "registered": time.time()}
+        blobs.put_object(_object_key(key), json.dumps(body).encode())
     return reg
 
 
-def registered(blobs: BlobStore) -> list[str]:
-    urls = []
+def read_registry(blobs: BlobStore) -> tuple[list[Entry], list[BrokenEntry]]:
+    """Every entry (by URL) and every object of the registry that is not one (by key).
+    Temp files of interrupted writes are leftovers (gc), not entries."""
+    entries, broken = [], []
     for obj in blobs.list_objects(REGISTRY_PREFIX):
-        try:
-            urls.append(json.loads(blobs.get_object(obj.key) or b"")["url"])
-        except (ValueError, KeyError, TypeError):
+        if is_torn_object(obj.key):
             continue
-    return sorted(urls)
+        name = obj.key[len(REGISTRY_PREFIX) + 1:]
+        if _ENTRY_NAME.fullmatch(name) is None:
+            broken.append(BrokenEntry(name, "not the name of a registry entry"))
+            continue
+        key = name[: -len(".json")]
+        if obj.size > MAX_ENTRY_BYTES:
+            broken.append(BrokenEntry(key, f"{obj.size} bytes, more than an entry's {MAX_ENTRY_BYTES}"))
+            continue
+        data = blobs.get_object(obj.key)
+        if data is not None:  # None: forgotten since the listing
+            (entries if isinstance(found := parse_entry(key, data), Entry) else broken).append(found)
+    return sorted(entries, key=lambda e: (e.url, e.key)), sorted(broken, key=lambda b: b.key)
 
 
-def forget(blobs: BlobStore, url: str) -> bool:
-    """Drop a database from the registry; False if it was not there."""
-    for candidate in {url, registry_url(url) or url}:
-        key = _key(candidate)
-        if blobs.get_object(key) is not None:
-            blobs.delete_object(key)
-            return True
-    return False
+def entries(blobs: BlobStore) -> list[Entry]:
+    """Every entry; refuses (UnresolvedRegistryEntry, naming it) if one cannot be read."""
+    found, broken = read_registry(blobs)
+    if broken:
+        first = broken[0]
+        raise UnresolvedRegistryEntry(
+            first.key, f"registry entry {first.key} of datastore {blobs.url} cannot be read ({first.reason}); "
+            "gc and verify refuse until it is resolved, since it may name a project whose blobs they would "
+            "otherwise delete: that project repairs it at its next persist that stores an archive, or, if "
+            f"you know it is gone for good, run `casstore registry --forget {first.key}`"
+            + (f" ({len(broken) - 1} more entries are unreadable)" if len(broken) > 1 else ""))
+    return found
+
+
+def registered(blobs: BlobStore) -> list[str]:
+    """The URLs of every registered database; refuses if an entry cannot be read."""
+    return [e.url for e in entries(blobs)]
+
+
+def parse_entry(key: str, data: bytes) -> Entry | BrokenEntry:
+    """The entry stored under `key`, or why it is not one."""
+    if not data:
+        return BrokenEntry(key, "empty")
+    if len(data) > MAX_ENTRY_BYTES:
+        return BrokenEntry(key, f"more than {MAX_ENTRY_BYTES} bytes")
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return BrokenEntry(key, "not JSON")
+    if not isinstance(body, dict):
+        return BrokenEntry(key, "not a JSON object")
+    problem = url_problem(body.get("url"))
+    if problem is not None:
+        return BrokenEntry(key, problem)
+    fmt, project = body.get("format"), body.get("project")
+    if fmt is None and project is not None:
+        return BrokenEntry(key, "it names a project but has no format")
+    if fmt is not None and fmt != REGISTRY_FORMAT:
+        return BrokenEntry(key, f"format {str(fmt)[:40]!r} is unknown to this casstore (written by a newer one?)")
+    if fmt is not None and not is_project_id(project):
+        return BrokenEntry(key, "its project is not a UUID")
+    registered_at = body.get("registered")
+    if isinstance(registered_at, bool) or not isinstance(registered_at, (int, float)):
+        return BrokenEntry(key, "its registration time is not a number")
+    return Entry(key, body["url"], project, float(registered_at))  # project None: written by casstore 0.1.0
+
+
+def url_problem(url: object) -> str | None:
+    """Why `url` is not a URL that register() could have written, or None."""
+    if not isinstance(url, str):
+        return "its url is not a string"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "its url is not a database URL"
+    if parsed.get_backend_name() not in BACKENDS:
+        return f"its url is not of {' or '.join(BACKENDS)}"
+    if parsed.password is not None or "password" in parsed.query:
+        return "its url holds a password"
+    if parsed.get_backend_name() == "sqlite" and (parsed.query or not os.path.isabs(parsed.database or "")):
+        return "its url is not an absolute SQLite file path"
+    if registry_url(parsed) != url:
+        return "its url is not written as casstore writes it"
+    return None
+
+
+def is_project_id(value: object) -> bool:
+    """A project id as casstore writes it: a UUID in canonical form."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def forget(blobs: BlobStore, target: str) -> list[str]:
+    """Drop the registry objects named `target` (a key, as a message names it) or whose
+    entry has URL `target`; returns the keys dropped."""
+    try:
+        url = registry_url(target) or target
+    except ArgumentError:
+        url = target
+    entries, broken = read_registry(blobs)
+    keys = {e.key for e in entries if target == e.key or url == e.url} | {b.key for b in broken if b.key == target}
+    for key in sorted(keys):
+        blobs.delete_object(_object_key(key) if _ENTRY_NAME.fullmatch(f"{key}.json") else f"{REGISTRY_PREFIX}/{key}")
+    return sorted(keys)

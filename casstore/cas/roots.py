@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from casstore.cas.blobs import INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.cas.engine import make_engine
-from casstore.cas.index import Index
+from casstore.cas.index import PROJECT_KEY, Index
 from casstore.cas.leases import leased_blob_ids
-from casstore.cas.registry import registered, registry_url
-from casstore.errors import DatastoreError
+from casstore.cas.registry import Entry, entries, registry_url
+from casstore.cas.trust import trusted_urls
+from casstore.errors import UnresolvedRegistryEntry
 
 REF_FORMAT = "casstore-ref-1"
 MAX_REF_BYTES = 4096
@@ -60,29 +62,85 @@ def leftovers(blobs: BlobStore) -> list[ObjectStat]:
 
 def registered_blob_ids(blobs: BlobStore, index: Index) -> set[str]:
     """Blob ids referenced by `index` and by every other database registered in the
-    datastore. Refuses (DatastoreError) if one cannot be read: deleting on a partial view
-    is how other stores lost data."""
+    datastore. Refuses (UnresolvedRegistryEntry, naming the entry) if one cannot be read,
+    reached or trusted: deleting on a partial view is how other stores lost data."""
     ids = index.referenced_blob_ids()
     mine = registry_url(index.engine.url)
-    for url in registered(blobs):
-        if url != mine:
-            ids |= _read_other(url)
+    for entry in entries(blobs):
+        if entry.url == mine:
+            _check_project(entry, index.get_fact(PROJECT_KEY))
+        else:
+            ids |= _read_other(entry, index.engine.url)
     return ids
 
 
-def _read_other(url: str) -> set[str]:
+def _read_other(entry: Entry, own: URL) -> set[str]:
+    """The references of another project's database. An SQLite file is opened only if it is
+    a regular file; a server only if the user confirmed its URL (trust.py), and then with no
+    password but those configured for it (`_open_url`): an entry proves nothing about who
+    wrote it, so it must not make casstore send credentials anywhere (docs/teams.md)."""
+    url, forget = entry.url, f"casstore registry --forget {entry.key}"
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not os.path.isfile(parsed.database or ""):
-        raise DatastoreError(f"registered database {url} does not exist; if it is gone for good, "
-                             f"run `casstore registry --forget {url}`")
-    other = Index(make_engine(url))
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_file(entry, parsed.database or "")
+    elif url not in trusted_urls():
+        raise UnresolvedRegistryEntry(
+            entry.key, f"registry entry {entry.key} names the server database {url}, which you have not confirmed: "
+            "gc and verify connect only to servers you confirmed, since your credentials would go there; if it is "
+            f"your team's database, run `casstore registry --trust {url}`, if not, `{forget}`")
+    other = Index(make_engine(_open_url(parsed, own)))
     try:
-        return other.referenced_blob_ids()
+        project, ids = other.get_fact(PROJECT_KEY), other.referenced_blob_ids()
     except SQLAlchemyError as exc:
-        raise DatastoreError(f"cannot read registered database {url}: {exc.__class__.__name__}; "
-                             f"if it is gone for good, run `casstore registry --forget {url}`") from exc
+        raise UnresolvedRegistryEntry(entry.key, f"cannot read registered database {url} (registry entry "
+                                      f"{entry.key}): {exc.__class__.__name__}; if it is gone for good, "
+                                      f"run `{forget}`") from exc
     finally:
         other.dispose()
+    _check_project(entry, project)
+    return ids
+
+
+def _check_sqlite_file(entry: Entry, path: str) -> None:
+    forget = f"casstore registry --forget {entry.key}"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UnresolvedRegistryEntry(entry.key, f"registered database {entry.url} (registry entry {entry.key}) "
+                                      f"does not exist; if it is gone for good, run `{forget}`") from None
+    except OSError as exc:
+        raise UnresolvedRegistryEntry(entry.key, f"cannot read registered database {entry.url} (registry entry "
+                                      f"{entry.key}): {exc.strerror}; if it is gone for good, run `{forget}`") from exc
+    if not stat.S_ISREG(mode):
+        raise UnresolvedRegistryEntry(entry.key, f"registered database {entry.url} (registry entry {entry.key}) "
+                                      f"is not a regular file; run `{forget}`")
+
+
+def _open_url(parsed: URL, own: URL) -> URL:
+    """How to reach another project's server: on the server of the user's own database
+    (same host, port and options), with the user's credentials for it; anywhere else with
+    an empty password, so that libpq takes one only from its password file (~/.pgpass),
+    whose lines name the server, never from PGPASSWORD or the user's own URL."""
+    if parsed.get_backend_name() == "sqlite":
+        return parsed
+    if own.get_backend_name() != "sqlite" and _server(parsed) == _server(own):
+        return parsed.set(password=own.password) if parsed.username == own.username else parsed
+    return parsed.update_query_dict({"password": ""})
+
+
+def _server(url: URL) -> tuple:
+    return url.host, url.port, sorted(url.query.items())
+
+
+def _check_project(entry: Entry, found: str | None) -> None:
+    """An entry that names a project must find that project at its URL: another one there
+    means the project moved or was replaced, and its references are not where gc looks."""
+    if entry.project is not None and found != entry.project:
+        raise UnresolvedRegistryEntry(
+            entry.key, f"registry entry {entry.key} says {entry.url} is project {entry.project}, but that database "
+            f"is {'project ' + found if found else 'of no project'}: if project {entry.project} moved, its next "
+            "persist that stores an archive registers it where it is now; if it is gone for good, or to go on "
+            f"without it, run `casstore registry --forget {entry.key}`")
 
 
 def live_blob_ids(blobs: BlobStore, index: Index) -> set[str]:

@@ -2,7 +2,10 @@
 
 A database with no casstore tables gets the newest schema. A database at an older version is
 refused with SchemaOutdated until `casstore db upgrade` runs: upgrading a shared team
-database is a decision, not a side effect of opening it."""
+database is a decision, not a side effect of opening it. The one exception is 0001, whose
+tables are those of 0002: it lacks only the project identity, which 0002 adds as one row of
+casstore_meta. It opens as it is, and gets its identity at the first write that needs one
+(`Index.project_id`), so read-only commands never write to it."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from casstore.cas.engine import write_transaction
 from casstore.cas.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
 from casstore.errors import SchemaOutdated
 
-HEAD = "0001"
+HEAD = "0002"
+# Revisions opened as they are: their tables are HEAD's (0001 lacks only the project identity).
+COMPATIBLE = frozenset({"0001", HEAD})
 
 
 def _alembic_config(connection: Connection):
@@ -53,7 +58,7 @@ def ensure_schema(engine: Engine) -> None:
     that looks again: several processes opening one new database create it once."""
     with engine.connect() as connection:
         revision, has_tables, has_experiments = _state(connection)
-    if revision == HEAD and has_experiments:
+    if revision in COMPATIBLE and has_experiments:
         return
     with write_transaction(engine) as connection:
         revision, has_tables, _ = _state(connection)
@@ -61,7 +66,7 @@ def ensure_schema(engine: Engine) -> None:
             ExperimentRow.__table__.create(connection, checkfirst=True)
             _upgrade(connection, "head")
             return
-        if revision == HEAD:
+        if revision in COMPATIBLE:
             ExperimentRow.__table__.create(connection, checkfirst=True)
             return
     _refuse(revision)
