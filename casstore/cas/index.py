@@ -7,20 +7,44 @@ with "database is locked"; reads start with a plain BEGIN and, with WAL, never w
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from casstore.cas.engine import make_engine, write_transaction
+from casstore.cas.engine import is_read_only, make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
-from casstore.cas.schema import ensure_schema
+from casstore.cas.schema import check_schema, ensure_schema
 from casstore.errors import DatabaseFailure, ExperimentAlreadyExists, InvalidInput
 
 DATASTORE_KEY = "datastore"
+
+
+def _checked(engine: Engine, check: Callable[[Engine], None]) -> Engine:
+    """`engine` once `check` passed on it; disposed of if it did not."""
+    try:
+        check(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise InvalidInput(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
+                           f"{exc.orig}") from exc
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _is_sqlite_file(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and os.path.isfile(parsed.database or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +93,20 @@ class Index:
         self._sqlite = engine.dialect.name == "sqlite"
 
     @classmethod
-    def open(cls, url: str) -> Index:
-        engine = make_engine(url)
-        try:
-            ensure_schema(engine)
-        except DBAPIError as exc:
-            raise InvalidInput(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from exc
-        return cls(engine)
+    def open(cls, url: str, read_only: bool = False) -> Index:
+        """The index of the database at `url`. Its schema is checked by reading only, so a
+        database casstore refuses is left as it was (not even switched to WAL); then a new
+        database gets its tables. `read_only` never writes: the schema must be in force."""
+        if read_only:
+            return cls(_checked(make_engine(url, read_only=True), check_schema))
+        if _is_sqlite_file(url):
+            _checked(make_engine(url, read_only=True), lambda e: check_schema(e, creatable=True)).dispose()
+        return cls(_checked(make_engine(url), ensure_schema))
+
+    @property
+    def read_only(self) -> bool:
+        """True if the engine never writes (make_engine(read_only=True))."""
+        return is_read_only(self.engine)
 
     @property
     def url(self) -> str:

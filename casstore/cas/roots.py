@@ -69,7 +69,7 @@ def _read_other(url: str) -> set[str]:
     if parsed.get_backend_name() == "sqlite" and not os.path.isfile(parsed.database or ""):
         raise DatastoreError(f"registered database {url} does not exist; if it is gone for good, "
                              f"run `casstore registry --forget {url}`")
-    other = Index(make_engine(url))
+    other = Index(make_engine(url, read_only=True))
     try:
         return other.referenced_blob_ids()
     except SQLAlchemyError as exc:

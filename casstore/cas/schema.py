@@ -2,7 +2,8 @@
 
 A database with no casstore tables gets the newest schema. A database at an older version is
 refused with SchemaOutdated until `casstore db upgrade` runs: upgrading a shared team
-database is a decision, not a side effect of opening it."""
+database is a decision, not a side effect of opening it. `check_schema` decides that by
+reading only, so a database casstore refuses is left as it was."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy import Connection, Engine, inspect
 
 from casstore.cas.engine import write_transaction
 from casstore.cas.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
-from casstore.errors import SchemaOutdated
+from casstore.errors import InvalidInput, SchemaOutdated
 
 HEAD = "0001"
 
@@ -64,6 +65,24 @@ def ensure_schema(engine: Engine) -> None:
         if revision == HEAD:
             ExperimentRow.__table__.create(connection, checkfirst=True)
             return
+    _refuse(revision)
+
+
+def check_schema(engine: Engine, creatable: bool = False) -> None:
+    """Refuse, reading only, a database casstore cannot use as it is. With `creatable`, a
+    database that ensure_schema would complete (no casstore tables yet, or only the
+    experiments table missing) passes; without, only the schema in force does."""
+    with engine.connect() as connection:
+        revision, has_tables, has_experiments = _state(connection)
+    if revision == HEAD and (has_experiments or creatable):
+        return
+    if revision is None and not has_tables:
+        if creatable:
+            return
+        raise InvalidInput("the database holds no casstore tables (not a casstore project?)")
+    if revision == HEAD:
+        raise InvalidInput("the database has casstore's tables but no experiments table: "
+                           "it holds no experiment (the first persist creates the table)")
     _refuse(revision)
 
 
