@@ -140,9 +140,13 @@ class Project:
         return self._index
 
     def writable_index(self):
-        """The index opened for writing, for the commands that change the database (gc)."""
+        """The index opened for writing, for the commands that change the database (gc):
+        a database this process may not write is refused before anything changes."""
         if self._index is None:
             self._index = _open_index(self.db, read_only=False)
+        if self._index.read_only:
+            raise Failure(f"database {safe_url(self.db)} is read-only (no write permission), and this "
+                          "command writes to it", EXIT_UNUSABLE)
         return self._index
 
     @property

@@ -554,6 +554,32 @@ def test_read_commands_work_on_a_database_on_a_read_only_mount(closed_project, t
     assert sorted(os.listdir(project.root)) == ["datastore", "project.db"]
 
 
+def run_unprivileged_worker(command: str, cfg: dict) -> list[dict]:
+    """A reliability worker under unprivileged(), killed after 30 s; its events."""
+    proc = rw.start(command, cfg, prefix=unprivileged())
+    try:
+        out, _ = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        proc.kill()
+    return rw.parse_events(out)
+
+
+def test_a_session_on_a_read_only_database_loads_and_a_persist_fails_typed(closed_project, tmp_path):
+    """The library opens a database it may not write read-only: loads work, a persist raises
+    a CasStoreError with nothing stored, and neither waits on the busy timeout."""
+    project, _ = closed_project
+    set_journal_mode(project.db, "delete")
+    before = open(project.db, "rb").read()
+    write_tree(tmp_path / "v2", {"b.txt": b"version two"})
+    with read_only(project.db):
+        loaded_events = run_unprivileged_worker("load-loop", project.cfg(name="x", count=1))
+        persisted = run_unprivileged_worker("persist-one", project.cfg(name="y", src=str(tmp_path / "v2")))
+    assert [e["event"] for e in loaded_events] == ["ready", "done"], loaded_events
+    errors = [e for e in persisted if e["event"] == "error"]
+    assert len(errors) == 1 and "CasStoreError" in errors[0]["mro"], persisted
+    assert open(project.db, "rb").read() == before
+
+
 def test_gc_on_a_read_only_database_fails_at_once_and_deletes_nothing(closed_project, tmp_path):
     project, _ = closed_project
     s = project.session()

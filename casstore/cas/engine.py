@@ -43,8 +43,7 @@ def safe_url(url: str) -> str:
 def make_engine(url: str, read_only: bool = False) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
 
-    `read_only` (SQLite): the engine never writes the file, not even to switch it to WAL.
-    Without, an existing file this process may not write is a DatabaseFailure at once."""
+    `read_only` (SQLite): the engine never writes the file, not even to switch it to WAL."""
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
@@ -56,9 +55,6 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
                            "(PostgreSQL: pip install 'casstore[postgres]')") from exc
     database = parsed.database or ""
     memory = database in ("", ":memory:")
-    if not read_only and os.path.isfile(database) and not os.access(database, os.W_OK):
-        raise DatabaseFailure(f"database {os.path.abspath(database)} is read-only (no write permission), "
-                              "and this writes to it")
     if read_only and not memory and not database.startswith("file:"):
         engine = create_engine(url, creator=lambda: _connect_read_only(os.path.abspath(database)))
     else:

@@ -39,12 +39,14 @@ def _checked(engine: Engine, check: Callable[[Engine], None]) -> Engine:
     return engine
 
 
-def _is_sqlite_file(url: str) -> bool:
+def _sqlite_file(url: str) -> str | None:
+    """The path of the existing SQLite file `url` names, else None."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        return False
-    return parsed.get_backend_name() == "sqlite" and os.path.isfile(parsed.database or "")
+        return None
+    path = parsed.database or ""
+    return path if parsed.get_backend_name() == "sqlite" and os.path.isfile(path) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +98,13 @@ class Index:
     def open(cls, url: str, read_only: bool = False) -> Index:
         """The index of the database at `url`. Its schema is checked by reading only, so a
         database casstore refuses is left as it was (not even switched to WAL); then a new
-        database gets its tables. `read_only` never writes: the schema must be in force."""
-        if read_only:
+        database gets its tables. `read_only` never writes: the schema must be in force. A
+        SQLite file this process may not write is opened read-only too (`read_only` tells):
+        loads work, a write fails."""
+        path = _sqlite_file(url)
+        if read_only or (path is not None and not os.access(path, os.W_OK)):
             return cls(_checked(make_engine(url, read_only=True), check_schema))
-        if _is_sqlite_file(url):
+        if path is not None:
             _checked(make_engine(url, read_only=True), lambda e: check_schema(e, creatable=True)).dispose()
         return cls(_checked(make_engine(url), ensure_schema))
 
