@@ -74,9 +74,10 @@ def _warn(message: str) -> None:
 
 # -- opening the database and the datastore ------------------------------------------------
 
-def _open_engine(url: str) -> Engine:
+def _open_engine(url: str, read_only: bool = True) -> Engine:
     """An engine on an existing database: a SQLite file that does not exist is refused
-    rather than created (a typo in --db must not start an empty project)."""
+    rather than created (a typo in --db must not start an empty project). Read-only unless
+    the command writes to the database: a file it refuses is left byte for byte as it was."""
     from casstore.cas.engine import make_engine
 
     try:
@@ -91,12 +92,14 @@ def _open_engine(url: str) -> Engine:
         if not database.startswith("file:") and not os.path.isfile(database):
             raise Failure(f"database {os.path.abspath(database)} does not exist (--db {url})", EXIT_UNUSABLE)
     try:
-        return make_engine(url)
-    except (SQLAlchemyError, ImportError, InvalidInput) as exc:
+        return make_engine(url, read_only=read_only)
+    except (SQLAlchemyError, ImportError, CasStoreError) as exc:
         raise Failure(f"cannot open database {safe_url(url)}: {exc}", EXIT_UNUSABLE) from exc
 
 
-def _open_index(url: str):
+def _open_index(url: str, read_only: bool = True):
+    """The project's index; its tables are looked at read-only first, and the database is
+    opened for writing (SQLite switched to WAL) only if `read_only` is False."""
     from casstore.cas.index import Index
     from casstore.cas.models import CASSTORE_TABLES
 
@@ -112,7 +115,7 @@ def _open_index(url: str):
     if not any(t.name in names for t in CASSTORE_TABLES):
         raise Failure(f"database {safe_url(url)} holds no casstore tables (not a casstore project?)", EXIT_UNUSABLE)
     try:
-        return Index.open(url)
+        return Index.open(url, read_only=read_only)
     except SchemaOutdated as exc:
         raise Failure(str(exc), EXIT_UNUSABLE) from exc
     except (CasStoreError, SQLAlchemyError) as exc:
@@ -131,8 +134,19 @@ class Project:
 
     @property
     def index(self):
+        """The index, read-only unless writable_index() opened it first."""
         if self._index is None:
             self._index = _open_index(self.db)
+        return self._index
+
+    def writable_index(self):
+        """The index opened for writing, for the commands that change the database (gc):
+        a database this process may not write is refused before anything changes."""
+        if self._index is None:
+            self._index = _open_index(self.db, read_only=False)
+        if self._index.read_only:
+            raise Failure(f"database {safe_url(self.db)} is read-only (no write permission), and this "
+                          "command writes to it", EXIT_UNUSABLE)
         return self._index
 
     @property
@@ -427,7 +441,8 @@ def gc(project: Project, dry_run: bool, grace: float) -> None:
     cannot be opened; blobs leased by a write in progress are never deleted."""
     from casstore.cas.gc import collect
 
-    report = collect(project.index, project.store, grace_s=grace, dry_run=dry_run)
+    index = project.index if dry_run else project.writable_index()
+    report = collect(index, project.store, grace_s=grace, dry_run=dry_run)
     if project.as_json:
         project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
                       "freed_bytes": report.freed_bytes})
@@ -463,7 +478,7 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
 
     index = project.index
     record = _find_experiment(index, experiment)
-    session = Session(project.db, datastore=project.store.blobs.url)
+    session = Session(project.db, datastore=project.store.blobs.url, read_only=True)
     try:
         exp = session.read_experiment(id_experiment=record.id_experiment)
         available = [p for p, _ in archive_fields(exp.fields)]
@@ -654,20 +669,23 @@ def db() -> None:
     """Schema of casstore's tables in a project database (Alembic revisions)."""
 
 
-def db_command(f: Callable[..., Any]) -> Callable[..., Any]:
+def db_command(read_only: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--db/--datastore/--json for the `db` commands, which open the engine directly: the
     index refuses an outdated schema, and these commands are how to fix one."""
 
-    @functools.wraps(f)
-    def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
-        engine = _open_engine(db)
-        try:
-            with _one_line_errors():
-                return f(engine, as_json, **kwargs)
-        finally:
-            engine.dispose()
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
+            engine = _open_engine(db, read_only=read_only)
+            try:
+                with _one_line_errors():
+                    return f(engine, as_json, **kwargs)
+            finally:
+                engine.dispose()
 
-    return _common_options(wrapper)
+        return _common_options(wrapper)
+
+    return decorate
 
 
 def _revision(engine: Engine) -> str | None:
@@ -683,7 +701,7 @@ def _revision(engine: Engine) -> str | None:
 
 
 @db.command("current")
-@db_command
+@db_command(read_only=True)
 def db_current(engine: Engine, as_json: bool) -> None:
     """The schema revision of casstore's tables in the database, and the one this casstore needs.
 
@@ -699,7 +717,7 @@ def db_current(engine: Engine, as_json: bool) -> None:
 
 
 @db.command("upgrade")
-@db_command
+@db_command(read_only=False)
 def db_upgrade(engine: Engine, as_json: bool) -> None:
     """Bring casstore's tables to the revision this casstore needs (back the database up first).
 

@@ -35,9 +35,10 @@ DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_b
 class Session:
     """A handle on one project database (default: option `database.url`)."""
 
-    def __init__(self, url: Optional[str] = None, datastore: Optional[str] = None):
-        """`datastore` (a path or URL) overrides the datastore the database records."""
-        self.index = Index.open(url or options().get("database.url"))
+    def __init__(self, url: Optional[str] = None, datastore: Optional[str] = None, read_only: bool = False):
+        """`datastore` (a path or URL) overrides the datastore the database records;
+        `read_only` opens the database without ever writing it (loads only)."""
+        self.index = Index.open(url or options().get("database.url"), read_only=read_only)
         self._datastore = datastore
 
     def __repr__(self) -> str:

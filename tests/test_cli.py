@@ -564,6 +564,40 @@ def test_schema_newer_than_the_library_is_refused_asking_to_upgrade_casstore(pro
         assert "upgrade casstore" in result.stderr and result.stderr.count("\n") == 1
 
 
+def _refused_database(path: Path, kind: str) -> None:
+    """A database file the CLI refuses: another application's SQLite file, an MLtraq project
+    not yet migrated, or an empty file."""
+    if kind == "other-sqlite":
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE unrelated (x INTEGER)")
+            conn.executemany("INSERT INTO unrelated VALUES (?)", [(i,) for i in range(100)])
+        conn.close()
+    elif kind == "mltraq-not-migrated":
+        shutil.copyfile(REPO / "tests" / "fixtures" / "legacy" / "mltraq.db", path)
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("kind", ["other-sqlite", "mltraq-not-migrated", "empty"])
+def test_a_refused_database_file_is_left_byte_for_byte_as_it_was(project, workdir, kind):
+    """No switch to WAL, no -wal, -shm or -journal file: the schema is read read-only first."""
+    folder = workdir / "refused"
+    folder.mkdir()
+    db = folder / "their.db"
+    _refused_database(db, kind)
+    before, listing = db.read_bytes(), sorted(os.listdir(folder))
+    where = ["--db", f"sqlite:///{db}", "--datastore", str(project.datastore)]
+    blob = blob_of(project, "baseline", "data")
+    for command in (["stats"], ["ls"], ["verify"], ["verify", "--deep"], ["gc", "--dry-run"], ["gc"], ["cat", blob],
+                    ["extract", "baseline", "--target", str(workdir / "target")], ["registry"]):
+        result = run(*command, *where, code=3)
+        assert result.stderr.startswith("casstore: error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert db.read_bytes() == before and sorted(os.listdir(folder)) == listing, command
+    assert run_json("db", "current", "--db", f"sqlite:///{db}")["current"] is None
+    assert db.read_bytes() == before and sorted(os.listdir(folder)) == listing
+    assert not (workdir / "target").exists()
+
+
 def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
     result = run("verify", *args(project), "--deep")
     assert "re-hashing" not in result.stderr  # not a terminal: no bar

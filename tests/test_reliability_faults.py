@@ -10,14 +10,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import random
+import resource
 import shutil
+import signal
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from typing import Iterator
 
 import pytest
 
@@ -492,3 +499,201 @@ def test_no_space_left_for_the_database_fails_cleanly(tmp_path, small_fs):
     assert_store_consistent(project, s)
     # checked last, so that the checks above run whatever the error's type
     assert isinstance(info.value, (OSError, CasStoreError)), f"untyped error: {info.value!r}"
+
+
+# --------------------------------------------------------------------------- read-only and full disks (issue 11, item 4)
+#
+# Each command runs in a subprocess killed after 30 s: a regression that waits on the 300 s
+# busy timeout fails instead of hanging the suite.
+
+COMMAND_TIMEOUT_S = 30
+
+
+def run_command(*args: str, prefix: list[str] | None = None,
+                fsize_limit: int | None = None) -> subprocess.CompletedProcess:
+    """`casstore ARGS` in a subprocess, under `prefix` (unprivileged()), with RLIMIT_FSIZE
+    `fsize_limit` (a full disk: no file may grow past it; SIGXFSZ ignored, so writes fail
+    with EFBIG)."""
+
+    def limit() -> None:
+        if fsize_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    return subprocess.run([*(prefix or []), sys.executable, "-m", "casstore.cli", *args], capture_output=True,
+                          text=True, timeout=COMMAND_TIMEOUT_S, preexec_fn=limit)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("casstore: error: "), proc.stderr
+
+
+@pytest.fixture
+def closed_project(tmp_path) -> tuple[rw.Project, str]:
+    """A project with experiment `x` (one archive field), its database closed: a WAL file with
+    no -wal or -shm beside it, as casstore leaves it. Returns (project, the field's blob id)."""
+    project = rw.Project(tmp_path / "p")
+    write_tree(tmp_path / "src", {"a.txt": b"version one"})
+    session = project.session()
+    experiment = session.create_experiment("x", data=ArchiveStore(src_dir=str(tmp_path / "src")))
+    experiment.persist()
+    session.index.dispose()
+    assert sorted(os.listdir(project.root)) == ["datastore", "project.db"]
+    return project, experiment.fields.data.blob_id
+
+
+def read_commands(project: rw.Project, blob_id: str, target: str) -> list[list[str]]:
+    """Every command that only reads the database, with --db and --datastore."""
+    where = ["--db", project.url, "--datastore", project.datastore]
+    commands = [["stats"], ["ls"], ["verify"], ["verify", "--deep"], ["gc", "--dry-run"], ["cat", blob_id],
+                ["extract", "x", "--target", target], ["registry"]]
+    return [[*c, *where] for c in commands] + [["db", "current", "--db", project.url]]
+
+
+@contextlib.contextmanager
+def read_only(*paths: str) -> Iterator[None]:
+    """chmod a-w on `paths` (files and folders), restored afterwards."""
+    modes = {p: os.stat(p).st_mode for p in paths}
+    for p, mode in modes.items():
+        os.chmod(p, mode & ~0o222)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            os.chmod(p, mode)
+
+
+def set_journal_mode(db: str, mode: str) -> None:
+    """`delete`: the database as a backup or a copy may hold it, in rollback-journal mode."""
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute(f"PRAGMA journal_mode={mode}").fetchone()[0] == mode
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_read_commands_work_on_a_read_only_database_file(closed_project, tmp_path, journal):
+    project, blob_id = closed_project
+    set_journal_mode(project.db, journal)
+    before = open(project.db, "rb").read()
+    with read_only(project.db):
+        for command in read_commands(project, blob_id, str(tmp_path / "target")):
+            proc = run_command(*command, prefix=unprivileged())
+            assert proc.returncode == 0, (command, proc.stderr)
+    assert open(project.db, "rb").read() == before
+    assert rw.tree(tmp_path / "target") == {b"a.txt": ("file", b"version one")}
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_read_commands_work_on_a_database_on_a_read_only_mount(closed_project, tmp_path, journal):
+    """Neither the file nor its folder writable (as on a read-only mount): SQLite cannot create
+    the -shm file a WAL database needs, and the database is read as immutable."""
+    project, blob_id = closed_project
+    set_journal_mode(project.db, journal)
+    before = open(project.db, "rb").read()
+    with read_only(project.db, project.root):
+        for command in read_commands(project, blob_id, str(tmp_path / "target")):
+            proc = run_command(*command, prefix=unprivileged())
+            assert proc.returncode == 0, (command, proc.stderr)
+    assert open(project.db, "rb").read() == before
+    assert sorted(os.listdir(project.root)) == ["datastore", "project.db"]
+
+
+def run_unprivileged_worker(command: str, cfg: dict) -> list[dict]:
+    """A reliability worker under unprivileged(), killed after 30 s; its events."""
+    proc = rw.start(command, cfg, prefix=unprivileged())
+    try:
+        out, _ = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        proc.kill()
+    return rw.parse_events(out)
+
+
+def test_a_session_on_a_read_only_database_loads_and_a_persist_fails_typed(closed_project, tmp_path):
+    """The library opens a database it may not write read-only: loads work, a persist raises
+    a CasStoreError with nothing stored, and neither waits on the busy timeout."""
+    project, _ = closed_project
+    set_journal_mode(project.db, "delete")
+    before = open(project.db, "rb").read()
+    write_tree(tmp_path / "v2", {"b.txt": b"version two"})
+    with read_only(project.db):
+        loaded_events = run_unprivileged_worker("load-loop", project.cfg(name="x", count=1))
+        persisted = run_unprivileged_worker("persist-one", project.cfg(name="y", src=str(tmp_path / "v2")))
+    assert [e["event"] for e in loaded_events] == ["ready", "done"], loaded_events
+    errors = [e for e in persisted if e["event"] == "error"]
+    assert len(errors) == 1 and "CasStoreError" in errors[0]["mro"], persisted
+    assert open(project.db, "rb").read() == before
+
+
+def test_gc_on_a_read_only_database_fails_at_once_and_deletes_nothing(closed_project, tmp_path):
+    project, _ = closed_project
+    s = project.session()
+    write_tree(tmp_path / "v2", {"b.txt": b"version two"})
+    s.create_experiment("x", data=ArchiveStore(src_dir=str(tmp_path / "v2"))).persist(if_exists="replace")
+    s.index.dispose()
+    files = project.blob_files()  # the blob of version one is unreferenced now
+    with read_only(project.db):
+        proc = run_command("gc", "--grace", "0", "--db", project.url, "--datastore", project.datastore,
+                           prefix=unprivileged())
+    assert_one_line_error(proc, 3)
+    assert "read-only" in proc.stderr and project.db in proc.stderr
+    assert project.blob_files() == files
+
+
+def test_stats_with_the_database_on_a_full_disk_fails_at_once_in_one_line(closed_project):
+    project, _ = closed_project
+    proc = run_command("stats", "--db", project.url, "--datastore", project.datastore, fsize_limit=0)
+    assert_one_line_error(proc, 3)
+    assert project.db in proc.stderr
+
+
+def test_migrate_with_the_database_on_a_full_disk_fails_at_once_and_changes_nothing(tmp_path):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "fixtures", "legacy"), legacy, symlinks=True)
+    db = str(legacy / "mltraq.db")
+    before = open(db, "rb").read()
+    proc = run_command("migrate", "--db", f"sqlite:///{db}", "--datastore", str(legacy / "datastore"),
+                       fsize_limit=0)
+    assert_one_line_error(proc, 1)
+    assert db in proc.stderr
+    assert open(db, "rb").read() == before
+    assert sorted(os.listdir(legacy)) == ["datastore", "manifest.json", "mltraq.db"]
+
+
+def two_projects(tmp_path) -> tuple[rw.Project, rw.Project]:
+    """Projects `a` and `b` sharing a's datastore, each with one experiment; b's database closed."""
+    a, b = rw.Project(tmp_path / "a"), rw.Project(tmp_path / "b")
+    b.datastore = a.datastore
+    for i, project in enumerate((a, b)):
+        write_tree(tmp_path / f"src{i}", {"f.txt": b"project %d" % i})
+        s = project.session()
+        s.create_experiment("x", data=ArchiveStore(src_dir=str(tmp_path / f"src{i}"))).persist()
+        s.index.dispose()
+    return a, b
+
+
+@pytest.mark.parametrize("command", [["gc", "--dry-run"], ["verify"]])
+def test_another_projects_database_on_a_full_disk_is_refused_at_once_naming_it(tmp_path, command):
+    """Only b's disk is full: a's database is held open (its -wal and -shm exist, so reading
+    it needs no file to grow), b's is closed (reading it would create b's -shm)."""
+    a, b = two_projects(tmp_path)
+    holder = sqlite3.connect(a.db)
+    try:
+        holder.execute("SELECT count(*) FROM experiments").fetchone()
+        proc = run_command(*command, "--db", a.url, "--datastore", a.datastore, fsize_limit=0)
+    finally:
+        holder.close()
+    assert_one_line_error(proc, 3)
+    assert b.db in proc.stderr
+
+
+def test_gc_reads_another_projects_database_on_a_read_only_mount(tmp_path):
+    a, b = two_projects(tmp_path)
+    with read_only(b.db, b.root):
+        proc = run_command("gc", "--dry-run", "--grace", "0", "--db", a.url, "--datastore", a.datastore,
+                           "--json", prefix=unprivileged())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deleted"] == []

@@ -1,20 +1,32 @@
 """Database engines. SQLite gets WAL, a long busy timeout, and BEGIN IMMEDIATE for the
 transactions that write (plain BEGIN for reads, which with WAL never wait for a writer).
-PostgreSQL write transactions take an advisory lock first, so writers queue there too."""
+PostgreSQL write transactions take an advisory lock first, so writers queue there too.
+
+A read-only engine (commands that only read, other projects' databases read by gc) never
+writes to a SQLite file: no switch to WAL, `PRAGMA query_only`, and the file opened with
+`mode=ro` where this process may not write it (docs/cli.md, "Read-only databases")."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from casstore.errors import InvalidInput
+from casstore.errors import DatabaseFailure, InvalidInput
 
 SQLITE_BUSY_TIMEOUT_S = 300
+# The only primary result codes worth waiting for: another connection holds the lock.
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+# Opening a WAL database whose -shm file cannot be created: a read-only mount (CANTOPEN) or
+# a folder this process may not write (READONLY_DIRECTORY).
+_NO_SHM = {14, 1544}
 WRITE_OPTION = "casstore_write"
+READ_ONLY_OPTION = "casstore_read_only"
 # PostgreSQL: casstore's write transactions take this transaction-level advisory lock first,
 # so they queue as SQLite's BEGIN IMMEDIATE makes them queue (reads never take it).
 PG_WRITE_LOCK_KEY = 0x6361_7373  # "cass"
@@ -28,8 +40,10 @@ def safe_url(url: str) -> str:
         return url
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
+def make_engine(url: str, read_only: bool = False) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
+
+    `read_only` (SQLite): the engine never writes the file, not even to switch it to WAL."""
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
@@ -39,14 +53,20 @@ def make_engine(url: str) -> Engine:
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise InvalidInput(f"no driver for database URL {parsed.render_as_string(hide_password=True)!r}: {exc} "
                            "(PostgreSQL: pip install 'casstore[postgres]')") from exc
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-    memory = parsed.database in (None, "", ":memory:")
+    database = parsed.database or ""
+    memory = database in ("", ":memory:")
+    if read_only and not memory and not database.startswith("file:"):
+        engine = create_engine(url, creator=lambda: _connect_read_only(os.path.abspath(database)))
+    else:
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
         dbapi_conn.isolation_level = None
-        if not memory:
-            _use_wal(dbapi_conn)
+        if read_only:
+            dbapi_conn.execute("PRAGMA query_only=ON")
+        elif not memory:
+            _use_wal(dbapi_conn, database)
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     @event.listens_for(engine, "begin")
@@ -54,7 +74,12 @@ def make_engine(url: str) -> Engine:
         immediate = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    return engine
+    return engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
+
+
+def is_read_only(engine: Engine) -> bool:
+    """True for an engine of make_engine(read_only=True)."""
+    return bool(engine.get_execution_options().get(READ_ONLY_OPTION, False))
 
 
 def _server_engine(url: str) -> Engine:
@@ -74,16 +99,52 @@ def write_transaction(engine: Engine):  # noqa: ANN201
     return engine.execution_options(**{WRITE_OPTION: True}).begin()
 
 
-def _use_wal(dbapi_conn: sqlite3.Connection) -> None:
+def is_busy(exc: sqlite3.Error) -> bool:
+    """True if `exc` says another connection holds a lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (SQLITE_BUSY, SQLITE_LOCKED)
+
+
+def _use_wal(dbapi_conn: sqlite3.Connection, database: str) -> None:
     """Switch a database file to WAL once. Switching needs a lock that the busy timeout
-    does not wait for, so several processes opening a new database retry briefly."""
+    does not wait for, so several processes opening a new database retry briefly; any
+    other failure (read-only file or mount, full disk) is a DatabaseFailure at once."""
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     while True:
         try:
             if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 return
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                dbapi_conn.close()
+                raise DatabaseFailure(f"cannot open database {database} for writing: {exc} "
+                                      f"({getattr(exc, 'sqlite_errorname', 'SQLITE_ERROR')})") from exc
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A connection that cannot change the file at `path`.
+
+    Where this process may write the file and its folder, it is opened read-write (with
+    query_only set on connect), so that SQLite removes the -wal/-shm files it makes, as after
+    any use; elsewhere `mode=ro`. A WAL database whose -shm cannot be created (read-only
+    mount or folder) and that has neither -wal nor -shm beside it holds all its data in the
+    file: it is opened `immutable=1`, which takes no locks and so assumes that nobody writes
+    the file meanwhile (on a read-only mount nobody can)."""
+    uri = f"file:{quote(path)}"
+    writable = os.access(path, os.W_OK) and os.access(os.path.dirname(path), os.W_OK)
+    conn = _sqlite_connect(f"{uri}?mode={'rw' if writable else 'ro'}")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if exc.sqlite_errorcode not in _NO_SHM or any(os.path.lexists(path + s) for s in ("-wal", "-shm")):
+            raise
+        conn = _sqlite_connect(f"{uri}?mode=ro&immutable=1")
+    return conn
+
+
+def _sqlite_connect(uri: str) -> sqlite3.Connection:
+    return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)

@@ -7,21 +7,47 @@ with "database is locked"; reads start with a plain BEGIN and, with WAL, never w
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from casstore.cas.engine import make_engine, write_transaction
+from casstore.cas.engine import is_read_only, make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
-from casstore.cas.schema import ensure_schema, upgrade
+from casstore.cas.schema import check_schema, ensure_schema, upgrade
 from casstore.errors import DatabaseFailure, ExperimentAlreadyExists, InvalidInput
 
 DATASTORE_KEY = "datastore"
 PROJECT_KEY = "project"  # the project's identity, a UUID (migrations/versions/0002_project_identity.py)
+
+
+def _checked(engine: Engine, check: Callable[[Engine], None]) -> Engine:
+    """`engine` once `check` passed on it; disposed of if it did not."""
+    try:
+        check(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise InvalidInput(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
+                           f"{exc.orig}") from exc
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The path of the existing SQLite file `url` names, else None."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    path = parsed.database or ""
+    return path if parsed.get_backend_name() == "sqlite" and os.path.isfile(path) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +97,23 @@ class Index:
         self._project: str | None = None
 
     @classmethod
-    def open(cls, url: str) -> Index:
-        engine = make_engine(url)
-        try:
-            ensure_schema(engine)
-        except DBAPIError as exc:
-            raise InvalidInput(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from exc
-        return cls(engine)
+    def open(cls, url: str, read_only: bool = False) -> Index:
+        """The index of the database at `url`. Its schema is checked by reading only, so a
+        database casstore refuses is left as it was (not even switched to WAL); then a new
+        database gets its tables. `read_only` never writes: the schema must be in force. A
+        SQLite file this process may not write is opened read-only too (`read_only` tells):
+        loads work, a write fails."""
+        path = _sqlite_file(url)
+        if read_only or (path is not None and not os.access(path, os.W_OK)):
+            return cls(_checked(make_engine(url, read_only=True), check_schema))
+        if path is not None:
+            _checked(make_engine(url, read_only=True), lambda e: check_schema(e, creatable=True)).dispose()
+        return cls(_checked(make_engine(url), ensure_schema))
+
+    @property
+    def read_only(self) -> bool:
+        """True if the engine never writes (make_engine(read_only=True))."""
+        return is_read_only(self.engine)
 
     @property
     def url(self) -> str:

@@ -88,7 +88,7 @@ def _read_other(entry: Entry, own: URL) -> set[str]:
             entry.key, f"registry entry {entry.key} names the server database {url}, which you have not confirmed: "
             "gc and verify connect only to servers you confirmed, since your credentials would go there; if it is "
             f"your team's database, run `casstore registry --trust {url}`, if not, `{forget}`")
-    other = Index(make_engine(_open_url(parsed, own)))
+    other = Index(make_engine(_open_url(parsed, own), read_only=True))
     try:
         project, ids = other.get_fact(PROJECT_KEY), other.referenced_blob_ids()
     except SQLAlchemyError as exc:

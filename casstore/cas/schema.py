@@ -5,7 +5,8 @@ refused with SchemaOutdated until `casstore db upgrade` runs: upgrading a shared
 database is a decision, not a side effect of opening it. The one exception is 0001, whose
 tables are those of 0002: it lacks only the project identity, which 0002 adds as one row of
 casstore_meta. It opens as it is, and gets its identity at the first write that needs one
-(`Index.project_id`), so read-only commands never write to it."""
+(`Index.project_id`), so read-only commands never write to it. `check_schema`
+decides what opens by reading only, so a database casstore refuses is left as it was."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import Connection, Engine, inspect
 
 from casstore.cas.engine import write_transaction
 from casstore.cas.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
-from casstore.errors import SchemaOutdated
+from casstore.errors import InvalidInput, SchemaOutdated
 
 HEAD = "0002"
 # Revisions opened as they are: their tables are HEAD's (0001 lacks only the project identity).
@@ -69,6 +70,24 @@ def ensure_schema(engine: Engine) -> None:
         if revision in COMPATIBLE:
             ExperimentRow.__table__.create(connection, checkfirst=True)
             return
+    _refuse(revision)
+
+
+def check_schema(engine: Engine, creatable: bool = False) -> None:
+    """Refuse, reading only, a database casstore cannot use as it is. With `creatable`, a
+    database that ensure_schema would complete (no casstore tables yet, or only the
+    experiments table missing) passes; without, only the schema in force does."""
+    with engine.connect() as connection:
+        revision, has_tables, has_experiments = _state(connection)
+    if revision in COMPATIBLE and (has_experiments or creatable):
+        return
+    if revision is None and not has_tables:
+        if creatable:
+            return
+        raise InvalidInput("the database holds no casstore tables (not a casstore project?)")
+    if revision in COMPATIBLE:
+        raise InvalidInput("the database has casstore's tables but no experiments table: "
+                           "it holds no experiment (the first persist creates the table)")
     _refuse(revision)
 
 
