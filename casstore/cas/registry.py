@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from casstore.cas.blobs import INTERNAL, BlobStore
 
 REGISTRY_PREFIX = f"{INTERNAL}/registry"
+MAX_ENTRY_BYTES = 64 << 10
 
 
 def registry_url(url: str | URL) -> str | None:
@@ -39,7 +40,7 @@ def register(blobs: BlobStore, url: str | URL) -> str | None:
     if reg is None:
         return None
     key = _key(reg)
-    if blobs.get_object(key) is None:
+    if blobs.get_object(key, max_bytes=MAX_ENTRY_BYTES) is None:
         blobs.put_object(key, json.dumps({"url": reg, "registered": time.time()}).encode())
     return reg
 
@@ -48,7 +49,7 @@ def registered(blobs: BlobStore) -> list[str]:
     urls = []
     for obj in blobs.list_objects(REGISTRY_PREFIX):
         try:
-            urls.append(json.loads(blobs.get_object(obj.key) or b"")["url"])
+            urls.append(json.loads(blobs.get_object(obj.key, max_bytes=MAX_ENTRY_BYTES) or b"")["url"])
         except (ValueError, KeyError, TypeError):
             continue
     return sorted(urls)
@@ -58,7 +59,7 @@ def forget(blobs: BlobStore, url: str) -> bool:
     """Drop a database from the registry; False if it was not there."""
     for candidate in {url, registry_url(url) or url}:
         key = _key(candidate)
-        if blobs.get_object(key) is not None:
+        if blobs.get_object(key, max_bytes=MAX_ENTRY_BYTES) is not None:
             blobs.delete_object(key)
             return True
     return False

@@ -21,6 +21,7 @@ import zstandard
 from casstore import runtime
 from casstore.cas.contentstore import BlobInfo
 from casstore.cas.extract import Extraction
+from casstore.cas.roots import MAX_REF_BYTES
 from casstore.cas.tarball import check_arc_dir, scan, tar_bytes
 from casstore.errors import BlobNotFound, InvalidInput
 from casstore.opts import file_url_to_path, options
@@ -150,7 +151,7 @@ class ArchiveStoreIO:
 
     def _ref(self) -> dict:
         key = file_url_to_path(self.url).replace(os.sep, "/")
-        data = runtime.content_store().blobs.get_object(key)
+        data = runtime.content_store().blobs.get_object(key, max_bytes=MAX_REF_BYTES)
         if data is None:
             raise BlobNotFound(f"no archive at {self.url} in datastore {runtime.datastore_url()}")
         try:
