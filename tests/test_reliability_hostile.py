@@ -530,3 +530,16 @@ def test_gc_deletes_the_torn_temp_file_of_a_named_reference(tmp_path):
     backdate(torn)
     run_cli(*on(project, "gc"))
     assert not os.path.exists(torn)
+
+
+def test_a_registry_entry_over_its_bound_stops_gc_unread(tmp_path):
+    """A registry entry is a database gc must read; one too large to be casstore's is not
+    read (no unbounded read) and gc deletes nothing, as for a database it cannot open."""
+    project, e = planted_project(tmp_path)
+    s = project.session()
+    s.delete_experiment(s.read_experiment("kept"))
+    s.index.dispose()
+    entry = write(os.path.join(project.datastore, "casstore", "registry", "e" * 32 + ".json"), b" " * (1 << 20))
+    result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
+    assert os.path.basename(entry) in result.stderr and result.stderr.count("\n") == 1
+    assert os.path.exists(project.blob_path(e.fields.data.blob_id))
