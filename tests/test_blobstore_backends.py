@@ -477,6 +477,18 @@ class TestLocalBlobStore(BlobStoreContract):
                 with pytest.raises(UnreadableObject):
                     store.get_object(key, max_bytes=4096)
 
+    def test_a_symlink_at_a_trash_name_is_never_published_as_the_blob(self, store):
+        """A writer that misses its leased blob puts it back from the trash by name: a
+        symlink planted there must not become the blob (link() would follow it)."""
+        stat, _new = ingest(store, payload(10, seed=32))
+        store.delete_object(store.move_to_trash(stat))
+        elsewhere = os.path.join(store.root, "elsewhere")
+        with open(elsewhere, "wb") as f:
+            f.write(b"not the blob")
+        os.symlink(elsewhere, os.path.join(store.root, *trash_key(stat.blob_id, "none").split("/")))
+        assert store.find_leased(stat.blob_id) is None
+        assert list(store.iter_blobs()) == []
+
     def test_a_fifo_or_symlink_in_place_of_a_blob_is_corrupt_and_never_blocks(self, store):
         for n, make in enumerate((os.mkfifo, lambda p: os.symlink("/dev/zero", p))):
             blob_id = digest_bytes(b"%d" % n)

@@ -373,6 +373,13 @@ class LocalBlobStore(BlobStore):
         return key
 
     def restore_from_trash(self, key: str) -> None:
+        """As the interface says; a symlink, FIFO or device at a trash name (a writer's
+        `find_leased` names it, no listing did) is not gc's: never published nor deleted."""
+        try:
+            if not stat.S_ISREG(os.lstat(self._path(key)).st_mode):
+                return
+        except FileNotFoundError:
+            return
         parsed = trash_key_blob(key)
         if parsed is not None:
             try:
