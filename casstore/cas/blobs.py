@@ -86,7 +86,7 @@ def blob_key(blob_id: str, codec: str) -> str:
 def parse_blob_key(key: str) -> tuple[str, str] | None:
     """(blob id, codec) of a blob key, None for anything else found under blobs/. A key is
     a blob's only if it is exactly the key of what it parses to (`blob_key(...) == key`):
-    `<hex>\\n.tar` or a three-letter shard folder is a stranger, not another name of a blob."""
+    `<hex>\\n.tar` or a three-digit shard folder is a stranger, not another name of a blob."""
     parts = key.split("/")
     if len(parts) != 5 or parts[:2] != [INTERNAL, "blobs"]:
         return None

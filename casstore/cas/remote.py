@@ -200,7 +200,7 @@ class FsspecBlobStore(BlobStore):
                 return None
             except OSError as exc:
                 self._raise_if_no_bucket(exc)
-                if _s3_code(exc) == "InvalidRange":  # S3 answers a range of an empty object so
+                if _s3_code(exc) == "InvalidRange":  # S3 refuses any range of an empty object (416)
                     return b""
                 raise
             except Exception as exc:
