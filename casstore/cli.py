@@ -21,7 +21,6 @@ import functools
 import json
 import os
 import sys
-import uuid
 from dataclasses import asdict
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -168,7 +167,7 @@ class Project:
         return runtime.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
 
     def _open_store(self):
-        from casstore.cas.blobs import FORMAT_KEY, FORMAT_TEXT, LocalBlobStore, open_blobstore
+        from casstore.cas.blobs import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES, LocalBlobStore, open_blobstore
         from casstore.cas.contentstore import ContentStore
         from casstore.opts import options
 
@@ -180,7 +179,7 @@ class Project:
         if isinstance(blobs, LocalBlobStore) and not os.path.isdir(blobs.root):
             raise Failure(f"datastore {blobs.root} does not exist ({source})", EXIT_UNUSABLE)
         try:
-            found = blobs.get_object(FORMAT_KEY)
+            found = blobs.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
         except OSError as exc:
             raise Failure(f"cannot read datastore {blobs.url} ({source}): {exc}", EXIT_UNUSABLE) from exc
         if found is None:
@@ -345,7 +344,8 @@ def verify(project: Project, deep: bool) -> None:
     """Check the index against the datastore: damage and what gc could reclaim.
 
     Damage (exit 1): a referenced blob missing, of the wrong size, with --deep of the wrong
-    digest, an archive that does not read, index facts that disagree with the store.
+    digest, an archive that does not read, index facts that disagree with the store, a file
+    in the blobs folder that is not a blob (foreign).
     Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases."""
     from casstore.cas.verify import verify as run_verify
 
@@ -512,10 +512,12 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
 
 
 def _find_experiment(index: Any, ref: str) -> Any:
+    from casstore.session import parse_experiment_id
+
     record = index.get_experiment(name=ref)
     if record is None:
         try:
-            record = index.get_experiment(id_experiment=uuid.UUID(ref))
+            record = index.get_experiment(id_experiment=parse_experiment_id(ref))
         except ValueError:
             record = None
     if record is None:

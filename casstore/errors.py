@@ -79,6 +79,11 @@ class UnresolvedRegistryEntry(DatastoreError):
         self.key = key
 
 
+class UnreadableObject(DatastoreError):
+    """A datastore object casstore will not read: not a regular file (a symlink, a FIFO, a
+    device), or larger than the bound its reader trusts. Nothing of it was read."""
+
+
 class DatabaseFailure(CasStoreError, OSError):
     """The project database failed (disk full, connection lost...): the transaction was
     rolled back, so what was stored stays as it was."""

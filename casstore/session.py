@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from shutil import rmtree
 from typing import Any, Optional
@@ -29,6 +30,7 @@ from casstore.utils.bunch import Bunch
 log = logging.getLogger(__name__)
 
 IF_EXISTS = ("fail", "replace")
+_UUID_TEXT = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
 
 
@@ -81,7 +83,7 @@ class Session:
     def read_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None) -> Experiment:
         """The stored experiment, without extracting anything."""
         if id_experiment is not None and not isinstance(id_experiment, uuid.UUID):
-            id_experiment = _as_uuid(id_experiment)
+            id_experiment = parse_experiment_id(id_experiment)
         record = self.index.get_experiment(name=name, id_experiment=id_experiment)
         if record is None:
             raise ExperimentNotFound(f"experiment {name or id_experiment!r} not found")
@@ -176,11 +178,14 @@ class Session:
         return pd.DataFrame(rows, columns=["id_experiment", "name"])
 
 
-def _as_uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError as exc:
-        raise InvalidInput(f"not an experiment id: {value!r}") from exc
+def parse_experiment_id(value: str) -> uuid.UUID:
+    """An experiment id from its text, matched whole: 32 hex digits, with or without the four
+    dashes. `uuid.UUID` alone also takes braces, 'urn:uuid:', and (through `int`) spaces, a
+    sign and underscores, so that ' 1234…' named the experiment '01234…'."""
+    text = value if isinstance(value, str) else str(value)
+    if _UUID_TEXT.fullmatch(text) is None:
+        raise InvalidInput(f"not an experiment id: {value!r} (expected 32 hex digits, dashed or not)")
+    return uuid.UUID(text)
 
 
 def _already_exists(experiment: Experiment) -> CasStoreError:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
+import pytest
 from click.testing import CliRunner, Result
 
 from casstore.cli import main
@@ -52,3 +59,35 @@ def run_cli(*args: str, code: int | None = 0, env: dict | None = None) -> Result
     if code is not None:
         assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
     return result
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail with TimeoutError if the block runs longer than `seconds` (SIGALRM interrupts a
+    blocking open() or read(), e.g. of a FIFO): a hang fails the test instead of the suite."""
+    def expired(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s (a hang)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_casstore(*args: str, timeout: float = 60, memory_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """Run the `casstore` console script in a child process, killed after `timeout` seconds
+    (a hang fails the test instead of stalling the suite); `memory_bytes` caps its address
+    space (RLIMIT_AS), so that an unbounded read fails at once instead of filling memory."""
+    script = Path(sys.executable).parent / "casstore"
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    try:
+        return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=limit_memory if memory_bytes else None)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"casstore {' '.join(args)} still ran after {timeout} s (a hang)", pytrace=False)

@@ -17,17 +17,18 @@ import uuid
 from multiprocessing.pool import ThreadPool
 
 import pytest
-from helpers import file_tree, run_cli
+from helpers import deadline, file_tree, run_cli
 
 from casstore import create_session, options
-from casstore.cas.blobs import FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, LocalBlobStore, blob_key, open_blobstore
+from casstore.cas.blobs import (FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, BlobStat, LocalBlobStore, blob_key, open_blobstore,
+                                 trash_key)
 from casstore.cas.digest import digest_bytes
 from casstore.cas.gc import collect
 from casstore.cas.index import DATASTORE_KEY, Index
 from casstore.cas.leases import Lease
 from casstore.cas.registry import registered
 from casstore.cas.verify import verify
-from casstore.errors import BlobNotFound, DatastoreError
+from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
 from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
 MiB = 1 << 20
@@ -56,6 +57,14 @@ def keys(store, prefix: str = "") -> list[str]:
     return sorted(o.key for o in store.list_objects(prefix))
 
 
+def resembling(blob_id: str) -> str:
+    """A key under blobs/ that parses to `blob_id` but is not its key (the shard folder is
+    three digits): what only a whole-key check tells from the blob. Unlike a name with a
+    newline, every S3 server stores it."""
+    algorithm, hexdigest = blob_id.split(":")
+    return f"casstore/blobs/{algorithm}/{hexdigest[:3]}/{hexdigest[3:]}.tar"
+
+
 def payload(n: int, seed: int = 0) -> bytes:
     """n pseudo-random bytes, deterministic, cheap."""
     block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
@@ -66,6 +75,7 @@ class BlobStoreContract:
     """What every BlobStore backend must do. Subclasses provide a fresh `store` fixture."""
 
     large = 12 * MiB  # several upload parts on S3 (part_size is set to 5 MiB there)
+    newline_keys = True  # whether the backend stores a key with a newline in it
 
     @pytest.fixture
     def store(self):
@@ -75,11 +85,11 @@ class BlobStoreContract:
 
     def test_a_new_store_exists_once_its_format_is_written(self, store):
         assert not store.exists()
-        assert store.get_object(FORMAT_KEY) is None
+        assert store.get_object(FORMAT_KEY, max_bytes=100) is None
         store.ensure_format()
         store.ensure_format()
         assert store.exists()
-        assert store.get_object(FORMAT_KEY) == FORMAT_TEXT
+        assert store.get_object(FORMAT_KEY, max_bytes=100) == FORMAT_TEXT
 
     def test_a_datastore_of_another_format_is_refused(self, store):
         store.put_object(FORMAT_KEY, b"casstore-datastore 99\n")
@@ -243,22 +253,70 @@ class BlobStoreContract:
         store.put_object("casstore/blobs/README", b"x")
         assert [b.blob_id for b in store.iter_blobs()] == [stat.blob_id]
 
+    # a key is a blob's only if it is exactly that blob's key (issue 11, item 1)
+
+    def test_only_a_key_that_is_exactly_a_blobs_key_is_a_blob(self, store):
+        stat, _new = ingest(store, payload(10, seed=30))
+        real = blob_key(stat.blob_id, "none")
+        folder, name = real.rsplit("/", 1)
+        hexdigest = stat.blob_id.split(":")[1]
+        strangers = [resembling(stat.blob_id), f"casstore/blobs/xxh128/{hexdigest[:2].upper()}/{hexdigest[2:].upper()}.tar"]
+        if self.newline_keys:
+            strangers += [f"{folder}/{name[:-4]}\n.tar", f"{folder}/{name}\n"]
+        strangers.sort()
+        for key in strangers:
+            store.put_object(key, b"planted")
+        found: list = []
+        assert [(b.blob_id, b.codec, b.key) for b in store.iter_blobs(found)] == [(stat.blob_id, "none", real)]
+        assert sorted(o.key for o in found) == strangers
+
+    def test_moving_a_blob_to_the_trash_moves_only_the_object_listed_as_it(self, store):
+        stat, _new = ingest(store, payload(10, seed=31))
+        real, planted = blob_key(stat.blob_id, "none"), resembling(stat.blob_id)
+        store.put_object(planted, b"planted")
+        with pytest.raises(DatastoreError):
+            store.move_to_trash(BlobStat(stat.blob_id, 7, "none", 0.0, planted))
+        assert keys(store, "casstore/blobs") == sorted([real, planted])
+        listed = list(store.iter_blobs())
+        assert [store.move_to_trash(b) for b in listed] == [trash_key(stat.blob_id, "none")]
+        assert keys(store, "casstore/blobs") == [planted]
+
+    def test_a_planted_trash_name_never_publishes_its_bytes_as_a_blob(self, store):
+        """gc first puts its trash back; an object there whose name only resembles a blob's
+        trash name is dropped, never published under the id it resembles."""
+        blob_id = digest_bytes(b"never stored")
+        planted = f"{TRASH_PREFIX}/{resembling(blob_id).split('/', 2)[2].replace('/', '-')}"
+        store.put_object(planted, b"planted")
+        store.restore_from_trash(planted)
+        assert store.find(blob_id) is None
+        assert keys(store, "casstore/blobs") == []
+
     # small objects: leases, registry entries, named references
 
+    def test_a_small_object_over_its_readers_bound_is_refused(self, store):
+        store.put_object("refs/big", b"x" * 1000)
+        assert store.get_object("refs/big", max_bytes=1000) == b"x" * 1000
+        with pytest.raises(UnreadableObject):
+            store.get_object("refs/big", max_bytes=999)
+
+    def test_an_empty_small_object_reads_as_empty(self, store):
+        store.put_object("refs/empty", b"")
+        assert store.get_object("refs/empty", max_bytes=10) == b""
+
     def test_small_objects(self, store):
-        assert store.get_object("refs/a") is None
+        assert store.get_object("refs/a", max_bytes=100) is None
         store.put_object("refs/a", b"one")
         store.put_object("refs/a", b"two")
         store.put_object("refs/deeper/b", b"three")
         store.put_object("top", b"4")
-        assert store.get_object("refs/a") == b"two"
+        assert store.get_object("refs/a", max_bytes=100) == b"two"
         listed = {o.key: o.size for o in store.list_objects("refs")}
         assert listed == {"refs/a": 3, "refs/deeper/b": 5}
         assert keys(store) == ["refs/a", "refs/deeper/b", "top"]
         assert list(store.list_objects("nothing/here")) == []
         store.delete_object("refs/a")
         store.delete_object("refs/a")
-        assert store.get_object("refs/a") is None
+        assert store.get_object("refs/a", max_bytes=100) is None
         assert keys(store, "refs") == ["refs/deeper/b"]
 
     def test_a_listing_prefix_is_a_folder_not_a_string_prefix(self, store):
@@ -386,9 +444,65 @@ class TestLocalBlobStore(BlobStoreContract):
             assert store.delete_leftover(key) is False
         assert keys(store, TMP_PREFIX) == []
 
+    # special files: only regular files are objects (issue 11, item 5); no S3 equivalent
+
+    def special_files(self, store, folder: str) -> dict[str, str]:
+        """A FIFO and symlinks (to a device, to a regular file, dangling) in `folder`."""
+        base = os.path.join(store.root, *folder.split("/"))
+        os.makedirs(base, exist_ok=True)
+        regular = os.path.join(store.root, "outside-file")
+        with open(regular, "wb") as f:
+            f.write(b'{"format": "casstore-ref-1"}')
+        made = {"fifo": "fifo", "to-dev-zero": "/dev/zero", "to-a-file": regular, "dangling": "/nonexistent"}
+        for name, target in made.items():
+            path = os.path.join(base, name)
+            os.mkfifo(path) if target == "fifo" else os.symlink(target, path)
+        return {name: f"{folder}/{name}" for name in made}
+
+    def test_special_files_are_never_listed(self, store):
+        store.ensure_format()
+        for folder in ("undefined", "casstore/leases", "casstore/tmp", "casstore/trash", "casstore/blobs/xxh128/ab"):
+            self.special_files(store, folder)
+        assert keys(store) == sorted([FORMAT_KEY, "outside-file"])
+        assert sorted(o.key for o in store.list_small_objects()) == sorted([FORMAT_KEY, "outside-file"])
+        assert list(store.iter_blobs()) == [] and list(store.iter_trash()) == []
+
+    def test_a_special_file_is_refused_unread_and_never_blocks(self, store):
+        with deadline(10):
+            for name, key in self.special_files(store, "refs").items():
+                if name == "dangling":
+                    with pytest.raises(UnreadableObject):  # a symlink, whatever it points at
+                        store.get_object(key, max_bytes=4096)
+                    continue
+                with pytest.raises(UnreadableObject):
+                    store.get_object(key, max_bytes=4096)
+
+    def test_a_symlink_at_a_trash_name_is_never_published_as_the_blob(self, store):
+        """A writer that misses its leased blob puts it back from the trash by name: a
+        symlink planted there must not become the blob (link() would follow it)."""
+        stat, _new = ingest(store, payload(10, seed=32))
+        store.delete_object(store.move_to_trash(stat))
+        elsewhere = os.path.join(store.root, "elsewhere")
+        with open(elsewhere, "wb") as f:
+            f.write(b"not the blob")
+        os.symlink(elsewhere, os.path.join(store.root, *trash_key(stat.blob_id, "none").split("/")))
+        assert store.find_leased(stat.blob_id) is None
+        assert list(store.iter_blobs()) == []
+
+    def test_a_fifo_or_symlink_in_place_of_a_blob_is_corrupt_and_never_blocks(self, store):
+        for n, make in enumerate((os.mkfifo, lambda p: os.symlink("/dev/zero", p))):
+            blob_id = digest_bytes(b"%d" % n)
+            path = os.path.join(store.root, *blob_key(blob_id, "none").split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            make(path)
+            with deadline(10), pytest.raises(CorruptBlob):
+                store.open_blob(blob_id)
+
 
 class TestS3BlobStore(BlobStoreContract):
     """FsspecBlobStore over s3fs, against an S3-protocol server."""
+
+    newline_keys = False  # S3 takes them, moto's server does not (answers 404)
 
     @pytest.fixture
     def store(self, s3_bucket, s3_options):
@@ -462,7 +576,7 @@ class TestS3BlobStore(BlobStoreContract):
         store = open_blobstore(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/ds", s3_options)
         assert not store.exists()
         with pytest.raises(DatastoreError, match="does not exist"):
-            store.get_object(FORMAT_KEY)
+            store.get_object(FORMAT_KEY, max_bytes=100)
         with pytest.raises(DatastoreError, match="does not exist"):
             store.ensure_format()
 
@@ -476,7 +590,7 @@ class TestS3BlobStore(BlobStoreContract):
             "endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s", "retries": 1,
             "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}})
         with pytest.raises(DatastoreError):
-            store.get_object(FORMAT_KEY)
+            store.get_object(FORMAT_KEY, max_bytes=100)
 
     def test_endpoint_and_credentials_come_from_the_aws_variables(self, s3_bucket, s3_env):
         store = open_blobstore(f"s3://{s3_bucket}/ds")
@@ -631,6 +745,25 @@ class SessionContract:
         assert {b.blob_id for b in store.blobs.iter_blobs()} == {
             s.read_experiment("kept").fields.data.blob_id, held.fields.data.blob_id}
         assert list(store.blobs.iter_trash()) == []
+        s.load_experiment("kept")
+        index.dispose()
+        s.index.dispose()
+
+    def test_a_planted_blob_name_never_makes_gc_delete_the_blob_it_resembles(self, project, workdir):
+        """`<hex>\\n.tar` beside a referenced `<hex>.tar` (issue 11, item 1): gc deletes neither
+        (it moves only objects that are exactly a blob's key), verify reports the stranger."""
+        db, url = project
+        s = create_session(db)
+        e = s.create_experiment("kept", data=ArchiveStore(src_dir=_make_folder(workdir / "k", seed=11), arc_dir="d"))
+        e.persist()
+        store, index = self._store(url), Index.open(db)
+        real = blob_key(e.fields.data.blob_id, "none")
+        planted = real[:-4] + "\n.tar" if isinstance(store.blobs, LocalBlobStore) else resembling(e.fields.data.blob_id)
+        store.blobs.put_object(planted, b"planted")
+        assert [d for d in collect(index, store, grace_s=0).deleted if d.blob] == []
+        assert keys(store.blobs, "casstore/blobs") == sorted([real, planted])
+        problems = verify(index, store).problems
+        assert [p.kind for p in problems] == ["foreign"] and repr(planted) in problems[0].detail
         s.load_experiment("kept")
         index.dispose()
         s.index.dispose()

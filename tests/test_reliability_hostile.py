@@ -9,6 +9,10 @@ still extracts. The same archives are also stored "forged": under their own corr
 and referenced by an experiment (someone who can write the database too), so that the
 member validation is what refuses them, not the digest check.
 
+Planted files (issue 11): names that resemble a blob's, FIFOs and symlinks where casstore
+reads, a user's file that looks like a temp file; verify and gc must neither hang, nor read
+without bound, nor delete what is not provably theirs.
+
 Odd trees: non-UTF-8 names, names over 100 bytes, empty files and folders, hard links,
 links leading outside src_dir (stored as content), FIFOs and dangling links (skipped)."""
 
@@ -18,19 +22,23 @@ import io
 import json
 import os
 import stat
+import time
 import uuid
 
 import pytest
 import zstandard
+from helpers import deadline, run_casstore, run_cli, write
 
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
 from casstore.cas.blobs import blob_key
 from casstore.cas.contentstore import BlobInfo
-from casstore.cas.digest import DEFAULT_ALGORITHM, hasher_id, new_hasher
+from casstore.cas.digest import DEFAULT_ALGORITHM, hasher_id, new_hasher, parse_id
+from casstore.cas.roots import MAX_REF_BYTES
 from casstore.cas.tarball import DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding
 from casstore.cas.verify import verify
-from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
+from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnreadableObject, UnsafeArchive
+from casstore.session import parse_experiment_id
 from casstore.storage.archivestore import Archive
 
 TOKEN = uuid.uuid4().hex[:12]
@@ -578,3 +586,197 @@ def test_empty_folder_archives_and_loads(tmp_path):
     loaded = s.load_experiment("empty")
     assert rw.tree(project.target(loaded)) == {}
     assert verify(s.index, project.store(), deep=True).problems == []
+
+
+# --------------------------------------------------------------------------- planted files
+# Issue 11, items 1 and 5: names and special files someone planted in the datastore.
+
+
+def planted_project(tmp_path):
+    """A project with one persisted experiment `kept` (field `data`); (project, experiment)."""
+    project = rw.Project(tmp_path / "planted")
+    src = tmp_path / "src"
+    write(src / "a.txt", b"referenced " * 100)
+    s = project.session()
+    e = s.create_experiment("kept", data=ArchiveStore(src_dir=str(src), arc_dir="d"))
+    e.persist()
+    s.index.dispose()
+    return project, e
+
+
+def backdate(path: str, seconds: float = 7200) -> None:
+    """Make `path` (not what a symlink points at) `seconds` old: past gc's default grace."""
+    old = time.time() - seconds
+    os.utime(path, (old, old), follow_symlinks=False)
+
+
+def on(project, *args: str) -> list[str]:
+    return [*args, "--db", project.url, "--datastore", project.datastore]
+
+
+def assert_kept_loads(project, e) -> None:
+    s = project.session()
+    loaded = s.load_experiment("kept")
+    assert rw.tree(project.target(loaded)) == {b"d/a.txt": ("file", b"referenced " * 100)}
+    s.index.dispose()
+
+
+def test_a_planted_name_with_a_newline_never_makes_gc_delete_the_blob_it_resembles(tmp_path):
+    project, e = planted_project(tmp_path)
+    real = project.blob_path(e.fields.data.blob_id)
+    planted = real[:-len(".tar")] + "\n.tar"
+    write(planted, b"planted")
+    backdate(real)
+    backdate(planted)
+    run_cli(*on(project, "gc"))
+    assert os.path.exists(real) and os.path.exists(planted)
+    assert_kept_loads(project, e)
+
+
+def test_verify_reports_a_file_in_the_blobs_folder_that_is_not_a_blob(tmp_path):
+    project, e = planted_project(tmp_path)
+    planted = project.blob_path(e.fields.data.blob_id)[:-len(".tar")] + "\n.tar"
+    write(planted, b"planted")
+    report = json.loads(run_cli(*on(project, "verify", "--json"), code=1).stdout)
+    assert [p["kind"] for p in report["problems"]] == ["foreign"]
+    assert repr(os.path.relpath(planted, project.datastore)) in report["problems"][0]["detail"]
+    assert report["reclaimable"] == []
+
+
+def test_cat_of_an_id_with_a_trailing_newline_is_not_an_id(tmp_path):
+    """Was: the id parsed, the intact blob was read, and its digest (of the id without the
+    newline) was called wrong: `corrupt`, exit 1."""
+    project, e = planted_project(tmp_path)
+    result = run_cli(*on(project, "cat", e.fields.data.blob_id + "\n"), code=3)
+    assert "not a blob id" in result.stderr and "corrupt" not in result.stderr
+    assert run_cli(*on(project, "cat", e.fields.data.blob_id)).stdout_bytes.startswith(b"d/")
+
+
+@pytest.mark.parametrize("text", ["xxh128:" + "0" * 32 + "\n", "\nxxh128:" + "0" * 32, "sha256:" + "0" * 64 + "\n"])
+def test_a_blob_id_is_matched_whole(text):
+    with pytest.raises(InvalidInput):
+        parse_id(text)
+
+
+@pytest.mark.parametrize("text", [" " + "1" * 31, "+" + "1" * 31, "1" * 16 + "_" + "1" * 15, "{" + "1" * 32 + "}",
+                                  "urn:uuid:" + "1" * 32, "1" * 32 + "\n"])
+def test_an_experiment_id_is_matched_whole(text):
+    """`uuid.UUID` takes these (through `int`, ' 111…' is the id '0111…'); an id is 32 hex
+    digits, dashed or not."""
+    with pytest.raises(InvalidInput):
+        parse_experiment_id(text)
+    assert parse_experiment_id("1" * 32) == parse_experiment_id("11111111-1111-1111-1111-111111111111")
+
+
+FIFO_PLACES = {
+    "beside-the-references": "undefined/notes.fifo",
+    "named-like-a-reference": "undefined/" + "f" * 32,
+    "top-level": "pipe",
+    "leases": "casstore/leases/" + "f" * 32 + ".json",
+    "registry": "casstore/registry/" + "f" * 32 + ".json",
+    "ingest-temp": "casstore/tmp/" + "f" * 32 + ".partial",
+    "blobs": "casstore/blobs/xxh128/ff/" + "f" * 30 + ".tar",
+    "trash": "casstore/trash/xxh128-ff-" + "f" * 30 + ".tar",
+}
+
+
+@pytest.mark.parametrize("place", sorted(FIFO_PLACES))
+def test_a_fifo_in_the_datastore_hangs_neither_verify_nor_gc(tmp_path, place):
+    """Was: verify and gc opened every small file (named-reference scan, leases, registry,
+    leftovers) and blocked for ever on a FIFO without a writer. Only regular files are read,
+    and gc deletes none of what it did not read as its own."""
+    project, e = planted_project(tmp_path)
+    fifo = os.path.join(project.datastore, *FIFO_PLACES[place].split("/"))
+    os.makedirs(os.path.dirname(fifo), exist_ok=True)
+    os.mkfifo(fifo)
+    backdate(fifo)
+    with deadline(30):
+        assert json.loads(run_cli(*on(project, "verify", "--json")).stdout)["problems"] == []
+        run_cli(*on(project, "gc", "--grace", "0"))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert_kept_loads(project, e)
+
+
+def test_a_fifo_in_place_of_the_format_file_is_refused_at_once(tmp_path):
+    project, _e = planted_project(tmp_path)
+    fmt = os.path.join(project.datastore, "casstore", "FORMAT")
+    os.unlink(fmt)
+    os.mkfifo(fmt)
+    with deadline(30):
+        result = run_cli(*on(project, "verify"), code=3)
+    assert "not a regular file" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_symlink_to_dev_zero_named_like_a_reference_is_never_read(tmp_path):
+    """Was: the named-reference scan followed it and read /dev/zero until MemoryError. The
+    commands run in a child capped at 1 GiB of address space, so the old read fails fast."""
+    project, e = planted_project(tmp_path)
+    link = os.path.join(project.datastore, "undefined", uuid.uuid4().hex)
+    os.makedirs(os.path.dirname(link))
+    os.symlink("/dev/zero", link)
+    for command in (("verify",), ("gc", "--grace", "0")):
+        result = run_casstore(*on(project, *command), memory_bytes=1 << 30)
+        assert result.returncode == 0, result.stderr
+    assert os.path.islink(link)
+    assert_kept_loads(project, e)
+
+
+def _reference_to(project, e, key: str, padding: int = 0) -> str:
+    """Write a named reference to `e`'s blob at datastore key `key` (optionally padded with
+    spaces); its ArchiveStoreIO URL."""
+    body = {"format": "casstore-ref-1", "blob": e.fields.data.blob_id, "size": e.fields.data.size, "arc_dir": "d"}
+    write(os.path.join(project.datastore, *key.split("/")), json.dumps(body).encode() + b" " * padding)
+    return f"file:///{key}"
+
+
+def test_a_named_reference_that_is_a_symlink_is_refused_not_followed(tmp_path):
+    project, e = planted_project(tmp_path)
+    outside = _reference_to(project, e, "../outside-ref")[len("file:///"):]
+    key = f"undefined/{uuid.uuid4().hex}"
+    os.makedirs(os.path.join(project.datastore, "undefined"))
+    os.symlink(os.path.join(project.datastore, outside), os.path.join(project.datastore, key))
+    project.configure()
+    with pytest.raises(UnreadableObject):
+        ArchiveStoreIO(f"file:///{key}").extract(str(tmp_path / "target"))
+    assert not os.path.exists(tmp_path / "target")
+
+
+def test_a_named_reference_over_its_bound_is_refused_unread(tmp_path):
+    project, e = planted_project(tmp_path)
+    url = _reference_to(project, e, f"undefined/{uuid.uuid4().hex}", padding=MAX_REF_BYTES)
+    project.configure()
+    with pytest.raises(UnreadableObject):
+        ArchiveStoreIO(url).extract(str(tmp_path / "target"))
+    assert not os.path.exists(tmp_path / "target")
+
+
+def test_gc_never_deletes_a_users_file_outside_casstore_named_like_a_temp_file(tmp_path):
+    """Was: any `*.<32 hex>.tmp` in the datastore was a torn small object of casstore's."""
+    project, _e = planted_project(tmp_path)
+    notes = write(os.path.join(project.datastore, "my-notes", f"results.{uuid.uuid4().hex}.tmp"), b"mine")
+    backdate(notes)
+    assert json.loads(run_cli(*on(project, "verify", "--json")).stdout)["reclaimable"] == []
+    run_cli(*on(project, "gc", "--grace", "0"))
+    assert open(notes, "rb").read() == b"mine"
+
+
+def test_gc_deletes_the_torn_temp_file_of_a_named_reference(tmp_path):
+    """What put_object leaves when killed between write and rename of `<prefix>/<uuid hex>`."""
+    project, _e = planted_project(tmp_path)
+    torn = write(os.path.join(project.datastore, "undefined", f"{uuid.uuid4().hex}.{uuid.uuid4().hex}.tmp"), b"{")
+    backdate(torn)
+    run_cli(*on(project, "gc"))
+    assert not os.path.exists(torn)
+
+
+def test_a_registry_entry_over_its_bound_stops_gc_unread(tmp_path):
+    """A registry entry is a database gc must read; one too large to be casstore's is not
+    read (no unbounded read) and gc deletes nothing, as for a database it cannot open."""
+    project, e = planted_project(tmp_path)
+    s = project.session()
+    s.delete_experiment(s.read_experiment("kept"))
+    s.index.dispose()
+    entry = write(os.path.join(project.datastore, "casstore", "registry", "e" * 32 + ".json"), b" " * (1 << 20))
+    result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
+    assert os.path.basename(entry).removesuffix(".json") in result.stderr and result.stderr.count("\n") == 1
+    assert os.path.exists(project.blob_path(e.fields.data.blob_id))

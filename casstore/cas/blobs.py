@@ -21,6 +21,7 @@ import fcntl
 import functools
 import os
 import re
+import stat
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -28,29 +29,46 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from casstore.cas.digest import parse_id
-from casstore.errors import BlobNotFound, DatastoreError
+from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
 
 FORMAT_KEY = "casstore/FORMAT"
 FORMAT_TEXT = b"casstore-datastore 1\n"
 INTERNAL = "casstore"
 TRASH_PREFIX = f"{INTERNAL}/trash"
 TORN_SUFFIX = ".tmp"
-_TORN = re.compile(r"\.[0-9a-f]{32}\.tmp$")
+MAX_FORMAT_BYTES = 4096
+_TORN_INSIDE = re.compile(rf"{INTERNAL}/.+\.[0-9a-f]{{32}}\.tmp")
+_TORN_REF = re.compile(r"(?:[^/]+/)*[0-9a-f]{32}\.[0-9a-f]{32}\.tmp")
 
 
 def is_torn_object(key: str) -> bool:
-    """A small object's temp file (`<key>.<uuid hex>.tmp`) that a crash left behind."""
-    return _TORN.search(key) is not None
+    """A small object's temp file (`<key>.<uuid hex>.tmp`) that a crash left behind, where
+    casstore writes one: anywhere below casstore/ (leases, registry entries, the format
+    file), and outside it only a named reference's `<prefix>/<uuid hex>.<uuid hex>.tmp`.
+    Anything else outside casstore/ (a user's `notes/results.<hex>.tmp`) is not casstore's."""
+    if key.startswith(f"{INTERNAL}/"):
+        return _TORN_INSIDE.fullmatch(key) is not None
+    return _TORN_REF.fullmatch(key) is not None
+
+
 CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
 BULK_PREFIXES = (f"{INTERNAL}/blobs/", f"{TRASH_PREFIX}/")  # what list_small_objects skips
 
 
 @dataclass(frozen=True, slots=True)
 class BlobStat:
+    """A stored blob. `key` is the object that holds it, as listed or found: gc moves and
+    deletes that object, never one whose name it rebuilt from a parse."""
+
     blob_id: str
     stored_size: int
     codec: str
     mtime: float
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", blob_key(self.blob_id, self.codec))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +84,9 @@ def blob_key(blob_id: str, codec: str) -> str:
 
 
 def parse_blob_key(key: str) -> tuple[str, str] | None:
-    """(blob id, codec) of a blob key, None for anything else found under blobs/."""
+    """(blob id, codec) of a blob key, None for anything else found under blobs/. A key is
+    a blob's only if it is exactly the key of what it parses to (`blob_key(...) == key`):
+    `<hex>\\n.tar` or a three-digit shard folder is a stranger, not another name of a blob."""
     parts = key.split("/")
     if len(parts) != 5 or parts[:2] != [INTERNAL, "blobs"]:
         return None
@@ -74,10 +94,10 @@ def parse_blob_key(key: str) -> tuple[str, str] | None:
         if parts[4].endswith(suffix):
             candidate = f"{parts[2]}:{parts[3]}{parts[4][:-len(suffix)]}"
             try:
-                parse_id(candidate)
+                canonical = blob_key(candidate, codec)
             except ValueError:
                 return None
-            return candidate, codec
+            return (candidate, codec) if canonical == key else None
     return None
 
 
@@ -92,7 +112,16 @@ def trash_key_blob(key: str) -> tuple[str, str] | None:
     parts = name.split("-", 2)
     if len(parts) != 3:
         return None
-    return parse_blob_key(f"{INTERNAL}/blobs/{parts[0]}/{parts[1]}/{parts[2]}")
+    parsed = parse_blob_key(f"{INTERNAL}/blobs/{parts[0]}/{parts[1]}/{parts[2]}")
+    return parsed if parsed is not None and trash_key(*parsed) == key else None
+
+
+def checked_blob_key(blob: BlobStat) -> str:
+    """The object `blob` was listed or found as, refused unless it is exactly its id's key
+    (a BlobStat built by hand with another key must never make gc move that object)."""
+    if parse_blob_key(blob.key) != (blob.blob_id, blob.codec):
+        raise DatastoreError(f"{blob.key!r} is not the key of blob {blob.blob_id} ({blob.codec})")
+    return blob.key
 
 
 class Ingest(ABC):
@@ -145,26 +174,34 @@ class BlobStore(ABC):
     @abstractmethod
     def delete_blob(self, blob_id: str, codec: str) -> None: ...
 
-    def iter_blobs(self) -> Iterator[BlobStat]:
-        """Every blob, from one listing of the blobs prefix."""
+    def iter_blobs(self, strangers: list[ObjectStat] | None = None) -> Iterator[BlobStat]:
+        """Every blob, from one listing of the blobs prefix. An object there whose key is not
+        exactly a blob's (`parse_blob_key`) is no blob: never yielded, so gc never moves it
+        nor mistakes it for the blob it resembles; it is appended to `strangers` if given."""
         for obj in self.list_objects(f"{INTERNAL}/blobs"):
             parsed = parse_blob_key(obj.key)
             if parsed is not None:
-                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime)
+                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime, obj.key)
+            elif strangers is not None:
+                strangers.append(obj)
 
     @abstractmethod
     def put_object(self, key: str, data: bytes) -> None:
         """Write a small object atomically (readers see the old or the new content)."""
 
     @abstractmethod
-    def get_object(self, key: str) -> bytes | None: ...
+    def get_object(self, key: str, *, max_bytes: int) -> bytes | None:
+        """The content of a small object, None if there is none. `max_bytes` is the most
+        its caller trusts it to hold: a larger object is refused (UnreadableObject) without
+        being read, and so is one that is not a regular file."""
 
     @abstractmethod
     def delete_object(self, key: str) -> None: ...
 
     @abstractmethod
     def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
-        """Every object below `prefix` (recursively); missing prefix: nothing."""
+        """Every object below `prefix` (recursively); missing prefix: nothing. Only regular
+        files are objects: a symlink, a FIFO or a device is never listed."""
 
     def list_small_objects(self) -> Iterator[ObjectStat]:
         """Every object except the blobs and gc's trash: named references, leases, registry
@@ -181,7 +218,8 @@ class BlobStore(ABC):
 
     @abstractmethod
     def move_to_trash(self, blob: BlobStat) -> str | None:
-        """Move a blob out of sight (gc's first step); its trash key, None if it was gone."""
+        """Move the object `blob.key` out of sight (gc's first step); its trash key, None if
+        it was gone."""
 
     @abstractmethod
     def restore_from_trash(self, key: str) -> None:
@@ -198,7 +236,7 @@ class BlobStore(ABC):
     def ensure_format(self) -> None:
         """Create the datastore's format file, or refuse a datastore of another format."""
         try:
-            found = self.get_object(FORMAT_KEY)
+            found = self.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
             if found is None:
                 self.put_object(FORMAT_KEY, FORMAT_TEXT)
         except (NotADirectoryError, FileExistsError, PermissionError) as exc:
@@ -224,7 +262,7 @@ class LocalBlobStore(BlobStore):
     def find(self, blob_id: str) -> BlobStat | None:
         for codec in CODEC_SUFFIX:
             try:
-                st = os.stat(self._path(blob_key(blob_id, codec)))
+                st = os.lstat(self._path(blob_key(blob_id, codec)))
             except FileNotFoundError:
                 continue
             return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
@@ -233,10 +271,13 @@ class LocalBlobStore(BlobStore):
     def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]:
         for codec in CODEC_SUFFIX:
             try:
-                f = open(self._path(blob_key(blob_id, codec)), "rb")
+                fd = open_regular(self._path(blob_key(blob_id, codec)))
             except FileNotFoundError:
                 continue
-            st = os.fstat(f.fileno())
+            except UnreadableObject as exc:
+                raise CorruptBlob(f"blob {blob_id}: {exc}") from exc
+            f = os.fdopen(fd, "rb")
+            st = os.fstat(fd)
             return f, BlobStat(blob_id, st.st_size, codec, st.st_mtime)
         raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}")
 
@@ -267,12 +308,16 @@ class LocalBlobStore(BlobStore):
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path))
 
-    def get_object(self, key: str) -> bytes | None:
+    def get_object(self, key: str, *, max_bytes: int) -> bytes | None:
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
+            fd = open_regular(self._path(key))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(max_bytes + 1) if os.fstat(fd).st_size <= max_bytes else None
+        if data is None or len(data) > max_bytes:
+            raise UnreadableObject(f"{key!r} is larger than the {max_bytes} bytes its reader trusts: not read")
+        return data
 
     def delete_object(self, key: str) -> None:
         try:
@@ -296,13 +341,17 @@ class LocalBlobStore(BlobStore):
                     st = os.lstat(path)
                 except FileNotFoundError:
                     continue
+                if not stat.S_ISREG(st.st_mode):  # a symlink, FIFO or device is not an object
+                    continue
                 yield ObjectStat(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
 
     def delete_leftover(self, key: str) -> bool:
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = open_regular(self._path(key))
         except FileNotFoundError:
             return True
+        except UnreadableObject:
+            return False  # not a file casstore wrote: never deleted
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -314,15 +363,23 @@ class LocalBlobStore(BlobStore):
             os.close(fd)
 
     def move_to_trash(self, blob: BlobStat) -> str | None:
+        source = checked_blob_key(blob)
         key = trash_key(blob.blob_id, blob.codec)
         os.makedirs(self._path(TRASH_PREFIX), exist_ok=True)
         try:
-            os.rename(self._path(blob_key(blob.blob_id, blob.codec)), self._path(key))
+            os.rename(self._path(source), self._path(key))
         except FileNotFoundError:
             return None
         return key
 
     def restore_from_trash(self, key: str) -> None:
+        """As the interface says; a symlink, FIFO or device at a trash name (a writer's
+        `find_leased` names it, no listing did) is not gc's: never published nor deleted."""
+        try:
+            if not stat.S_ISREG(os.lstat(self._path(key)).st_mode):
+                return
+        except FileNotFoundError:
+            return
         parsed = trash_key_blob(key)
         if parsed is not None:
             try:
@@ -432,6 +489,26 @@ class _LocalIngest(Ingest):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at `path`, never following a symlink and
+    never blocking (a FIFO opens at once and is refused): UnreadableObject for anything but a
+    regular file, FileNotFoundError if there is nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableObject(f"{path} is a symlink, not a regular file: not read") from exc
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+        raise UnreadableObject(f"{path} is not a regular file (mode {stat.filemode(mode)}): not read")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _fsync_dir(path: str) -> None:

@@ -17,7 +17,7 @@ from casstore.errors import InvalidInput
 DEFAULT_ALGORITHM = "xxh128"
 
 _HEX_LENGTH = {"xxh128": 32, "sha256": 64}
-_ID_RE = re.compile(r"^(xxh128|sha256):([0-9a-f]+)$")
+_ID_RE = re.compile(r"(xxh128|sha256):([0-9a-f]+)")
 
 
 class Hasher(Protocol):
@@ -45,8 +45,9 @@ def hasher_id(hasher: Hasher, algorithm: str = DEFAULT_ALGORITHM) -> str:
 
 
 def parse_id(blob_id: str) -> tuple[str, str]:
-    """Split and validate a blob id; InvalidInput if it is not one."""
-    match = _ID_RE.match(blob_id) if isinstance(blob_id, str) else None
+    """Split and validate a blob id, matched whole (a trailing newline is not part of an id);
+    InvalidInput if it is not one."""
+    match = _ID_RE.fullmatch(blob_id) if isinstance(blob_id, str) else None
     if match is None or len(match.group(2)) != _HEX_LENGTH[match.group(1)]:
         raise InvalidInput(f"not a blob id: {blob_id!r} (expected e.g. 'xxh128:' + 32 hex digits)")
     return match.group(1), match.group(2)

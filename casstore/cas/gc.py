@@ -29,7 +29,7 @@ from casstore.errors import InvalidInput
 DEFAULT_GRACE_S = 3600.0
 MIN_LEFTOVER_AGE_S = 60.0  # a temp file younger than this may be a write that just started
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class GcReport:
 
 def parse_duration(text: str) -> float:
     """'0', '90s', '30m', '1h', '7d' -> seconds."""
-    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None or (match.group(2) == "" and float(match.group(1)) != 0):
         raise InvalidInput(f"not a duration: {text!r} (examples: 0, 90s, 30m, 1h, 7d)")
     return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)

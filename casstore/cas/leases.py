@@ -15,9 +15,11 @@ import uuid
 from dataclasses import dataclass
 
 from casstore.cas.blobs import INTERNAL, BlobStore
+from casstore.errors import UnreadableObject
 
 LEASES_PREFIX = f"{INTERNAL}/leases"
 DEFAULT_TTL_S = 24 * 3600
+MAX_LEASE_BYTES = 16 << 20  # ~400,000 blob ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +64,16 @@ class Lease:
 
 
 def read_leases(blobs: BlobStore) -> list[LeaseInfo]:
-    """Every lease in the datastore; an unreadable one counts as expired (it protects nothing
-    it can name), so a torn write never blocks gc forever."""
+    """Every lease in the datastore; an unreadable one (or one over MAX_LEASE_BYTES) counts
+    as expired (it protects nothing it can name), so a torn write never blocks gc forever."""
     leases = []
     for obj in blobs.list_objects(LEASES_PREFIX):
         if not obj.key.endswith(".json"):
             continue
-        data = blobs.get_object(obj.key)
         try:
-            body = json.loads(data or b"")
+            body = json.loads(blobs.get_object(obj.key, max_bytes=MAX_LEASE_BYTES) or b"")
             leases.append(LeaseInfo(obj.key, frozenset(body["blobs"]), float(body["expires"])))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, UnreadableObject):
             leases.append(LeaseInfo(obj.key, frozenset(), 0.0))
     return leases
 

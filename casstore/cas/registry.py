@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from casstore.cas.blobs import INTERNAL, BlobStore, is_torn_object
-from casstore.errors import UnresolvedRegistryEntry
+from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 
 REGISTRY_PREFIX = f"{INTERNAL}/registry"
 REGISTRY_FORMAT = "casstore-registry-2"
@@ -85,7 +85,7 @@ def register(blobs: BlobStore, url: str | URL, project: str) -> str | None:
     if reg is None:
         return None
     key = entry_key(reg)
-    current = parse_entry(key, blobs.get_object(_object_key(key)) or b"")
+    current = _read_entry(blobs, key)
     if not (isinstance(current, Entry) and current.url == reg and current.project == project):
         body = {"format": REGISTRY_FORMAT, "project": project, "url": reg, "registered": time.time()}
         blobs.put_object(_object_key(key), json.dumps(body).encode())
@@ -107,9 +107,9 @@ def read_registry(blobs: BlobStore) -> tuple[list[Entry], list[BrokenEntry]]:
         if obj.size > MAX_ENTRY_BYTES:
             broken.append(BrokenEntry(key, f"{obj.size} bytes, more than an entry's {MAX_ENTRY_BYTES}"))
             continue
-        data = blobs.get_object(obj.key)
-        if data is not None:  # None: forgotten since the listing
-            (entries if isinstance(found := parse_entry(key, data), Entry) else broken).append(found)
+        found = _read_entry(blobs, key)
+        if found is not None:  # None: forgotten since the listing
+            (entries if isinstance(found, Entry) else broken).append(found)
     return sorted(entries, key=lambda e: (e.url, e.key)), sorted(broken, key=lambda b: b.key)
 
 
@@ -130,6 +130,15 @@ def entries(blobs: BlobStore) -> list[Entry]:
 def registered(blobs: BlobStore) -> list[str]:
     """The URLs of every registered database; refuses if an entry cannot be read."""
     return [e.url for e in entries(blobs)]
+
+
+def _read_entry(blobs: BlobStore, key: str) -> Entry | BrokenEntry | None:
+    """The entry under `key`, why it is not one, or None if there is no object."""
+    try:
+        data = blobs.get_object(_object_key(key), max_bytes=MAX_ENTRY_BYTES)
+    except UnreadableObject as exc:
+        return BrokenEntry(key, str(exc))
+    return None if data is None else parse_entry(key, data)
 
 
 def parse_entry(key: str, data: bytes) -> Entry | BrokenEntry:

@@ -29,8 +29,8 @@ from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
 from casstore.cas.blobs import (BULK_PREFIXES, CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, Ingest, ObjectStat,
-                                blob_key, trash_key, trash_key_blob)
-from casstore.errors import BlobNotFound, DatastoreError
+                                blob_key, checked_blob_key, trash_key, trash_key_blob)
+from casstore.errors import BlobNotFound, DatastoreError, UnreadableObject
 
 TMP_PREFIX = f"{INTERNAL}/tmp"
 MiB = 1 << 20
@@ -180,10 +180,19 @@ class FsspecBlobStore(BlobStore):
         else:
             self._generic(self.fs.pipe_file, self._path(key), bytes(data))
 
-    def get_object(self, key: str) -> bytes | None:
+    def get_object(self, key: str, *, max_bytes: int) -> bytes | None:
+        """One GET of at most `max_bytes` + 1 bytes (a ranged read): a larger object is
+        refused, and no more of it than that is ever transferred."""
+        data = self._get_range(key, max_bytes + 1)
+        if data is not None and len(data) > max_bytes:
+            raise UnreadableObject(f"{key!r} is larger than the {max_bytes} bytes its reader trusts: not read")
+        return data
+
+    def _get_range(self, key: str, limit: int) -> bytes | None:
+        """The first `limit` bytes of an object, None if there is none."""
         if self.s3:
             try:
-                return self.fs.cat_file(f"{self._bucket}/{self._key(key)}", max_concurrency=1)
+                return self.fs.cat_file(f"{self._bucket}/{self._key(key)}", start=0, end=limit, max_concurrency=1)
             except FileNotFoundError as exc:
                 self._raise_if_no_bucket(exc)
                 return None
@@ -191,11 +200,13 @@ class FsspecBlobStore(BlobStore):
                 return None
             except OSError as exc:
                 self._raise_if_no_bucket(exc)
+                if _s3_code(exc) == "InvalidRange":  # S3 refuses any range of an empty object (416)
+                    return b""
                 raise
             except Exception as exc:
                 raise DatastoreError(f"datastore {self.url}: {exc.__class__.__name__}: {exc}") from exc
         try:
-            return self._generic(self.fs.cat_file, self._path(key))
+            return self._generic(self.fs.cat_file, self._path(key), start=0, end=limit)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
@@ -279,7 +290,7 @@ class FsspecBlobStore(BlobStore):
     def move_to_trash(self, blob: BlobStat) -> str | None:
         """Copy to the trash key, then delete the blob (S3 has no rename). gc re-reads leases
         afterwards, so a writer that found the blob between the two steps gets it back."""
-        source = blob_key(blob.blob_id, blob.codec)
+        source = checked_blob_key(blob)
         key = trash_key(blob.blob_id, blob.codec)
         try:
             self._copy(source, key, blob.stored_size, exclusive=False)

@@ -4,6 +4,7 @@ named references (ArchiveStoreIO) in the datastore, and leases of writes in prog
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from casstore.cas.index import PROJECT_KEY, Index
 from casstore.cas.leases import leased_blob_ids
 from casstore.cas.registry import Entry, entries, registry_url
 from casstore.cas.trust import trusted_urls
-from casstore.errors import UnresolvedRegistryEntry
+from casstore.errors import DatastoreError, UnreadableObject, UnresolvedRegistryEntry
 
 REF_FORMAT = "casstore-ref-1"
 MAX_REF_BYTES = 4096
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +33,17 @@ class NamedRef:
 
 
 def named_refs(blobs: BlobStore) -> list[NamedRef]:
-    """Every named reference in the datastore (small JSON objects outside casstore/)."""
+    """Every named reference in the datastore (small JSON objects outside casstore/). Only
+    regular files of at most MAX_REF_BYTES are read; one that is not (any more) is skipped."""
     found = []
     for obj in blobs.list_small_objects():
         if obj.key.startswith(f"{INTERNAL}/") or obj.size > MAX_REF_BYTES or is_torn_object(obj.key):
             continue
-        data = blobs.get_object(obj.key) or b""
+        try:
+            data = blobs.get_object(obj.key, max_bytes=MAX_REF_BYTES) or b""
+        except UnreadableObject as exc:
+            log.warning("not a named reference, skipped: %s", exc)
+            continue
         if not data.startswith(b"{"):
             continue
         try:

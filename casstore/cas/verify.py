@@ -2,8 +2,9 @@
 
 Damage (`problems`): a referenced blob missing; a stored size that disagrees with the index;
 with `deep`, content that does not hash to its id or whose uncompressed size is wrong; an
-archive that does not read; an index row without blob facts. Reclaimable: blobs nothing
-references, temp files of interrupted writes, expired leases."""
+archive that does not read; an index row without blob facts; a file in the blobs folder
+whose name is not a blob's (`foreign`: gc never deletes it, someone must look). Reclaimable:
+blobs nothing references, temp files of interrupted writes, expired leases."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from casstore.cas.blobs import CODEC_SUFFIX, BlobStat
+from casstore.cas.blobs import CODEC_SUFFIX, BlobStat, ObjectStat
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.index import BlobFacts, Index
 from casstore.cas.leases import read_leases
@@ -46,7 +47,8 @@ class VerifyReport:
 def verify(index: Index, store: ContentStore, *, deep: bool = False,
            progress: Callable[[int], None] | None = None) -> VerifyReport:
     report = VerifyReport()
-    copies = _stored_copies(store)
+    strangers: list[ObjectStat] = []
+    copies = _stored_copies(store, strangers)
     facts = {f.blob_id: f for f in index.iter_blob_facts()}
     referenced: dict[str, tuple[str | None, str | None]] = {}
     for ref in index.iter_refs():
@@ -63,17 +65,20 @@ def verify(index: Index, store: ContentStore, *, deep: bool = False,
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
         report.blobs_checked += 1
+    report.problems += [Problem("foreign", "", None, None, f"{o.key!r} is not a blob's name (casstore did not write it): "
+                                "it is never read and gc never deletes it; remove it once you know where it came from")
+                        for o in strangers]
     report.reclaimable = reclaimable(index, store, copies)
     return report
 
 
-def _stored_copies(store: ContentStore) -> dict[str, list[BlobStat]]:
+def _stored_copies(store: ContentStore, strangers: list[ObjectStat] | None = None) -> dict[str, list[BlobStat]]:
     """Every stored blob by id, from one listing; the copy readers use comes first (`find`'s
     codec order). Two writers racing with different codecs can leave a `.tar` and a
     `.tar.zst` of one id (docs/datastore.md); both are sound."""
     order = list(CODEC_SUFFIX)
     copies: dict[str, list[BlobStat]] = {}
-    for blob in store.blobs.iter_blobs():
+    for blob in store.blobs.iter_blobs(strangers):
         copies.setdefault(blob.blob_id, []).append(blob)
     for found in copies.values():
         found.sort(key=lambda b: order.index(b.codec))

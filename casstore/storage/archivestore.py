@@ -22,7 +22,7 @@ from casstore import runtime
 from casstore.cas.contentstore import BlobInfo, no_space
 from casstore.cas.digest import parse_id
 from casstore.cas.extract import Extraction
-from casstore.cas.roots import NamedRef, ref_size
+from casstore.cas.roots import MAX_REF_BYTES, NamedRef, ref_size
 from casstore.cas.tarball import check_arc_dir, scan, tar_bytes
 from casstore.errors import BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
 from casstore.opts import file_url_to_path, options
@@ -200,7 +200,7 @@ class ArchiveStoreIO:
 
     def _ref(self) -> NamedRef:
         key = file_url_to_path(self.url).replace(os.sep, "/")
-        data = runtime.content_store().blobs.get_object(key)
+        data = runtime.content_store().blobs.get_object(key, max_bytes=MAX_REF_BYTES)
         if data is None:
             raise BlobNotFound(f"no archive at {self.url} in datastore {runtime.datastore_url()}")
         try:
