@@ -67,7 +67,6 @@ def _work(workdir):
 class Kill:
     op: str
     fraction: float  # of the measured duration
-    window_s: float  # the measured duration it was a fraction of
     mid_work: bool  # the worker had not said "done"
 
 
@@ -78,6 +77,12 @@ Tree = dict[bytes, tuple[str, bytes]]
 class Source:
     path: str
     tree: Tree  # what an experiment persisted from it loads as (arc_dir "data")
+
+
+def differences(got: Tree, want: Tree, limit: int = 5) -> list[str]:
+    """The paths where a loaded tree differs from the expected one (a few, for the message)."""
+    paths = sorted(p for p in got.keys() | want.keys() if got.get(p) != want.get(p))
+    return [p.decode(errors="replace") for p in paths[:limit]]
 
 
 class Campaign:
@@ -124,7 +129,7 @@ class Campaign:
         if done:
             measured.append(done[0]["seconds"])
         if window is not None:
-            self.kills.append(Kill(op, fraction, window, mid_work=not done))
+            self.kills.append(Kill(op, fraction, mid_work=not done))
             print(f"kill {len(self.kills):3}: {op:8} at {fraction:.2f} x {window * 1000:5.0f} ms: "
                   f"{'mid-work' if not done else 'after the work'}")
 
@@ -143,14 +148,17 @@ class Campaign:
         assert stored - {in_flight} == set(self.live) - {in_flight}, (stored, sorted(self.live))
         for name, source in self.live.items():
             if name != in_flight:
-                assert self.load(name) == source.tree, f"committed experiment {name} changed"
+                changed = differences(self.load(name), source.tree)
+                assert not changed, f"committed experiment {name} changed: {changed}"
         if in_flight is None:
             return None
         if in_flight not in stored:
-            assert None in allowed, f"experiment {in_flight} is gone"
+            may_be_absent = None in allowed
+            assert may_be_absent, f"experiment {in_flight} is gone"
             return None
         got = self.load(in_flight)
-        assert got in allowed, f"experiment {in_flight} holds neither its old nor its new content"
+        versions = [differences(got, tree) for tree in allowed if tree is not None]
+        assert [] in versions, f"experiment {in_flight} holds neither its old nor its new content: {versions}"
         return got
 
     # ------------------------------------------------------------------ the operations
@@ -180,7 +188,8 @@ class Campaign:
         if name in self.live:
             self.dropped.append(self.live[name])
         self.live[name] = source
-        assert self.load(name) == source.tree
+        changed = differences(self.load(name), source.tree)
+        assert not changed, f"{name} persisted again does not load as its source: {changed}"
 
     def persist(self, n: int) -> None:
         """A new experiment; one in four has the content of a committed one (one blob, two
@@ -257,9 +266,9 @@ class Campaign:
         legacy = legacy_copy(os.path.join(self.root, f"legacy-{n}"))
         self.strike("migrate", "migrate", legacy.cfg())
         legacy.configure()
-        for ref in migrate.plan(legacy.url, legacy.datastore).refs:
-            if ref.relpath and ref.problem is None:
-                assert os.path.exists(os.path.join(legacy.datastore, ref.relpath)), f"{ref.label}: legacy TAR gone"
+        for ref in migrate.plan(legacy.url, legacy.datastore).refs:  # still legacy: its file must be there
+            if ref.relpath and os.path.exists(os.path.join(LEGACY_FIXTURE, "datastore", ref.relpath)):
+                assert os.path.exists(os.path.join(legacy.datastore, ref.relpath)), f"{ref.label}: legacy file gone"
         assert rw.problems(legacy, deep=True) == []
         if self.reference is None:  # the first migration was not killed
             self.reference = migrated_state(legacy)
