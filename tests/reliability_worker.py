@@ -30,6 +30,14 @@ Commands:
   "progress" event at each stage of each experiment (stored, committed, cleaned).
 - load-loop: load experiment `name` `count` times (after the `go` barrier if given, else
   after printing "ready").
+- delete-one: delete experiment `name` (read first; "ready" just before the delete).
+- fork-server: import casstore once, then run each command read from stdin (one JSON line
+  {"command", "cfg"}) in a forked child, so a campaign of many kills does not pay Python's
+  start-up each time (see ForkServer below).
+
+"done" events of persist-one, load-loop, delete-one, gc-once and migrate carry `seconds`, the
+duration of the work measured from "ready": a parent aiming kills inside the work calibrates
+on it.
 """
 
 from __future__ import annotations
@@ -144,13 +152,14 @@ def cmd_persist_one(cfg: dict) -> None:
     limit_file_size(cfg)
     set_codec(cfg.get("codec", "none"))
     emit("ready")
+    started = time.perf_counter()
     try:
-        e = s.create_experiment(cfg["name"], data=ArchiveStore(src_dir=cfg["src"], arc_dir="data"))
+        e = s.create_experiment(cfg["name"], data=ArchiveStore(src_dir=cfg["src"], arc_dir=cfg.get("arc_dir", "data")))
         e.persist(if_exists=cfg.get("if_exists", "fail"))
     except BaseException as exc:
         emit("error", **error_event(exc))
         return
-    emit("done", name=cfg["name"], blob=e.fields.data.blob_id)
+    emit("done", name=cfg["name"], blob=e.fields.data.blob_id, seconds=time.perf_counter() - started)
 
 
 def cmd_io_extract(cfg: dict) -> None:
@@ -213,13 +222,24 @@ def cmd_load_loop(cfg: dict) -> None:
         wait_for(cfg["go"])
     else:
         emit("ready")
+    started = time.perf_counter()
     for _ in range(cfg["count"]):
         try:
             s.load_experiment(cfg["name"])
         except Exception as exc:
             emit("error", **error_event(exc))
             raise
-    emit("done")
+    emit("done", seconds=time.perf_counter() - started)
+
+
+def cmd_delete_one(cfg: dict) -> None:
+    setup(cfg)
+    s = session(cfg)
+    e = s.read_experiment(cfg["name"])
+    emit("ready")
+    started = time.perf_counter()
+    e.delete()
+    emit("done", name=cfg["name"], seconds=time.perf_counter() - started)
 
 
 def cmd_migrate(cfg: dict) -> None:
@@ -234,7 +254,44 @@ def cmd_migrate(cfg: dict) -> None:
     emit("done", exit_code=report.exit_code, seconds=time.perf_counter() - started)
 
 
+def cmd_fork_server(_cfg: dict) -> None:
+    """Import once, then fork a child per command read from stdin. The child shares this
+    stdout (each event is one write of a line shorter than PIPE_BUF, so lines never mix)
+    and ends with os._exit. Announces each child with "forked" (its pid), and reaps it only
+    when the parent writes a line ("reap"): until then a child that ended stays a zombie, so
+    its pid cannot be reused and the parent's SIGKILL can only reach it."""
+    import traceback
+
+    import alembic.runtime.migration  # noqa: F401  (what the children use, imported once here)
+    import casstore.cas.gc  # noqa: F401
+    import casstore.cas.migrate  # noqa: F401
+    import sqlalchemy.dialects.sqlite  # noqa: F401
+    from casstore import ArchiveStore, create_session  # noqa: F401
+
+    emit("ready")
+    while line := sys.stdin.readline():
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                COMMANDS[request["command"]](request["cfg"])
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        emit("forked", pid=pid)
+        sys.stdin.readline()
+        _pid, status = os.waitpid(pid, 0)
+        emit("exit", pid=pid, status=status)
+
+
 COMMANDS = {
+    "delete-one": cmd_delete_one,
+    "fork-server": cmd_fork_server,
     "migrate": cmd_migrate,
     "persist-loop": cmd_persist_loop,
     "persist-jobs": cmd_persist_jobs,
@@ -437,3 +494,85 @@ def finish(proc, limit_s: float = 120.0) -> tuple[int, list[dict]]:
     out = proc.stdout.read()
     proc.stdout.close()
     return proc.wait(limit_s), parse_events(out)
+
+
+class ForkServer:
+    """A fork-server worker (command fork-server): each `run` forks a child of a process that
+    has imported casstore already, so starting one costs milliseconds, not Python's start-up.
+    The child is a real process: `kill` sends it SIGKILL. Use as a context manager."""
+
+    def __init__(self, stderr_path: str):
+        import subprocess
+
+        with open(stderr_path, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, WORKER, "fork-server", "{}"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err)
+        self._buffer = b""
+        self.pid: int | None = None  # the current child, until reaped
+        assert self.next_event()["event"] == "ready", "the fork server did not start"
+
+    def __enter__(self) -> "ForkServer":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.pid is not None:
+            self.kill()
+            self.reap()
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+    def next_event(self, limit_s: float = 120.0) -> dict:
+        """The next event on the server's stdout (its own or its child's)."""
+        import select
+
+        deadline = time.monotonic() + limit_s
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no event from the worker within {limit_s}s")
+            if select.select([fd], [], [], remaining)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"the fork server exited ({self.proc.wait(30)})")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, command: str, cfg: dict) -> None:
+        """Start `command` in a new child."""
+        assert self.pid is None, "reap the previous child first"
+        self.proc.stdin.write(json.dumps({"command": command, "cfg": cfg}).encode() + b"\n")
+        self.proc.stdin.flush()
+        event = self.next_event()
+        assert event["event"] == "forked", event
+        self.pid = event["pid"]
+
+    def until(self, *kinds: str, limit_s: float = 120.0) -> list[dict]:
+        """The child's events up to and including the first of kind in `kinds`."""
+        events = []
+        while not events or events[-1]["event"] not in kinds:
+            events.append(self.next_event(limit_s))
+            assert events[-1]["event"] != "exit", f"the child exited before {kinds}: {events}"
+        return events
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still our child's
+
+    def reap(self) -> tuple[int, list[dict]]:
+        """Let the server reap the child (after it ended or was killed); its wait status
+        and the events it printed since the last read."""
+        self.proc.stdin.write(b"reap\n")
+        self.proc.stdin.flush()
+        events = []
+        while True:
+            event = self.next_event()
+            if event["event"] == "exit":
+                self.pid = None
+                return event["status"], events
+            events.append(event)

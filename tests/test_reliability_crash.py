@@ -423,8 +423,8 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
         project.configure()
         left = migrate.plan(project.url, project.datastore).refs
         progress.append(len(left))
-        for ref in left:
-            if ref.relpath and ref.problem is None:
+        for ref in left:  # a missing file gives the ref a problem: compare with the fixture's files
+            if ref.relpath and os.path.exists(os.path.join(LEGACY_FIXTURE, "datastore", ref.relpath)):
                 assert os.path.exists(os.path.join(project.datastore, ref.relpath)), (round_, ref.label)
         migrate.execute(migrate.plan(project.url, project.datastore))
         assert migrated_state(project) == expected, f"kill {round_}: the resumed migration ended elsewhere"
