@@ -27,6 +27,7 @@ from casstore.cas.blobs import blob_key
 from casstore.cas.tarball import DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding
 from casstore.cas.verify import verify
 from casstore.errors import CorruptBlob, UnsafeArchive
+from casstore.session import field_roots
 
 TOKEN = uuid.uuid4().hex[:12]
 
@@ -184,7 +185,7 @@ def test_tampered_blob_is_refused_and_nothing_escapes(tmp_path, case, codec):
     tamper(victim, blob_id, codec, finish_tar(data) if codec == "none" else zstandard.compress(finish_tar(data)))
     victim.assert_refused(e, blob_id)
     # verify names the damage
-    report = verify(victim.session.index, victim.store, deep=True)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots, deep=True)
     assert [p.blob for p in report.problems] == [blob_id]
 
 
@@ -321,7 +322,7 @@ def test_odd_tree_archives_and_loads_exactly(tmp_path, codec):
     # empty folders are not archived (MLtraq's rule); the link leading out is a file
     assert not os.path.exists(os.path.join(target, b"empty-dir"))
     assert not os.path.islink(os.path.join(target, b"link-abs-out"))
-    report = verify(s.index, project.store(), deep=True)
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == []
     # same tree, same blob: persisting again stores nothing new
     files = project.blob_files()
@@ -338,4 +339,4 @@ def test_empty_folder_archives_and_loads(tmp_path):
     e.persist()
     loaded = s.load_experiment("empty")
     assert rw.tree(project.target(loaded)) == {}
-    assert verify(s.index, project.store(), deep=True).problems == []
+    assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
