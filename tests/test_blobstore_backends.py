@@ -644,7 +644,8 @@ class SessionContract:
         listed: list[str] = []
         real = store.blobs.list_objects
         monkeypatch.setattr(store.blobs, "list_objects", lambda prefix: listed.append(prefix) or real(prefix))
-        for run in (lambda: collect(index, store, field_roots=field_roots, grace_s=0), lambda: verify(index, store, field_roots=field_roots)):
+        for run in (lambda: collect(index, store, field_roots=field_roots, grace_s=0),
+                    lambda: verify(index, store, field_roots=field_roots)):
             listed.clear()
             run()
             assert listed.count("casstore/blobs") == 1 and "" not in listed, listed

@@ -227,7 +227,8 @@ def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_t
     e = s.create_experiment("a", data=ArchiveStore(src_dir=src))
     e.persist()
     e.delete()
-    assert [d.kind for d in collect(s.index, project.store(), field_roots=field_roots, grace_s=0).deleted] == ["unreferenced"]
+    report = collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
+    assert [d.kind for d in report.deleted] == ["unreferenced"]
     options().set("archivestore.codec", second)
     s.create_experiment("b", data=ArchiveStore(src_dir=src)).persist()
     assert rw.tree(project.target(s.load_experiment("b"))) == rw.tree(src)
@@ -261,5 +262,6 @@ def test_both_codecs_of_one_id_left_by_racing_writers_are_not_reported_as_damage
     for deep in (False, True):
         assert verify(s.index, project.store(), field_roots=field_roots, deep=deep).problems == []
     e.delete()
-    unreferenced = [r for r in verify(s.index, project.store(), field_roots=field_roots).reclaimable if r.kind == "unreferenced"]
+    unreferenced = [r for r in verify(s.index, project.store(), field_roots=field_roots).reclaimable
+                    if r.kind == "unreferenced"]
     assert sorted(r.bytes for r in unreferenced) == sorted(b.stored_size for b in store.blobs.iter_blobs())

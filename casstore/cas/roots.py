@@ -17,7 +17,7 @@ from casstore.cas.engine import make_engine
 from casstore.cas.index import Index
 from casstore.cas.leases import leased_blob_ids
 from casstore.cas.registry import registered, registry_url
-from casstore.errors import DatastoreError
+from casstore.errors import DatastoreError, FieldsUnreadable
 
 REF_FORMAT = "casstore-ref-1"
 MAX_REF_BYTES = 4096
@@ -76,7 +76,12 @@ def leftovers(blobs: BlobStore) -> list[ObjectStat]:
 
 def referenced_blob_ids(index: Index, field_roots: FieldRoots) -> set[str]:
     """Blob ids the reference rows of `index` name, and those its fields name."""
-    return index.referenced_blob_ids() | {root.blob_id for root in field_roots(index)}
+    ids = index.referenced_blob_ids()
+    try:
+        return ids | {root.blob_id for root in field_roots(index)}
+    except FieldsUnreadable as exc:
+        raise FieldsUnreadable(f"database {index.engine.url.render_as_string(hide_password=True)}: {exc}; "
+                               f"gc deletes nothing until it is repaired") from exc
 
 
 def registered_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots) -> set[str]:

@@ -65,7 +65,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         report.problems += _disagreements(rows, roots)
     referenced: dict[str, tuple[str | None, str | None]] = {}
     for ref in rows:
-        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.field))
+        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), _label(ref.id_run, ref.field)))
     for root in roots or []:
         referenced.setdefault(root.blob_id, (root.experiment, _label(root.id_run, root.field)))
     for named in named_refs(store.blobs):
@@ -109,7 +109,8 @@ def _disagreements(rows: list[RefListing], roots: list[FieldRoot]) -> list[Probl
         elif not in_fields:
             blob, detail = in_row, f"the reference row names blob {in_row}; the fields hold no archive there"
         else:
-            blob, detail = in_fields[0], f"the fields name blob {', '.join(in_fields)}; the reference row names {in_row}"
+            blob = in_fields[0]
+            detail = f"the fields name blob {', '.join(in_fields)}; the reference row names {in_row}"
         problems.append(Problem("refs", blob, key[0], _label(key[1], key[2]), detail))
     return problems
 
