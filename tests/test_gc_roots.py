@@ -154,6 +154,22 @@ def test_gc_removes_the_reference_rows_of_an_experiment_that_no_longer_exists(pr
     assert _verify(code=0) == {"problems": [], "reclaimable": []}
 
 
+def test_gc_dry_run_lists_the_reference_rows_of_a_deleted_experiment_and_keeps_them(project):
+    project.sql("DELETE FROM experiments WHERE id_experiment = ?", project.id_a)
+    report = json.loads(run_cli("gc", "--db", DB, "--grace", "0", "--dry-run", "--json").stdout)
+    assert report["deleted"] == [{"blob": project.kept, "bytes": 0}]
+    assert project.rows("SELECT count(*) FROM casstore_refs WHERE id_experiment = ?", project.id_a) == [(1,)]
+    assert project.blob_exists(project.kept)
+
+
+def test_stats_and_ls_show_a_non_integer_size_as_unknown(project):
+    project.sql("UPDATE casstore_blobs SET size = 'big' WHERE blob_id = ?", project.kept)
+    stats = json.loads(run_cli("stats", "--db", DB, "--json").stdout)
+    assert stats["unknown_size"] == 1
+    listing = json.loads(run_cli("ls", "--db", DB, "--json").stdout)
+    assert [(i["blob"], i["size"]) for i in listing if i["name"] == "a"] == [(project.kept, None)]
+
+
 def test_gc_refuses_when_the_fields_of_an_experiment_do_not_decode(project):
     _row_deleted(project)
     project.sql("UPDATE experiments SET fields = x'00ff' WHERE id_experiment = ?", project.id_a)

@@ -216,11 +216,13 @@ class Index:
 
     def delete_orphaned_refs(self) -> list[RefListing]:
         """Delete the reference rows of experiments that no longer exist; one write
-        transaction, so a persist committing its experiment with its rows is never touched."""
+        transaction, so a persist committing its experiment with its rows is never touched.
+        Writes nothing (and so works on a read-only database) when there are none."""
+        if not self.orphaned_refs():
+            return []
         with write_transaction(self.engine) as conn:
             rows = _orphaned_rows(conn)
-            if rows:
-                conn.execute(delete(RefRow).where(_orphaned()))
+            conn.execute(delete(RefRow).where(_orphaned()))
         return rows
 
     def delete_experiment(self, id_experiment: uuid.UUID) -> bool:
