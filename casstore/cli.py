@@ -344,10 +344,13 @@ def verify(project: Project, deep: bool) -> None:
     """Check the index against the datastore: damage and what gc could reclaim.
 
     Damage (exit 1): a referenced blob missing, of the wrong size, with --deep of the wrong
-    digest, an archive that does not read, index facts that disagree with the store, a file
-    in the blobs folder that is not a blob (foreign).
-    Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases."""
+    digest, an archive that does not read, index facts that disagree with the store or are
+    not facts, fields and reference rows that name different blobs, fields that do not decode,
+    a file in the blobs folder that is not a blob (foreign).
+    Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases,
+    reference rows of experiments that no longer exist."""
     from casstore.cas.verify import verify as run_verify
+    from casstore.session import field_roots
 
     index, store = project.index, project.store
     with contextlib.ExitStack() as stack:
@@ -357,7 +360,7 @@ def verify(project: Project, deep: bool) -> None:
             bar = stack.enter_context(click.progressbar(length=sum(sizes.values()) or 1, label="re-hashing",
                                                         file=sys.stderr, show_pos=False))
             progress = bar.update
-        report = run_verify(index, store, deep=deep, progress=progress)
+        report = run_verify(index, store, field_roots=field_roots, deep=deep, progress=progress)
     if project.as_json:
         project.emit({
             "problems": [{"kind": p.kind, "blob": p.blob, "experiment": p.experiment, "field": p.field,
@@ -437,12 +440,14 @@ def parse_duration(text: str) -> float:
 def gc(project: Project, dry_run: bool, grace: float) -> None:
     """Delete what verify calls reclaimable and is older than the grace period.
 
-    Reads every database registered in the datastore and refuses (exit 3), naming it, if one
-    cannot be opened; blobs leased by a write in progress are never deleted."""
+    Reads every database registered in the datastore, its reference rows and its fields, and
+    refuses (exit 3), naming it, if one cannot be opened or its fields do not decode; blobs
+    leased by a write in progress are never deleted."""
     from casstore.cas.gc import collect
+    from casstore.session import field_roots
 
     index = project.index if dry_run else project.writable_index()
-    report = collect(index, project.store, grace_s=grace, dry_run=dry_run)
+    report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run)
     if project.as_json:
         project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
                       "freed_bytes": report.freed_bytes})

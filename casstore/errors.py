@@ -84,6 +84,16 @@ class UnreadableObject(DatastoreError):
     device), or larger than the bound its reader trusts. Nothing of it was read."""
 
 
+class FieldsUnreadable(DatastoreError):
+    """A project's fields (or run table cells) that do not decode: which blobs they name is
+    unknown, so gc refuses and verify calls it damage."""
+
+
+class DamagedIndex(CasStoreError, ValueError):
+    """A row of casstore's tables that does not hold what it must (a size that is not a byte
+    count, an unknown codec): the index is damaged."""
+
+
 class DatabaseFailure(CasStoreError, OSError):
     """The project database failed (disk full, connection lost...): the transaction was
     rolled back, so what was stored stays as it was."""

@@ -12,15 +12,20 @@ import os
 import re
 import uuid
 from shutil import rmtree
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from casstore import runtime
 from casstore.cas.contentstore import ContentStore
+from casstore.cas.digest import parse_id
+from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
 from casstore.cas.index import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
 from casstore.cas.leases import Lease
+from casstore.cas.migrate import run_hex, runs_meta
 from casstore.cas.registry import register
+from casstore.cas.roots import FieldRoot
+from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
-                             ExperimentNotFound, FieldFailure, InvalidInput, LoadError)
+                             ExperimentNotFound, FieldFailure, FieldsUnreadable, InvalidInput, LoadError)
 from casstore.experiment import Experiment, archive_fields
 from casstore.opts import DEFAULT_VALUES, options
 from casstore.storage import datapak
@@ -167,6 +172,14 @@ class Session:
         self.index.delete_experiment(experiment.id_experiment)
         rmtree(os.path.join(runtime.archivestore_root(), str(experiment.id_experiment)), ignore_errors=True)
 
+    def verify(self, deep: bool = False) -> VerifyReport:
+        """`casstore verify` on this project (docs/gc.md)."""
+        return verify(self.index, self.content_store(), field_roots=field_roots, deep=deep)
+
+    def gc(self, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False) -> GcReport:
+        """`casstore gc` on this project's datastore (docs/gc.md)."""
+        return collect(self.index, self.content_store(), field_roots=field_roots, grace_s=grace_s, dry_run=dry_run)
+
     def ls(self) -> Any:
         """The stored experiments: a pandas DataFrame (id_experiment, name) if pandas is
         installed, as MLtraq returns, else a list of Bunch with the same keys."""
@@ -186,6 +199,33 @@ def parse_experiment_id(value: str) -> uuid.UUID:
     if _UUID_TEXT.fullmatch(text) is None:
         raise InvalidInput(f"not an experiment id: {value!r} (expected 32 hex digits, dashed or not)")
     return uuid.UUID(text)
+
+
+def field_roots(index: Index) -> Iterator[FieldRoot]:
+    """The archive values of every experiment's fields, and of the serialized columns of its
+    MLtraq run table (run-level archives a migration rewrote), decoded as a load decodes
+    them: the roots gc keeps and verify checks (casstore.cas.roots.FieldRoots). A value that
+    does not decode raises FieldsUnreadable: which blobs it names is unknown."""
+    for id_experiment, name, fields, meta in index.iter_fields():
+        where = f"experiment {name!r} ({id_experiment})"
+        yield from _roots_of(str(id_experiment), "", fields, "", f"{where}: its fields")
+        runs = runs_meta(meta)
+        if runs is None and meta is not None:
+            raise FieldsUnreadable(f"{where}: its meta does not decode, so its run table cannot be read")
+        for raw_id, column, value in index.iter_run_cells(*runs) if runs else ():
+            yield from _roots_of(str(id_experiment), run_hex(raw_id), value, column,
+                                 f"{where}: run {raw_id!r} column {column!r}")
+
+
+def _roots_of(experiment: str, id_run: str, data: bytes, prefix: str, where: str) -> list[FieldRoot]:
+    try:
+        found = list(archive_fields(datapak.loads(data, DECODERS), prefix))
+        for _, archive in found:
+            parse_id(archive.blob_id)
+    except (CasStoreError, KeyError, TypeError, ValueError) as exc:
+        raise FieldsUnreadable(f"{where} do not decode ({exc}): which blobs they name is unknown") from exc
+    return [FieldRoot(experiment, id_run, path, archive.blob_id) for path, archive in found]
+
 
 
 def _already_exists(experiment: Experiment) -> CasStoreError:

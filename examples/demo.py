@@ -9,7 +9,6 @@ import sys
 import tempfile
 
 from casstore import ArchiveStore, create_session, options
-from casstore.cas.verify import verify
 
 
 def make_dataset(path: str) -> None:
@@ -61,7 +60,7 @@ def main(workdir: str) -> None:
     files = sorted(os.path.relpath(os.path.join(d, f), target) for d, _, fs in os.walk(target) for f in fs)
     print(f"loaded 'rerun' into {target}: {len(files)} files, e.g. {files[0]}, {files[-1]}")
 
-    report = verify(session.index, session.content_store(), deep=True)
+    report = session.verify(deep=True)
     print(f"verify --deep: {report.blobs_checked} blob(s) checked, {len(report.problems)} problem(s)")
     casstore = os.path.join(os.path.dirname(sys.executable), "casstore")
     print(f"try: {casstore} stats --db sqlite:///{os.path.abspath('runs.db')}")

@@ -185,17 +185,19 @@ def _gc_args(cfg: dict):
 
 def cmd_gc_once(cfg: dict) -> None:
     from casstore.cas.gc import collect
+    from casstore.session import field_roots
 
     setup(cfg)
     index, store = _gc_args(cfg)
     emit("ready")
     started = time.perf_counter()
-    report = collect(index, store, grace_s=cfg.get("grace", 0.0))
+    report = collect(index, store, field_roots=field_roots, grace_s=cfg.get("grace", 0.0))
     emit("done", deleted=len(report.deleted), seconds=time.perf_counter() - started)
 
 
 def cmd_gc_loop(cfg: dict) -> None:
     from casstore.cas.gc import collect
+    from casstore.session import field_roots
 
     setup(cfg)
     index, store = _gc_args(cfg)
@@ -205,7 +207,7 @@ def cmd_gc_loop(cfg: dict) -> None:
     deadline = time.monotonic() + cfg.get("max_s", 60)
     while not os.path.exists(cfg["stop"]) and time.monotonic() < deadline:
         try:
-            report = collect(index, store, grace_s=cfg.get("grace", 0.0))
+            report = collect(index, store, field_roots=field_roots, grace_s=cfg.get("grace", 0.0))
         except Exception as exc:
             emit("error", **error_event(exc))
             raise
@@ -454,9 +456,10 @@ def check_every_blob(store) -> int:
 
 def problems(project, deep: bool = False) -> list:
     from casstore.cas.verify import verify
+    from casstore.session import field_roots
 
     s = project.session()
-    report = verify(s.index, project.store(), deep=deep)
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=deep)
     s.index.dispose()
     return report.problems
 

@@ -29,6 +29,7 @@ from casstore.cas.leases import Lease
 from casstore.cas.registry import registered
 from casstore.cas.verify import verify
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
+from casstore.session import field_roots
 from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
 MiB = 1 << 20
@@ -735,11 +736,11 @@ class SessionContract:
         index = Index.open(db)
         with Lease(store.blobs) as lease:
             lease.add(held.fields.data.blob_id)
-            assert collect(index, store, grace_s=3600).deleted == []
-            dry = collect(index, store, grace_s=0, dry_run=True)
+            assert collect(index, store, field_roots=field_roots, grace_s=3600).deleted == []
+            dry = collect(index, store, field_roots=field_roots, grace_s=0, dry_run=True)
             assert {d.blob for d in dry.deleted if d.blob} == {gone.fields.data.blob_id}
             assert len(list(store.blobs.iter_blobs())) == 3
-            report = collect(index, store, grace_s=0)
+            report = collect(index, store, field_roots=field_roots, grace_s=0)
         assert {(d.kind, d.blob or d.path) for d in report.deleted} == {
             ("unreferenced", gone.fields.data.blob_id), ("leftover", f"{TMP_PREFIX}/dead.partial")}
         assert {b.blob_id for b in store.blobs.iter_blobs()} == {
@@ -760,9 +761,9 @@ class SessionContract:
         real = blob_key(e.fields.data.blob_id, "none")
         planted = real[:-4] + "\n.tar" if isinstance(store.blobs, LocalBlobStore) else resembling(e.fields.data.blob_id)
         store.blobs.put_object(planted, b"planted")
-        assert [d for d in collect(index, store, grace_s=0).deleted if d.blob] == []
+        assert [d for d in collect(index, store, field_roots=field_roots, grace_s=0).deleted if d.blob] == []
         assert keys(store.blobs, "casstore/blobs") == sorted([real, planted])
-        problems = verify(index, store).problems
+        problems = verify(index, store, field_roots=field_roots).problems
         assert [p.kind for p in problems] == ["foreign"] and repr(planted) in problems[0].detail
         s.load_experiment("kept")
         index.dispose()
@@ -776,7 +777,8 @@ class SessionContract:
         listed: list[str] = []
         real = store.blobs.list_objects
         monkeypatch.setattr(store.blobs, "list_objects", lambda prefix: listed.append(prefix) or real(prefix))
-        for run in (lambda: collect(index, store, grace_s=0), lambda: verify(index, store)):
+        for run in (lambda: collect(index, store, field_roots=field_roots, grace_s=0),
+                    lambda: verify(index, store, field_roots=field_roots)):
             listed.clear()
             run()
             assert listed.count("casstore/blobs") == 1 and "" not in listed, listed
@@ -791,7 +793,7 @@ class SessionContract:
         e2 = s.create_experiment("two", data=ArchiveStore(src_dir=_make_folder(workdir / "b", seed=8), arc_dir="d"))
         e2.persist()
         store, index = self._store(url), Index.open(db)
-        report = verify(index, store, deep=True)
+        report = verify(index, store, field_roots=field_roots, deep=True)
         assert report.problems == [] and report.blobs_checked == 2
         blobs = store.blobs
         b1, b2 = e1.fields.data.blob_id, e2.fields.data.blob_id
@@ -805,8 +807,8 @@ class SessionContract:
         with blobs.begin_ingest() as ing:
             ing.write(bytes(data))
             ing.commit(b2, stored.codec)
-        assert [(p.kind, p.blob) for p in verify(index, store).problems] == [("missing", b1)]
-        deep = sorted((p.kind, p.blob) for p in verify(index, store, deep=True).problems)
+        assert [(p.kind, p.blob) for p in verify(index, store, field_roots=field_roots).problems] == [("missing", b1)]
+        deep = sorted((p.kind, p.blob) for p in verify(index, store, field_roots=field_roots, deep=True).problems)
         assert deep == sorted([("missing", b1), ("digest", b2)])
         index.dispose()
         s.index.dispose()

@@ -44,6 +44,7 @@ from casstore.cas.gc import collect
 from casstore.cas.roots import leftovers
 from casstore.cas.verify import verify
 from casstore.errors import ExperimentAlreadyExists, ExperimentNotFound
+from casstore.session import field_roots
 from test_reliability_crash import (LEGACY_FIXTURE, assert_no_damage, check_new_blobs, legacy_copy,
                                     migrated_state, plant_blob, tiny_tar)
 
@@ -251,8 +252,8 @@ class Campaign:
         if self.dropped:
             self.persist_again(name, self.dropped[-1], codec, "replace")
         self.age_leftovers()
-        collect(self.session.index, self.store, grace_s=0)
-        report = verify(self.session.index, self.store)
+        collect(self.session.index, self.store, field_roots=field_roots, grace_s=0)
+        report = verify(self.session.index, self.store, field_roots=field_roots)
         assert report.problems == [] and report.reclaimable == [], (report.problems, report.reclaimable)
         assert not list(self.store.blobs.iter_trash()), "gc left blobs in the trash"
 

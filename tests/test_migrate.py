@@ -40,6 +40,7 @@ from casstore.cas.tarball import scan, tar_bytes
 from casstore.cas.verify import verify
 from casstore.cli_migrate import migrate as migrate_command
 from casstore.errors import InvalidInput
+from casstore.session import field_roots
 from casstore.storage import datapak
 from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
@@ -370,7 +371,7 @@ def test_a_standalone_tar_is_replaced_by_a_named_reference_that_gc_keeps(project
     index = Index.open(project.url)
     try:
         store = ContentStore(LocalBlobStore(str(project.datastore)))
-        collect(index, store, grace_s=0)
+        collect(index, store, field_roots=field_roots, grace_s=0)
         assert store.blobs.find(body["blob"]) is not None
     finally:
         index.dispose()
@@ -492,7 +493,7 @@ def test_verify_deep_passes_after_migration(project):
     project.migrate()
     index = Index.open(project.url)
     try:
-        report = verify(index, ContentStore(LocalBlobStore(str(project.datastore))), deep=True)
+        report = verify(index, ContentStore(LocalBlobStore(str(project.datastore))), field_roots=field_roots, deep=True)
     finally:
         index.dispose()
     assert report.problems == [] and report.blobs_checked == 7  # 6 referenced by experiments, 1 by name

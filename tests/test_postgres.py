@@ -24,6 +24,7 @@ from casstore.cas.index import BlobFacts, ExperimentRecord, Index, Ref
 from casstore.cas.registry import register, registered, registry_url
 from casstore.cas.verify import verify
 from casstore.errors import DatastoreError, ExperimentAlreadyExists
+from casstore.session import field_roots
 from casstore.storage.archivestore import ArchiveStore
 
 
@@ -200,7 +201,7 @@ def _check_project(db: str, datastore: str, expected_names: set[str], expected_b
     store = ContentStore(LocalBlobStore(datastore)) if "://" not in datastore else None
     if store is not None:
         assert len(list(store.blobs.iter_blobs())) == expected_blobs
-        report = verify(s.index, store, deep=True)
+        report = verify(s.index, store, field_roots=field_roots, deep=True)
         assert report.problems == []
         assert [r.kind for r in report.reclaimable] == []
     for name in expected_names:
@@ -268,7 +269,7 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
     # gc from the SQLite project reopens the PostgreSQL one from the registry (no password),
     # once the user has confirmed it (docs/teams.md)
     run_cli("registry", "--db", solo_db, "--trust", pg_registered)
-    report = collect(solo.index, store, grace_s=0)
+    report = collect(solo.index, store, field_roots=field_roots, grace_s=0)
     assert [d.blob for d in report.deleted if d.blob] == [mine.fields.data.blob_id]
     assert [b.blob_id for b in store.blobs.iter_blobs()] == [kept.fields.data.blob_id]
     out = json.loads(run_cli("gc", "--db", solo_db, "--grace", "0", "--json").stdout)
@@ -276,7 +277,7 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
 
     # the team deletes its experiment: now gc from the other project may take the blob
     team.delete_experiment(kept)
-    report = collect(solo.index, store, grace_s=0)
+    report = collect(solo.index, store, field_roots=field_roots, grace_s=0)
     assert [d.blob for d in report.deleted if d.blob] == [kept.fields.data.blob_id]
     team.index.dispose()
 
@@ -286,7 +287,7 @@ def test_gc_reads_a_postgresql_project_registered_in_the_datastore(pg_url, workd
     register(store.blobs, gone, str(uuid.uuid4()))
     run_cli("registry", "--db", solo_db, "--trust", gone)
     with pytest.raises(DatastoreError, match="casstore_gone_"):
-        collect(solo.index, store, grace_s=0)
+        collect(solo.index, store, field_roots=field_roots, grace_s=0)
     result = run_cli("gc", "--db", solo_db, "--grace", "0", code=3)
     assert "casstore_gone_" in result.stderr and "registry --forget" in result.stderr
     run_cli("registry", "--db", solo_db, "--forget", gone)

@@ -23,6 +23,7 @@ from casstore.cas.contentstore import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.registry import REGISTRY_FORMAT, entry_key, registry_url
 from casstore.errors import UnresolvedRegistryEntry
+from casstore.session import field_roots
 from casstore.storage.archivestore import ArchiveStore
 
 
@@ -116,7 +117,7 @@ def test_gc_refuses_an_unreadable_entry_in_the_library_with_its_key(shared):
     b.entry(datastore).write_bytes(b"")
     session = create_session(a.db)
     with pytest.raises(UnresolvedRegistryEntry) as refused:
-        collect(session.index, ContentStore(LocalBlobStore(str(datastore))), grace_s=0)
+        collect(session.index, ContentStore(LocalBlobStore(str(datastore))), field_roots=field_roots, grace_s=0)
     session.index.dispose()
     assert refused.value.key == b.entry(datastore).stem
 

@@ -19,6 +19,7 @@ import pytest
 
 import reliability_worker as rw
 from casstore.cas.verify import verify
+from casstore.session import field_roots
 
 WRITERS = 4
 
@@ -108,7 +109,7 @@ def test_four_writers_persisting_same_and_different_folders_all_succeed_and_dedu
     assert len(distinct) == 2 + WRITERS  # shared, shared under "alt", one per own folder
     # identical content is one blob file, whichever codec each writer asked for
     assert len(project.blob_files()) == len(distinct), project.blob_files()
-    report = verify(s.index, project.store(), deep=True)
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == []
 
 
@@ -127,7 +128,7 @@ def test_six_processes_opening_a_fresh_database_at_once_all_persist(tmp_path):
         assert_all_succeeded(results)
         s = project.session()
         assert_loads(project, s, {f"fresh{i}": trees[i] for i in range(6)})
-        assert verify(s.index, project.store(), deep=True).problems == []
+        assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
         s.index.dispose()
 
 
@@ -205,7 +206,7 @@ def test_gc_grace_zero_looping_during_persists_never_loses_a_blob(tmp_path):
     assert gc_done["runs"] >= 3 and gc_done["deleted"] >= 1, gc_done
     s = project.session()
     assert_loads(project, s, expected)
-    report = verify(s.index, project.store(), deep=True)
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == []
 
 
@@ -226,11 +227,12 @@ def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_t
     e = s.create_experiment("a", data=ArchiveStore(src_dir=src))
     e.persist()
     e.delete()
-    assert [d.kind for d in collect(s.index, project.store(), grace_s=0).deleted] == ["unreferenced"]
+    report = collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
+    assert [d.kind for d in report.deleted] == ["unreferenced"]
     options().set("archivestore.codec", second)
     s.create_experiment("b", data=ArchiveStore(src_dir=src)).persist()
     assert rw.tree(project.target(s.load_experiment("b"))) == rw.tree(src)
-    report = verify(s.index, project.store(), deep=True)
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == [], report.problems
 
 
@@ -258,7 +260,8 @@ def test_both_codecs_of_one_id_left_by_racing_writers_are_not_reported_as_damage
     monkeypatch.setattr(type(store.blobs), "find", real_find)
     assert sorted(b.codec for b in store.blobs.iter_blobs()) == ["none", "zstd"]
     for deep in (False, True):
-        assert verify(s.index, project.store(), deep=deep).problems == []
+        assert verify(s.index, project.store(), field_roots=field_roots, deep=deep).problems == []
     e.delete()
-    unreferenced = [r for r in verify(s.index, project.store()).reclaimable if r.kind == "unreferenced"]
+    unreferenced = [r for r in verify(s.index, project.store(), field_roots=field_roots).reclaimable
+                    if r.kind == "unreferenced"]
     assert sorted(r.bytes for r in unreferenced) == sorted(b.stored_size for b in store.blobs.iter_blobs())

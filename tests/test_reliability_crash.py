@@ -22,6 +22,7 @@ from casstore import ArchiveStore, options
 from casstore.cas.gc import collect
 from casstore.cas.tarball import FILE, RECORD, header, padding
 from casstore.cas.verify import verify
+from casstore.session import field_roots
 
 SEED = 20240606
 PERSIST_KILLS = 20
@@ -75,7 +76,7 @@ def check_new_blobs(store, seen: set) -> None:
 
 
 def assert_no_damage(project, session, deep: bool = False) -> None:
-    report = verify(session.index, project.store(), deep=deep)
+    report = verify(session.index, project.store(), field_roots=field_roots, deep=deep)
     assert report.problems == [], report.problems
     kinds = {r.kind for r in report.reclaimable}
     assert kinds <= ALLOWED_RECLAIMABLE, kinds
@@ -148,7 +149,7 @@ def test_persist_killed_at_random_instants_loses_nothing(tmp_path):
         # 5. gc reclaims replaced blobs and the killed writer's temp file (its lock died with
         # it) once the file is older than gc's one-minute floor for temp files
         age_temp_files(project)
-        collect(s.index, store, grace_s=0)
+        collect(s.index, store, field_roots=field_roots, grace_s=0)
         assert os.listdir(os.path.join(project.datastore, "casstore", "tmp")) == [], \
             "gc left a temp file of the killed writer behind"
         assert_no_damage(project, s)
@@ -223,7 +224,7 @@ def test_gc_killed_at_random_instants_loses_no_referenced_blob(tmp_path):
         gone.delete()
         if round_ == 0:
             started = time.perf_counter()
-            collect(s.index, store, grace_s=0)
+            collect(s.index, store, field_roots=field_roots, grace_s=0)
             window = max(0.01, 1.5 * (time.perf_counter() - started))
             print(f"one gc of {fillers} blobs: {window / 1.5:.3f}s")
             continue
@@ -250,7 +251,7 @@ def test_gc_killed_at_random_instants_loses_no_referenced_blob(tmp_path):
         again.persist()
         kept[again.name] = rw.tree(revive)
         # gc again completes, then nothing is damaged and every experiment loads.
-        collect(s.index, store, grace_s=0)
+        collect(s.index, store, field_roots=field_roots, grace_s=0)
         assert not os.path.isdir(trash) or os.listdir(trash) == []
         assert_no_damage(project, s)
         check_new_blobs(store, set())
@@ -453,13 +454,13 @@ def test_temp_file_of_a_killed_ingest_is_reclaimable_and_gc_removes_it(tmp_path)
     os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(tmp, "0123456789abcdef0123456789abcdef.partial"), "wb") as f:
         f.write(b"half a blob")
-    report = verify(s.index, project.store())
+    report = verify(s.index, project.store(), field_roots=field_roots)
     assert report.problems == []
     assert [r.kind for r in report.reclaimable] == ["leftover"]
-    collect(s.index, project.store(), grace_s=0)
+    collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
     assert os.listdir(tmp) != [], "a temp file younger than a minute may be a write just started"
     age_temp_files(project)
-    collect(s.index, project.store(), grace_s=0)
+    collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
     assert os.listdir(tmp) == []
 
 
@@ -475,8 +476,8 @@ def test_torn_small_object_write_of_a_killed_process_is_reclaimable(tmp_path, fo
         f.write(b'{"blobs": ["xxh1')
     old = time.time() - 7 * 86400
     os.utime(torn, (old, old))
-    report = verify(s.index, project.store())
+    report = verify(s.index, project.store(), field_roots=field_roots)
     assert report.problems == []
     assert any(r.path and r.path.endswith(".tmp") for r in report.reclaimable), report.reclaimable
-    collect(s.index, project.store(), grace_s=0)
+    collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
     assert not os.path.exists(torn), "gc left a torn temp object of a killed process behind"

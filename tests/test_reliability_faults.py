@@ -34,6 +34,7 @@ from casstore.cas.gc import collect, parse_duration
 from casstore.cas.verify import verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentNotFound, InvalidInput,
                              NoSpace, SourceChanged, SourceNotFound)
+from casstore.session import field_roots
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +56,7 @@ def loaded(project, session, name: str) -> dict:
 
 def assert_store_consistent(project, session) -> None:
     """verify deep finds nothing; every blob file hashes to its id; no temp file is left."""
-    report = verify(session.index, project.store(), deep=True)
+    report = verify(session.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == [], report.problems
     rw.check_every_blob(project.store())
     tmp = os.path.join(project.datastore, "casstore", "tmp")
@@ -204,7 +205,7 @@ def test_persist_onto_a_full_disk_fails_cleanly(tmp_path, small_fs):
             s.create_experiment("x", data=ArchiveStore(src_dir=str(tmp_path / "v2"))).persist(if_exists="replace")
         assert info.value.errno == errno.ENOSPC, info.value
         assert loaded(project, s, "x") == {b"a.txt": ("file", b"version one")}
-        report = verify(s.index, project.store(), deep=True)
+        report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
         assert report.problems == []
     finally:
         os.unlink(filler)
@@ -450,7 +451,7 @@ def test_bad_experiment_lookups_are_typed_errors(project):
 def test_bad_grace_period_is_invalid_input(project, grace):
     s = project.session()
     with pytest.raises(InvalidInput):
-        collect(s.index, project.store(), grace_s=grace)
+        collect(s.index, project.store(), field_roots=field_roots, grace_s=grace)
 
 
 @pytest.mark.parametrize("text", ["5 parsecs", "-1h", "", 5, None, "1w"])

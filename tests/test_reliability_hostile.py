@@ -40,6 +40,7 @@ from casstore.cas.verify import verify
 from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnreadableObject, UnsafeArchive
 from casstore.session import parse_experiment_id
 from casstore.storage.archivestore import Archive
+from casstore.session import field_roots
 
 TOKEN = uuid.uuid4().hex[:12]
 
@@ -209,7 +210,7 @@ def test_tampered_blob_is_refused_and_nothing_escapes(tmp_path, case, codec):
     tamper(victim, blob_id, codec, finish_tar(data) if codec == "none" else zstandard.compress(finish_tar(data)))
     victim.assert_refused(e, blob_id)
     # verify names the damage
-    report = verify(victim.session.index, victim.store, deep=True)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots, deep=True)
     assert [p.blob for p in report.problems] == [blob_id]
 
 
@@ -492,7 +493,7 @@ def test_verify_reports_a_named_reference_without_a_valid_size(tmp_path, size):
     archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
     write_named_ref(victim, archive.blob_id, key=archive.url[len("file:///"):],
                     **({} if size == "missing" else {"size": size}))
-    report = verify(victim.session.index, victim.store, deep=True)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots, deep=True)
     assert [p.blob for p in report.problems] == [archive.blob_id]
 
 
@@ -568,7 +569,7 @@ def test_odd_tree_archives_and_loads_exactly(tmp_path, codec):
     # empty folders are not archived (MLtraq's rule); the link leading out is a file
     assert not os.path.exists(os.path.join(target, b"empty-dir"))
     assert not os.path.islink(os.path.join(target, b"link-abs-out"))
-    report = verify(s.index, project.store(), deep=True)
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == []
     # same tree, same blob: persisting again stores nothing new
     files = project.blob_files()
@@ -585,7 +586,7 @@ def test_empty_folder_archives_and_loads(tmp_path):
     e.persist()
     loaded = s.load_experiment("empty")
     assert rw.tree(project.target(loaded)) == {}
-    assert verify(s.index, project.store(), deep=True).problems == []
+    assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
 
 
 # --------------------------------------------------------------------------- planted files

@@ -1,9 +1,11 @@
 """gc: delete blobs nothing references, leftovers of interrupted writes, expired leases.
 
 Safe by construction (docs/gc.md):
-1. Blobs in the trash of an interrupted gc are put back first.
-2. Candidates: blobs older than the grace period that no lease, no registered database and
-   no named reference keeps alive (leases read before references; see roots.py).
+1. Blobs in the trash of an interrupted gc are put back first. Reference rows of experiments
+   that no longer exist are deleted.
+2. Candidates: blobs older than the grace period that no lease, no registered database (its
+   reference rows and the archive values of its fields, `field_roots`) and no named
+   reference keeps alive (leases read before references; see roots.py).
 3. Candidates are moved to the trash, out of writers' sight. A writer that now checks for a
    candidate finds it missing and writes it again.
 4. Leases and references are read again; a candidate that became live meanwhile (a writer
@@ -23,7 +25,7 @@ from casstore.cas.blobs import BlobStat
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.index import Index
 from casstore.cas.leases import read_leases
-from casstore.cas.roots import leftovers, live_blob_ids
+from casstore.cas.roots import FieldRoots, leftovers, live_blob_ids
 from casstore.errors import InvalidInput
 
 DEFAULT_GRACE_S = 3600.0
@@ -55,8 +57,9 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
 
 
-def collect(index: Index, store: ContentStore, *, grace_s: float = DEFAULT_GRACE_S,
+def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace_s: float = DEFAULT_GRACE_S,
             dry_run: bool = False) -> GcReport:
+    """`field_roots` decodes the fields of every database gc reads (roots.FieldRoots)."""
     if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s < math.inf:
         raise InvalidInput(f"the grace period must be a number of seconds >= 0, got {grace_s!r}")
     report = GcReport(dry_run=dry_run)
@@ -64,23 +67,26 @@ def collect(index: Index, store: ContentStore, *, grace_s: float = DEFAULT_GRACE
     if not dry_run:
         for trashed in list(blobs.iter_trash()):
             blobs.restore_from_trash(trashed.key)
+    orphaned = index.orphaned_refs() if dry_run else index.delete_orphaned_refs()
     now = time.time()
-    live = live_blob_ids(blobs, index)
+    live = live_blob_ids(blobs, index, field_roots)
     candidates = [b for b in blobs.iter_blobs() if b.blob_id not in live and now - b.mtime >= grace_s]
     if dry_run:
         report.deleted = [Deleted(b.blob_id, None, b.stored_size, "unreferenced") for b in candidates]
     else:
-        report.deleted = _delete_blobs(index, store, candidates)
+        report.deleted = _delete_blobs(index, store, candidates, field_roots)
+    report.deleted += [Deleted(ref.blob_id, None, 0, "orphaned_ref") for ref in orphaned]
     report.deleted += _leftovers(store, now, grace_s, dry_run)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
     return report
 
 
-def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat]) -> list[Deleted]:
+def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat],
+                  field_roots: FieldRoots) -> list[Deleted]:
     blobs = store.blobs
     trashed = [(b, key) for b in candidates if (key := blobs.move_to_trash(b)) is not None]
     try:
-        live_now = live_blob_ids(blobs, index)
+        live_now = live_blob_ids(blobs, index, field_roots)
     except BaseException:
         for _blob, key in trashed:
             blobs.restore_from_trash(key)

@@ -11,16 +11,17 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, insert, inspect, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
+from casstore.cas.blobs import CODEC_SUFFIX
 from casstore.cas.engine import is_read_only, make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.schema import check_schema, ensure_schema, upgrade
-from casstore.errors import DatabaseFailure, ExperimentAlreadyExists, InvalidInput
+from casstore.errors import DamagedIndex, DatabaseFailure, ExperimentAlreadyExists, InvalidInput
 
 DATASTORE_KEY = "datastore"
 PROJECT_KEY = "project"  # the project's identity, a UUID (migrations/versions/0002_project_identity.py)
@@ -56,6 +57,17 @@ class BlobFacts:
     size: int
     stored_size: int
     codec: str
+
+
+def checked_facts(blob_id: str, size: Any, stored_size: Any, codec: Any) -> BlobFacts:
+    """The facts of a `casstore_blobs` row; DamagedIndex if another tool wrote what no
+    writer of casstore does (SQLite stores 'big' in an integer column as it is)."""
+    for name, value in (("size", size), ("stored_size", stored_size)):
+        if type(value) is not int or value < 0:
+            raise DamagedIndex(f"casstore_blobs row of {blob_id} has {name} {value!r}, not a byte count")
+    if codec not in CODEC_SUFFIX:
+        raise DamagedIndex(f"casstore_blobs row of {blob_id} has the unknown codec {codec!r}")
+    return BlobFacts(blob_id, size, stored_size, codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,29 @@ class Index:
             row = conn.execute(query).first()
         return None if row is None else ExperimentRecord(row[0], row[1], row[2], row[3])
 
+    def iter_fields(self) -> Iterator[tuple[uuid.UUID, str, bytes, bytes | None]]:
+        """(id_experiment, name, fields, meta) of every experiment: DataPak bytes, for the
+        layer that decodes them."""
+        query = select(ExperimentRow.id_experiment, ExperimentRow.name, ExperimentRow.fields, ExperimentRow.meta)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                yield row[0], row[1], row[2], row[3]
+
+    def iter_run_cells(self, table_name: str, columns: list[str]) -> Iterator[tuple[Any, str, bytes]]:
+        """(id_run as read, column, value) of every non-null cell of `columns` in MLtraq's run
+        table `table_name`; nothing if the table, its id_run or the columns are not there."""
+        with self.engine.connect() as conn:
+            if table_name not in inspect(conn).get_table_names():
+                return
+            table = Table(table_name, MetaData(), autoload_with=conn)
+            present = [c for c in columns if c in table.c]
+            if "id_run" not in table.c or not present:
+                return
+            for row in conn.execute(select(table.c.id_run, *[table.c[c] for c in present])):
+                for column, value in zip(present, row[1:]):
+                    if row[0] is not None and value is not None:
+                        yield row[0], column, value
+
     def list_experiments(self) -> list[tuple[uuid.UUID, str]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(ExperimentRow.id_experiment, ExperimentRow.name).order_by(ExperimentRow.name))
@@ -228,6 +263,22 @@ class Index:
             referenced = select(RefRow.blob_id).where(RefRow.blob_id.in_(blob_ids))
             conn.execute(delete(BlobRow).where(BlobRow.blob_id.in_(blob_ids), BlobRow.blob_id.not_in(referenced)))
 
+    def orphaned_refs(self) -> list[RefListing]:
+        """Reference rows of experiments that no longer exist (deleted by another tool)."""
+        with self.engine.connect() as conn:
+            return _orphaned_rows(conn)
+
+    def delete_orphaned_refs(self) -> list[RefListing]:
+        """Delete the reference rows of experiments that no longer exist; one write
+        transaction, so a persist committing its experiment with its rows is never touched.
+        Writes nothing (and so works on a read-only database) when there are none."""
+        if not self.orphaned_refs():
+            return []
+        with write_transaction(self.engine) as conn:
+            rows = _orphaned_rows(conn)
+            conn.execute(delete(RefRow).where(_orphaned()))
+        return rows
+
     def delete_experiment(self, id_experiment: uuid.UUID) -> bool:
         with write_transaction(self.engine) as conn:
             conn.execute(delete(RefRow).where(RefRow.id_experiment == id_experiment))
@@ -244,7 +295,7 @@ class Index:
     def blob_facts(self, blob_id: str) -> BlobFacts | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(BlobRow).where(BlobRow.blob_id == blob_id)).first()
-        return None if row is None else BlobFacts(row.blob_id, row.size, row.stored_size, row.codec)
+        return None if row is None else checked_facts(row.blob_id, row.size, row.stored_size, row.codec)
 
     def referenced_blob_ids(self) -> set[str]:
         with self.engine.connect() as conn:
@@ -258,12 +309,40 @@ class Index:
                  .order_by(ExperimentRow.name, RefRow.id_run, RefRow.field))
         with self.engine.connect() as conn:
             for r in conn.execute(query):
-                yield RefListing(r[0], r[1] or "", r[2], r[3], r[4], r[5], r[6], r[7])
+                facts = _facts_or_none(r[4], r[5], r[6], r[7])
+                yield RefListing(r[0], r[1] or "", r[2], r[3], r[4], *(
+                    (facts.size, facts.stored_size, facts.codec) if facts else (None, None, None)))
 
-    def iter_blob_facts(self) -> Iterator[BlobFacts]:
+    def iter_blob_facts(self, damaged: dict[str, str] | None = None) -> Iterator[BlobFacts]:
+        """Every facts row; a damaged one raises DamagedIndex, or is put into `damaged`
+        (blob id -> why) if given."""
         with self.engine.connect() as conn:
             for r in conn.execute(select(BlobRow)):
-                yield BlobFacts(r.blob_id, r.size, r.stored_size, r.codec)
+                try:
+                    yield checked_facts(r.blob_id, r.size, r.stored_size, r.codec)
+                except DamagedIndex as exc:
+                    if damaged is None:
+                        raise
+                    damaged[r.blob_id] = str(exc)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _orphaned() -> Any:
+    return RefRow.id_experiment.not_in(select(ExperimentRow.id_experiment))
+
+
+def _orphaned_rows(conn: Connection) -> list[RefListing]:
+    query = select(RefRow.id_experiment, RefRow.field, RefRow.id_run, RefRow.blob_id).where(_orphaned())
+    return [RefListing(r[0], "", r[1], r[2], r[3], None, None, None) for r in conn.execute(query)]
+
+
+def _facts_or_none(blob_id: str, size: Any, stored_size: Any, codec: Any) -> BlobFacts | None:
+    """A listing's facts, None if there is no row or a damaged one (verify reports it)."""
+    if size is None and stored_size is None and codec is None:
+        return None
+    try:
+        return checked_facts(blob_id, size, stored_size, codec)
+    except DamagedIndex:
+        return None

@@ -221,7 +221,7 @@ def _plan_experiment(conn: Connection, tables: set[str], row: Any, root: str, wa
     exp = ExperimentPlan(id_experiment, name)
     cell = Cell(EXPERIMENTS_TABLE, "fields", id_experiment, "", _sha(fields))
     _plan_cell(exp, cell, fields, "", root, warnings, datastore_files)
-    runs = _runs_meta(meta)
+    runs = runs_meta(meta)
     if runs is None:
         if meta is not None:
             warnings.append(f"experiment {name!r}: its meta does not read as MLtraq's; its run table was not searched")
@@ -242,7 +242,7 @@ def _plan_experiment(conn: Connection, tables: set[str], row: Any, root: str, wa
             if raw_id is None:
                 warnings.append(f"experiment {name!r}: a row of {table_name!r} has no id_run; not searched")
                 continue
-            cell = Cell(table_name, column, raw_id, _run_hex(raw_id), _sha(value))
+            cell = Cell(table_name, column, raw_id, run_hex(raw_id), _sha(value))
             _plan_cell(exp, cell, value, column, root, warnings, datastore_files)
     return exp
 
@@ -315,7 +315,7 @@ def _mark_collisions(experiments: list[ExperimentPlan]) -> None:
             seen.add(key)
 
 
-def _runs_meta(meta: bytes | None) -> tuple[str, list[str]] | None:
+def runs_meta(meta: bytes | None) -> tuple[str, list[str]] | None:
     """(run table name, serialized columns) from an experiment's meta, None if unreadable."""
     if meta is None:
         return None
@@ -352,7 +352,8 @@ def _url_relpath(url: Any) -> str | None:
     return norm
 
 
-def _run_hex(raw: Any) -> str:
+def run_hex(raw: Any) -> str:
+    """A run id as `casstore_refs.id_run` holds it: 32 hex digits."""
     if isinstance(raw, uuid.UUID):
         return raw.hex
     return str(raw).replace("-", "").lower()

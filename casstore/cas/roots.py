@@ -1,5 +1,6 @@
-"""What keeps a blob alive: references in every database registered with the datastore,
-named references (ArchiveStoreIO) in the datastore, and leases of writes in progress."""
+"""What keeps a blob alive: references in every database registered with the datastore (the
+reference rows and the archive values of the fields), named references (ArchiveStoreIO) in
+the datastore, and leases of writes in progress."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
+from typing import Iterable, Protocol
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,11 +20,31 @@ from casstore.cas.index import PROJECT_KEY, Index
 from casstore.cas.leases import leased_blob_ids
 from casstore.cas.registry import Entry, entries, registry_url
 from casstore.cas.trust import trusted_urls
-from casstore.errors import DatastoreError, UnreadableObject, UnresolvedRegistryEntry
+from casstore.errors import FieldsUnreadable, UnreadableObject, UnresolvedRegistryEntry
 
 REF_FORMAT = "casstore-ref-1"
 MAX_REF_BYTES = 4096
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRoot:
+    """An archive value in a project's fields: the blob an experiment, or one of its runs,
+    names under `field` (as `casstore_refs.field` spells it)."""
+
+    experiment: str  # the experiment's id
+    id_run: str  # "" for the experiment's own fields
+    field: str
+    blob_id: str
+
+
+class FieldRoots(Protocol):
+    """The archive values of a database's fields, from the layer that decodes them (the
+    content store knows nothing of the fields' format): every one it finds, or
+    FieldsUnreadable (a DatastoreError) for a row it cannot decode, so that gc refuses
+    rather than deleting what that row may name."""
+
+    def __call__(self, index: Index) -> Iterable[FieldRoot]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,21 +89,31 @@ def leftovers(blobs: BlobStore) -> list[ObjectStat]:
     return [o for o in blobs.list_small_objects() if o.key.startswith(f"{INTERNAL}/tmp/") or is_torn_object(o.key)]
 
 
-def registered_blob_ids(blobs: BlobStore, index: Index) -> set[str]:
+def referenced_blob_ids(index: Index, field_roots: FieldRoots) -> set[str]:
+    """Blob ids the reference rows of `index` name, and those its fields name."""
+    ids = index.referenced_blob_ids()
+    try:
+        return ids | {root.blob_id for root in field_roots(index)}
+    except FieldsUnreadable as exc:
+        raise FieldsUnreadable(f"database {index.engine.url.render_as_string(hide_password=True)}: {exc}; "
+                               f"gc deletes nothing until it is repaired") from exc
+
+
+def registered_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots) -> set[str]:
     """Blob ids referenced by `index` and by every other database registered in the
     datastore. Refuses (UnresolvedRegistryEntry, naming the entry) if one cannot be read,
     reached or trusted: deleting on a partial view is how other stores lost data."""
-    ids = index.referenced_blob_ids()
+    ids = referenced_blob_ids(index, field_roots)
     mine = registry_url(index.engine.url)
     for entry in entries(blobs):
         if entry.url == mine:
             _check_project(entry, index.get_fact(PROJECT_KEY))
         else:
-            ids |= _read_other(entry, index.engine.url)
+            ids |= _read_other(entry, index.engine.url, field_roots)
     return ids
 
 
-def _read_other(entry: Entry, own: URL) -> set[str]:
+def _read_other(entry: Entry, own: URL, field_roots: FieldRoots) -> set[str]:
     """The references of another project's database. An SQLite file is opened only if it is
     a regular file; a server only if the user confirmed its URL (trust.py), and then with no
     password but those configured for it (`_open_url`): an entry proves nothing about who
@@ -97,7 +129,7 @@ def _read_other(entry: Entry, own: URL) -> set[str]:
             f"your team's database, run `casstore registry --trust {url}`, if not, `{forget}`")
     other = Index(make_engine(_open_url(parsed, own), read_only=True))
     try:
-        project, ids = other.get_fact(PROJECT_KEY), other.referenced_blob_ids()
+        project, ids = other.get_fact(PROJECT_KEY), referenced_blob_ids(other, field_roots)
     except SQLAlchemyError as exc:
         raise UnresolvedRegistryEntry(entry.key, f"cannot read registered database {url} (registry entry "
                                       f"{entry.key}): {exc.__class__.__name__}; if it is gone for good, "
@@ -150,8 +182,8 @@ def _check_project(entry: Entry, found: str | None) -> None:
             f"without it, run `casstore registry --forget {entry.key}`")
 
 
-def live_blob_ids(blobs: BlobStore, index: Index) -> set[str]:
+def live_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots) -> set[str]:
     """Leases first, then references: a writer drops its lease only after its reference is
     committed, so reading in this order never misses a blob in use."""
     leased = leased_blob_ids(blobs)
-    return leased | registered_blob_ids(blobs, index) | {r.blob_id for r in named_refs(blobs)}
+    return leased | registered_blob_ids(blobs, index, field_roots) | {r.blob_id for r in named_refs(blobs)}

@@ -2,9 +2,11 @@
 
 Damage (`problems`): a referenced blob missing; a stored size that disagrees with the index;
 with `deep`, content that does not hash to its id or whose uncompressed size is wrong; an
-archive that does not read; an index row without blob facts; a file in the blobs folder
-whose name is not a blob's (`foreign`: gc never deletes it, someone must look). Reclaimable:
-blobs nothing references, temp files of interrupted writes, expired leases."""
+archive that does not read; an index row without blob facts, or with facts no writer
+records; fields and reference rows that name different blobs, and fields that do not
+decode; a file in the blobs folder whose name is not a blob's (`foreign`: gc never deletes
+it, someone must look). Reclaimable: blobs nothing references, temp files of interrupted
+writes, expired leases, reference rows of experiments that no longer exist."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from typing import Callable
 
 from casstore.cas.blobs import CODEC_SUFFIX, BlobStat, ObjectStat
 from casstore.cas.contentstore import ContentStore
-from casstore.cas.index import BlobFacts, Index
+from casstore.cas.index import BlobFacts, Index, RefListing
 from casstore.cas.leases import read_leases
-from casstore.cas.roots import leftovers, live_blob_ids, named_refs
-from casstore.errors import CorruptBlob, UnsafeArchive
+from casstore.cas.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids, named_refs
+from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 @dataclass(frozen=True)
 class Problem:
@@ -44,15 +46,30 @@ class VerifyReport:
     blobs_checked: int = 0
 
 
-def verify(index: Index, store: ContentStore, *, deep: bool = False,
+def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: bool = False,
            progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """`field_roots` decodes the fields (roots.FieldRoots): every archive value they hold is
+    compared with the reference rows, and its blob checked."""
     report = VerifyReport()
     strangers: list[ObjectStat] = []
     copies = _stored_copies(store, strangers)
-    facts = {f.blob_id: f for f in index.iter_blob_facts()}
+    damaged: dict[str, str] = {}
+    facts = {f.blob_id: f for f in index.iter_blob_facts(damaged)}
+    orphaned = index.orphaned_refs()
+    gone = {(r.id_experiment, r.id_run, r.field) for r in orphaned}
+    rows = [r for r in index.iter_refs() if (r.id_experiment, r.id_run, r.field) not in gone]
+    try:
+        roots: list[FieldRoot] | None = list(field_roots(index))
+    except FieldsUnreadable as exc:
+        report.problems.append(Problem("fields", "-", None, None, str(exc)))
+        roots = None
+    if roots is not None:
+        report.problems += _disagreements(rows, roots)
     referenced: dict[str, tuple[str | None, str | None]] = {}
-    for ref in index.iter_refs():
-        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.field))
+    for ref in rows:
+        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), _label(ref.id_run, ref.field)))
+    for root in roots or []:
+        referenced.setdefault(root.blob_id, (root.experiment, _label(root.id_run, root.field)))
     for named in named_refs(store.blobs):
         referenced.setdefault(named.blob_id, (None, named.key))
         found = copies.get(named.blob_id)
@@ -61,15 +78,46 @@ def verify(index: Index, store: ContentStore, *, deep: bool = False,
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
-        problem = _check_blob(store, blob_id, _described(copies.get(blob_id, []), known), known, deep, progress, trashed)
+        problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
+            _check_blob(store, blob_id, _described(copies.get(blob_id, []), known), known, deep, progress, trashed)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
         report.blobs_checked += 1
     report.problems += [Problem("foreign", "", None, None, f"{o.key!r} is not a blob's name (casstore did not write it): "
                                 "it is never read and gc never deletes it; remove it once you know where it came from")
                         for o in strangers]
-    report.reclaimable = reclaimable(index, store, copies)
+    if roots is not None:  # else gc refuses: nothing is reclaimable
+        report.reclaimable = reclaimable(index, store, field_roots, copies)
+        report.reclaimable += [Reclaimable("orphaned_ref", r.blob_id, None, 0, 0.0) for r in orphaned]
     return report
+
+
+def _label(id_run: str, field: str) -> str:
+    """A field as the session and the CLI name it: `data`, or `runs[<id_run>].model`."""
+    return f"runs[{id_run}].{field}" if id_run else field
+
+
+def _disagreements(rows: list[RefListing], roots: list[FieldRoot]) -> list[Problem]:
+    """Each (experiment, run, field) whose archive value in the fields and reference row
+    do not name the same blob: a load reads the fields, gc and stats the rows."""
+    named: dict[tuple[str, str, str], set[str]] = {}
+    for root in roots:
+        named.setdefault((root.experiment, root.id_run, root.field), set()).add(root.blob_id)
+    recorded = {(str(r.id_experiment), r.id_run, r.field): r.blob_id for r in rows}
+    problems = []
+    for key in sorted(named.keys() | recorded.keys()):
+        in_fields, in_row = sorted(named.get(key, ())), recorded.get(key)
+        if in_fields == [in_row]:
+            continue
+        if in_row is None:
+            blob, detail = in_fields[0], f"the fields name blob {in_fields[0]}; no reference row (casstore_refs) does"
+        elif not in_fields:
+            blob, detail = in_row, f"the reference row names blob {in_row}; the fields hold no archive there"
+        else:
+            blob = in_fields[0]
+            detail = f"the fields name blob {', '.join(in_fields)}; the reference row names {in_row}"
+        problems.append(Problem("refs", blob, key[0], _label(key[1], key[2]), detail))
+    return problems
 
 
 def _stored_copies(store: ContentStore, strangers: list[ObjectStat] | None = None) -> dict[str, list[BlobStat]]:
@@ -127,12 +175,12 @@ def _rehash(store: ContentStore, blob_id: str, size: int, progress: Callable[[in
     return None
 
 
-def reclaimable(index: Index, store: ContentStore,
+def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
                 copies: dict[str, list[BlobStat]] | None = None) -> list[Reclaimable]:
     """What gc could delete, ignoring the grace period (gc applies it)."""
     now = time.time()
     copies = copies if copies is not None else _stored_copies(store)
-    live = live_blob_ids(store.blobs, index)
+    live = live_blob_ids(store.blobs, index, field_roots)
     items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
              for found in copies.values() for b in found if b.blob_id not in live]
     items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
