@@ -331,8 +331,10 @@ def verify(project: Project, deep: bool) -> None:
     """Check the index against the datastore: damage and what gc could reclaim.
 
     Damage (exit 1): a referenced blob missing, of the wrong size, with --deep of the wrong
-    digest, an archive that does not read, index facts that disagree with the store.
-    Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases."""
+    digest, an archive that does not read, index facts that disagree with the store, a second
+    copy that disagrees with them, damage a load recorded and no persist has repaired yet.
+    Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases,
+    damaged copies a repair moved into the quarantine."""
     from casstore.cas.verify import verify as run_verify
 
     index, store = project.index, project.store
@@ -523,7 +525,7 @@ def cat(project: Project, blob: str) -> None:
     sys.stdout.flush()
     out = sys.stdout.buffer  # binary-safe (click.get_binary_stream is deprecated in click 8.5)
     try:
-        with project.store.open_tar(blob, facts.size if facts else None) as reader:
+        with project.store.open_tar(blob, facts.size if facts else None, facts) as reader:
             while chunk := reader.read(CHUNK):
                 out.write(chunk)
             reader.verify()

@@ -8,6 +8,8 @@ Layout of a datastore (docs/datastore.md):
     casstore/tmp/<random>.partial                ingests in progress (or interrupted)
     casstore/leases/<lease id>.json              blobs a writer is about to reference
     casstore/registry/<key>.json                 databases that reference blobs here
+    casstore/damaged/<algo>/<hex>.json           damage a reader saw in a blob (damage.py)
+    casstore/quarantine/<algo>-<hex><suffix>.<ns>.<uuid hex>   damaged copies a repair moved aside
     <prefix>/<uuid hex>                          named references (ArchiveStoreIO.create)
 
 `BlobStore` is the interface every backend implements; `LocalBlobStore` is the local folder.
@@ -21,14 +23,16 @@ import fcntl
 import functools
 import os
 import re
+import stat
 import sys
+import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Literal
 
 from casstore.cas.digest import parse_id
-from casstore.errors import BlobNotFound, DatastoreError
+from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError
 
 FORMAT_KEY = "casstore/FORMAT"
 FORMAT_TEXT = b"casstore-datastore 1\n"
@@ -42,7 +46,9 @@ def is_torn_object(key: str) -> bool:
     """A small object's temp file (`<key>.<uuid hex>.tmp`) that a crash left behind."""
     return _TORN.search(key) is not None
 CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
-BULK_PREFIXES = (f"{INTERNAL}/blobs/", f"{TRASH_PREFIX}/")  # what list_small_objects skips
+QUARANTINE_PREFIX = f"{INTERNAL}/quarantine"
+BULK_PREFIXES = (f"{INTERNAL}/blobs/", f"{TRASH_PREFIX}/", f"{QUARANTINE_PREFIX}/")  # what list_small_objects skips
+_QUARANTINE_NAME = re.compile(r"(xxh128|sha256)-([0-9a-f]{32,64})(\.tar|\.tar\.zst)\.([0-9]{1,20})\.[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,43 @@ def trash_key_blob(key: str) -> tuple[str, str] | None:
     return parse_blob_key(f"{INTERNAL}/blobs/{parts[0]}/{parts[1]}/{parts[2]}")
 
 
+def quarantine_key(blob_id: str, codec: str, now_ns: int) -> str:
+    """Where a repair keeps a damaged copy it moved aside: the id, the codec and the time it
+    was moved (gc's grace period runs from then: a rename keeps the blob's old mtime), and a
+    random part, so two repairs of one id never collide."""
+    algorithm, hexdigest = parse_id(blob_id)
+    return f"{QUARANTINE_PREFIX}/{algorithm}-{hexdigest}{CODEC_SUFFIX[codec]}.{now_ns}.{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    key: str
+    blob_id: str
+    codec: str
+    moved: float  # unix time the copy was moved aside
+    size: int
+
+
+def parse_quarantine_key(key: str, size: int = 0) -> Quarantined | None:
+    """The quarantined copy a key names, None for anything else (the whole name must match)."""
+    prefix, _, name = key.rpartition("/")
+    match = _QUARANTINE_NAME.fullmatch(name) if prefix == QUARANTINE_PREFIX else None
+    if match is None:
+        return None
+    blob_id = f"{match.group(1)}:{match.group(2)}"
+    try:
+        parse_id(blob_id)
+    except ValueError:
+        return None
+    codec = "zstd" if match.group(3) == CODEC_SUFFIX["zstd"] else "none"
+    return Quarantined(key, blob_id, codec, int(match.group(4)) / 1e9, size)
+
+
+DamageCheck = Callable[[BinaryIO, "BlobStat"], bool]
+"""Reads a stored copy (the open file, at offset 0, and its facts); True if it is damaged."""
+Outcome = Literal["moved", "sound", "gone"]
+
+
 class Ingest(ABC):
     """A blob being written. `commit` publishes it under an id; leaving without commit
     discards it."""
@@ -103,9 +146,11 @@ class Ingest(ABC):
     def write(self, data: bytes | memoryview) -> None: ...
 
     @abstractmethod
-    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
         """Publish; returns the blob as stored and whether this copy is the one published
-        (False: the id was already there and the new copy is dropped)."""
+        (False: the id was already there and the new copy is dropped). With `damaged`, a copy
+        already there that it finds damaged is moved into the quarantine (`quarantine`) and
+        this copy is published in its place."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -126,7 +171,42 @@ class BlobStore(ABC):
     def find(self, blob_id: str) -> BlobStat | None: ...
 
     @abstractmethod
-    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]: ...
+    def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
+        """The stored copy of `blob_id` in `codec`; BlobNotFound if there is none."""
+
+    def open_blob(self, blob_id: str, prefer: Callable[[BlobStat], bool] | None = None) -> tuple[BinaryIO, BlobStat]:
+        """The copy readers use: the first copy (`.tar`, then `.tar.zst`) that `prefer`
+        accepts (e.g. the one the index describes), else the first one there is."""
+        fallback: tuple[BinaryIO, BlobStat] | None = None
+        for codec in CODEC_SUFFIX:
+            try:
+                f, found = self.open_copy(blob_id, codec)
+            except BlobNotFound:
+                continue
+            if prefer is None or prefer(found):
+                if fallback is not None:
+                    fallback[0].close()
+                return f, found
+            if fallback is None:
+                fallback = (f, found)
+            else:
+                f.close()
+        if fallback is None:
+            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
+        return fallback
+
+    @abstractmethod
+    def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
+        """Move the copy `blob` names (its id and codec) into the quarantine if `damaged`,
+        reading that very copy, says it is damaged: "moved". "sound" if it is not, "gone" if
+        there is no such copy (any more) or it changed before it could be moved: look again.
+        Blobs are never overwritten (P4): a repair is this move, then a normal publish."""
+
+    def iter_quarantine(self) -> Iterator[Quarantined]:
+        for obj in self.list_objects(QUARANTINE_PREFIX):
+            found = parse_quarantine_key(obj.key, obj.size)
+            if found is not None:
+                yield found
 
     def find_leased(self, blob_id: str) -> BlobStat | None:
         """`find` for a caller that holds a lease on `blob_id`. gc moves a candidate into its
@@ -230,15 +310,73 @@ class LocalBlobStore(BlobStore):
             return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
         return None
 
-    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]:
-        for codec in CODEC_SUFFIX:
-            try:
-                f = open(self._path(blob_key(blob_id, codec)), "rb")
-            except FileNotFoundError:
-                continue
-            st = os.fstat(f.fileno())
-            return f, BlobStat(blob_id, st.st_size, codec, st.st_mtime)
-        raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}")
+    def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
+        """Opened without following a symlink and without blocking on a FIFO; anything but a
+        regular file under a blob's name is CorruptBlob."""
+        path = self._path(blob_key(blob_id, codec))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}") from exc
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise CorruptBlob(f"blob {blob_id}: {path} is a symlink, not a blob") from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise CorruptBlob(f"blob {blob_id}: {path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+
+    def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
+        """Check the open copy, rename its name into the quarantine, then make sure the
+        inode moved is the one checked (another repair may have swapped in a good copy in
+        between: that one is put back). Why this is safe with others at work:
+
+        - a concurrent writer of the id only links when the name is free, and its copy is
+          its own bytes, hashed: whichever good copy ends up under the name is right;
+        - gc: the repairing writer holds a lease on the id, so gc may move it into its trash
+          and back (G4-G6) but never deletes it. A rename that finds the name gone is
+          "gone": the caller looks again and publishes, and gc's put-back then finds the
+          name taken. gc deletes a quarantined copy only after the grace period (from the
+          time in its name), and never reads one as a blob;
+        - a reader that opened the damaged copy keeps reading it (and fails its digest check,
+          as it would have); one that opens the name between the rename and the publish
+          gets BlobNotFound for that moment, as in gc's trash window;
+        - a crash between the rename and the publish leaves the id missing and its damaged
+          copy in the quarantine: no intact byte is lost, and the next persist of the
+          folder writes it (verify says so)."""
+        path = self._path(blob_key(blob.blob_id, blob.codec))
+        try:
+            f, found = self.open_copy(blob.blob_id, blob.codec)
+        except BlobNotFound:
+            return "gone"
+        except CorruptBlob:  # not a regular file: damaged by definition
+            f, found = None, None
+        try:
+            if f is not None and not damaged(f, found):
+                return "sound"
+            checked = os.fstat(f.fileno()) if f is not None else os.lstat(path)
+        except FileNotFoundError:
+            return "gone"
+        finally:
+            if f is not None:
+                f.close()
+        key = quarantine_key(blob.blob_id, blob.codec, time.time_ns())
+        target = self._path(key)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return "gone"
+        moved = os.lstat(target)
+        if (moved.st_dev, moved.st_ino) != (checked.st_dev, checked.st_ino):
+            self._put_back(key, blob.blob_id, blob.codec)
+            return "gone"
+        _fsync_dir(os.path.dirname(target))
+        _fsync_dir(os.path.dirname(path))
+        return "moved"
 
     def begin_ingest(self) -> Ingest:
         os.makedirs(self._tmp, exist_ok=True)
@@ -325,14 +463,22 @@ class LocalBlobStore(BlobStore):
     def restore_from_trash(self, key: str) -> None:
         parsed = trash_key_blob(key)
         if parsed is not None:
-            try:
-                self.publish(self._path(key), *parsed)
-            except FileNotFoundError:  # not in the trash (any more)
-                pass
+            self._put_back(key, *parsed)
+        else:
+            self.delete_object(key)
+
+    def _put_back(self, key: str, blob_id: str, codec: str) -> None:
+        """Publish the object at `key` under its id unless the id exists, then drop `key`."""
+        try:
+            self.publish(self._path(key), blob_id, codec)
+        except FileNotFoundError:  # not there (any more)
+            pass
         self.delete_object(key)
 
-    def publish(self, tmp_path: str, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
-        """Link `tmp_path` to its final name unless the id exists (in either codec).
+    def publish(self, tmp_path: str, blob_id: str, codec: str,
+                damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
+        """Link `tmp_path` to its final name unless the id exists (in either codec) in a
+        copy `damaged` does not refuse (a refused copy is moved into the quarantine first).
 
         The final name is never stat'ed after the link: gc may move it into its trash at
         any instant (and puts it back once it sees the writer's lease). The facts come from
@@ -342,7 +488,9 @@ class LocalBlobStore(BlobStore):
         for _ in range(_PUBLISH_TRIES):
             existing = self.find(blob_id)
             if existing is not None:
-                return existing, False
+                if damaged is None or self.quarantine(existing, damaged) == "sound":
+                    return existing, False
+                continue
             st = os.stat(tmp_path)
             if not os.path.isdir(shard):
                 os.makedirs(shard, exist_ok=True)
@@ -414,13 +562,13 @@ class _LocalIngest(Ingest):
                 sync_file_range(self._file.fileno(), self._kicked, self._written - self._kicked, _SYNC_FILE_RANGE_WRITE)
             self._kicked = self._written
 
-    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
         """fsync, then publish while the file (and its lock, which gc respects) is held."""
         assert self._file is not None
         os.fsync(self._file.fileno())
         os.fchmod(self._file.fileno(), 0o444)
         try:
-            return self._store.publish(self.path, blob_id, codec)
+            return self._store.publish(self.path, blob_id, codec, damaged)
         finally:
             self.abort()
 

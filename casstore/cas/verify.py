@@ -1,9 +1,11 @@
 """verify: is every referenced blob there and intact, and what could gc reclaim?
 
 Damage (`problems`): a referenced blob missing; a stored size that disagrees with the index;
-with `deep`, content that does not hash to its id or whose uncompressed size is wrong; an
-archive that does not read; an index row without blob facts. Reclaimable: blobs nothing
-references, temp files of interrupted writes, expired leases."""
+a second copy (the other codec) that disagrees with the facts; damage a load or an earlier
+`--deep` recorded and no writer has repaired yet; with `deep`, content that does not hash
+to its id or whose uncompressed size is wrong; an archive that does not read; an index row
+without blob facts. Reclaimable: blobs nothing references, temp files of interrupted writes,
+expired leases, damaged copies a repair moved into the quarantine."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from casstore.cas.blobs import CODEC_SUFFIX, BlobStat
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.contentstore import ContentStore, cheap_damage, rehash_damage
+from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, describes, parse_damage_key, read_damage
 from casstore.cas.index import BlobFacts, Index
 from casstore.cas.leases import read_leases
 from casstore.cas.roots import leftovers, live_blob_ids, named_refs
@@ -57,9 +60,15 @@ def verify(index: Index, store: ContentStore, *, deep: bool = False,
         if named.blob_id not in facts and found and named.size is not None:
             facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
+    quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
+    recorded = _damage_recorded(store)
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
-        problem = _check_blob(store, blob_id, _described(copies.get(blob_id, []), known), known, deep, progress, trashed)
+        found = copies.get(blob_id, [])
+        described = _described(found, known)
+        problem = _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
+            or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
+            or (None if deep else _check_recorded(store, blob_id, described, recorded))
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
         report.blobs_checked += 1
@@ -91,10 +100,13 @@ def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | No
 
 
 def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known: BlobFacts | None,
-                deep: bool, progress: Callable[[int], None] | None, trashed: set[str]) -> tuple[str, str] | None:
+                deep: bool, progress: Callable[[int], None] | None, trashed: set[str],
+                quarantined: bool = False) -> tuple[str, str] | None:
     if found is None:
         hint = " (it is in the trash of an interrupted gc: run `casstore gc` to restore it)" \
-            if any(blob_id.split(":")[1][2:] in t for t in trashed) else ""
+            if any(blob_id.split(":")[1][2:] in t for t in trashed) else \
+            " (a damaged copy of it is in casstore/quarantine: persist the folder again to store it)" \
+            if quarantined else ""
         return "missing", f"blob not in the datastore{hint}"
     if known is None:
         return "facts", "the index has no facts (size, codec) for this referenced blob"
@@ -103,20 +115,56 @@ def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known
     if known.codec != found.codec:
         return "facts", f"stored as {found.codec}, index says {known.codec}"
     if deep:
-        return _rehash(store, blob_id, known.size, progress)
+        return _rehash(store, blob_id, known, progress)
     return None
 
 
-def _rehash(store: ContentStore, blob_id: str, size: int, progress: Callable[[int], None] | None) -> tuple[str, str] | None:
+def _damage_recorded(store: ContentStore) -> set[str]:
+    """The ids with a damage record, from one listing of the records' folder."""
+    return {b for o in store.blobs.list_objects(DAMAGE_PREFIX) if (b := parse_damage_key(o.key)) is not None}
+
+
+def _check_recorded(store: ContentStore, blob_id: str, copy: BlobStat | None,
+                    recorded: set[str]) -> tuple[str, str] | None:
+    """Damage a load or an earlier `--deep` recorded for the copy that is there now."""
+    record: DamageRecord | None = read_damage(store.blobs, blob_id) if blob_id in recorded and copy else None
+    if record is None or copy is None or not describes(record, copy):
+        return None
+    return "damaged", (f"a read found it damaged ({record.reason}: {record.detail}); persisting the folder "
+                       f"again repairs it, `casstore verify --deep` checks it again")
+
+
+def _check_other_copies(store: ContentStore, others: list[BlobStat], known: BlobFacts | None,
+                        deep: bool) -> tuple[str, str] | None:
+    """A second copy of a referenced blob (the other codec, left by two writers racing or
+    planted) that fails the facts: readers that do not know the facts could take it."""
+    for copy in others:
+        try:
+            f, copy = store.blobs.open_copy(copy.blob_id, copy.codec)
+        except CorruptBlob as exc:
+            return "copy", f"second copy ({CODEC_SUFFIX[copy.codec]}): {exc}"
+        except FileNotFoundError:
+            continue
+        size = known.size if known else None
+        with f:
+            wrong = cheap_damage(f, copy, size, None) or (rehash_damage(f, copy, size) if deep else None)
+        if wrong is not None:
+            return "copy", f"second copy ({CODEC_SUFFIX[copy.codec]}) is damaged: {wrong}"
+    return None
+
+
+def _rehash(store: ContentStore, blob_id: str, known: BlobFacts,
+            progress: Callable[[int], None] | None) -> tuple[str, str] | None:
+    size = known.size
     try:
-        with store.open_tar(blob_id, size) as reader:
+        with store.open_tar(blob_id, size, known) as reader:
             reader.verify()
             if progress is not None:
                 progress(reader.count)
     except CorruptBlob as exc:
         return exc.reason, str(exc)
     try:
-        store.members(blob_id, size)
+        store.members(blob_id, size, known)
     except (CorruptBlob, UnsafeArchive) as exc:
         return "unreadable", str(exc)
     return None
@@ -133,4 +181,5 @@ def reclaimable(index: Index, store: ContentStore,
     items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
     items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
               for lease in read_leases(store.blobs) if lease.expired(now)]
+    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved) for q in store.blobs.iter_quarantine()]
     return items
