@@ -518,3 +518,14 @@ def test_the_next_persist_moves_a_planted_tar_beside_an_intact_tar_zst_aside(tmp
     assert [b for b, _data in quarantined(project)] == [blob_id]
     assert verify(s.index, project.store(), deep=True).problems == []
     assert_loads(project, s, e, aged_src)
+
+
+def test_verify_deep_drops_a_damage_record_its_reread_refutes(tmp_path, aged_src):
+    project, s = cached_project(tmp_path, "none")
+    blob_id = persist_folder(s, aged_src).fields.data.blob_id
+    blobs = project.store().blobs
+    record_damage(blobs, blobs.find(blob_id), "size", "a reference with a wrong size")
+    assert [p.kind for p in verify(s.index, project.store()).problems] == ["damaged"]
+    assert verify(s.index, project.store(), deep=True).problems == []
+    assert read_damage(blobs, blob_id) is None
+    assert verify(s.index, project.store()).problems == []

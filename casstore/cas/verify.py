@@ -9,17 +9,20 @@ expired leases, damaged copies a repair moved into the quarantine."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from casstore.cas.blobs import CODEC_SUFFIX, BlobStat
 from casstore.cas.contentstore import ContentStore, cheap_damage, rehash_damage
-from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, describes, parse_damage_key, read_damage
+from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index import BlobFacts, Index
 from casstore.cas.leases import read_leases
 from casstore.cas.roots import leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, UnsafeArchive
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Problem:
@@ -71,6 +74,8 @@ def verify(index: Index, store: ContentStore, *, deep: bool = False,
             or (None if deep else _check_recorded(store, blob_id, described, recorded))
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
+        elif deep and blob_id in recorded:
+            _drop_refuted_record(store, blob_id)
         report.blobs_checked += 1
     report.reclaimable = reclaimable(index, store, copies)
     return report
@@ -122,6 +127,15 @@ def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known
 def _damage_recorded(store: ContentStore) -> set[str]:
     """The ids with a damage record, from one listing of the records' folder."""
     return {b for o in store.blobs.list_objects(DAMAGE_PREFIX) if (b := parse_damage_key(o.key)) is not None}
+
+
+def _drop_refuted_record(store: ContentStore, blob_id: str) -> None:
+    """`--deep` re-read every copy of the blob and each read correctly: the damage recorded
+    for it (a false record, or a repair interrupted before it dropped it) is refuted."""
+    try:
+        clear_damage(store.blobs, blob_id)
+    except OSError as exc:  # a read-only datastore: the record stays, verify says so again
+        log.warning("could not drop the damage record of %s: %s", blob_id, exc)
 
 
 def _check_recorded(store: ContentStore, blob_id: str, copy: BlobStat | None,
