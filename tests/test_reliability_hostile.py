@@ -529,3 +529,15 @@ def test_verify_deep_drops_a_damage_record_its_reread_refutes(tmp_path, aged_src
     assert verify(s.index, project.store(), deep=True).problems == []
     assert read_damage(blobs, blob_id) is None
     assert verify(s.index, project.store()).problems == []
+
+
+def test_a_symlink_planted_as_a_tar_beside_an_intact_tar_zst_is_skipped_by_loads_and_moved_aside(tmp_path, aged_src):
+    project, s = cached_project(tmp_path, "zstd")
+    e = persist_folder(s, aged_src)
+    blob_id = e.fields.data.blob_id
+    os.symlink("/dev/zero", stored_path(project, blob_id, "none"))
+    assert_loads(project, s, e, aged_src)
+    assert [(p.kind, p.blob) for p in verify(s.index, project.store()).problems] == [("copy", blob_id)]
+    persist_folder(s, aged_src)
+    assert not os.path.lexists(stored_path(project, blob_id, "none"))
+    assert verify(s.index, project.store(), deep=True).problems == []

@@ -176,12 +176,17 @@ class BlobStore(ABC):
 
     def open_blob(self, blob_id: str, prefer: Callable[[BlobStat], bool] | None = None) -> tuple[BinaryIO, BlobStat]:
         """The copy readers use: the first copy (`.tar`, then `.tar.zst`) that `prefer`
-        accepts (e.g. the one the index describes), else the first one there is."""
+        accepts (e.g. the one the index describes), else the first one there is. A name
+        that holds no regular file is skipped, and its CorruptBlob raised if nothing else is."""
         fallback: tuple[BinaryIO, BlobStat] | None = None
+        unusable: CorruptBlob | None = None
         for codec in CODEC_SUFFIX:
             try:
                 f, found = self.open_copy(blob_id, codec)
             except BlobNotFound:
+                continue
+            except CorruptBlob as exc:
+                unusable = unusable or exc
                 continue
             if prefer is None or prefer(found):
                 if fallback is not None:
@@ -192,7 +197,7 @@ class BlobStore(ABC):
             else:
                 f.close()
         if fallback is None:
-            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
+            raise unusable or BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
         return fallback
 
     @abstractmethod

@@ -208,10 +208,11 @@ class FsspecBlobStore(BlobStore):
         return "moved"
 
     def _identity(self, key: str) -> tuple[int, float, str] | None:
-        """(size, mtime, ETag) of an object; the ETag is empty where the backend has none."""
+        """(size, mtime, ETag) of an object. Other fsspec backends: the size alone (their
+        mtimes may be missing, and then read as now)."""
         if not self.s3:
             found = self._head(key)
-            return None if found is None else (found[0], found[1], "")
+            return None if found is None else (found[0], 0.0, "")
         try:
             head = self._call("head_object", Key=self._key(key))
         except FileNotFoundError:
