@@ -345,10 +345,12 @@ def verify(project: Project, deep: bool) -> None:
 
     Damage (exit 1): a referenced blob missing, of the wrong size, with --deep of the wrong
     digest, an archive that does not read, index facts that disagree with the store or are
-    not facts, fields and reference rows that name different blobs, fields that do not decode,
-    a file in the blobs folder that is not a blob (foreign).
+    not facts, a second copy that disagrees with them, damage a load recorded and no persist
+    has repaired yet, fields and reference rows that name different blobs, fields that do not
+    decode, a file in the blobs folder that is not a blob (foreign).
     Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases,
-    reference rows of experiments that no longer exist."""
+    damaged copies a repair moved into the quarantine, reference rows of experiments that no
+    longer exist."""
     from casstore.cas.verify import verify as run_verify
     from casstore.session import field_roots
 
@@ -545,7 +547,7 @@ def cat(project: Project, blob: str) -> None:
     sys.stdout.flush()
     out = sys.stdout.buffer  # binary-safe (click.get_binary_stream is deprecated in click 8.5)
     try:
-        with project.store.open_tar(blob, facts.size if facts else None) as reader:
+        with project.store.open_tar(blob, facts.size if facts else None, facts) as reader:
             while chunk := reader.read(CHUNK):
                 out.write(chunk)
             reader.verify()

@@ -111,7 +111,7 @@ class Session:
         failures, done = [], []
         for path, blob_id, size, archive in jobs:
             try:
-                store.extract(blob_id, target, size=size)
+                store.extract(blob_id, target, size=size, recorded=self.index.blob_facts(blob_id))
             except (CasStoreError, OSError) as exc:
                 failures.append(FieldFailure(str(experiment.id_experiment), path, str(blob_id), exc))
                 continue
@@ -155,7 +155,8 @@ class Session:
         if archive.src_dir is not None:
             codec, level = runtime.codec_and_level()
             info = store.put_dir(archive.src_dir, archive.params.arc_dir, archive.params.include,
-                                 archive.params.exclude, lease=lease, codec=codec, level=level)
+                                 archive.params.exclude, lease=lease, codec=codec, level=level,
+                                 recorded=self.index.blob_facts)
             archive.stored(info)
             return BlobFacts(info.blob_id, info.size, info.stored_size, info.codec)
         lease.add(archive.blob_id)

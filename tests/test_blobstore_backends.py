@@ -28,7 +28,7 @@ from casstore.cas.index import DATASTORE_KEY, Index
 from casstore.cas.leases import Lease
 from casstore.cas.registry import registered
 from casstore.cas.verify import verify
-from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
+from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, LoadError, UnreadableObject
 from casstore.session import field_roots
 from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
@@ -410,6 +410,85 @@ class BlobStoreContract:
         assert again.blob_id == stat.blob_id and again.stored_size == size
         assert read_blob(store, stat.blob_id) == data
 
+    # damaged copies: the quarantine (issue 11, item 6)
+
+    def test_a_commit_moves_a_copy_its_check_finds_damaged_into_the_quarantine_and_publishes_its_own(self, store):
+        good = payload(3000, seed=40)
+        blob_id = digest_bytes(good)
+        ingest(store, b"planted garbage", blob_id=blob_id)
+        checked = []
+
+        def damaged(f, copy):
+            checked.append((copy.blob_id, copy.codec, f.read()))
+            return checked[-1][2] != good
+
+        with store.begin_ingest() as ing:
+            ing.write(good)
+            stat, new = ing.commit(blob_id, "none", damaged)
+        assert new is True and stat.stored_size == len(good)
+        assert checked == [(blob_id, "none", b"planted garbage")]
+        assert read_blob(store, blob_id) == good
+        [moved] = list(store.iter_quarantine())
+        assert (moved.blob_id, moved.codec, moved.size) == (blob_id, "none", len(b"planted garbage"))
+        assert time.time() - 60 <= moved.moved <= time.time() + 1
+        assert store.get_object(moved.key, max_bytes=1 << 20) == b"planted garbage"
+        assert keys(store, TMP_PREFIX) == []
+
+    def test_a_commit_keeps_a_copy_its_check_finds_sound(self, store):
+        data = payload(3000, seed=41)
+        first, _new = ingest(store, data)
+        with store.begin_ingest() as ing:
+            ing.write(data)
+            stat, new = ing.commit(first.blob_id, "none", lambda f, copy: f.read() != data)
+        assert new is False and stat.stored_size == len(data)
+        assert list(store.iter_quarantine()) == []
+        assert keys(store) == [blob_key(first.blob_id, "none")]
+
+    def test_quarantine_of_a_copy_that_is_not_there_is_gone(self, store):
+        stat, _new = ingest(store, payload(100, seed=42))
+        store.delete_blob(stat.blob_id, "none")
+        assert store.quarantine(stat, lambda f, copy: True) == "gone"
+        assert list(store.iter_quarantine()) == []
+
+    def test_quarantine_never_moves_a_copy_replaced_while_it_was_checked(self, store):
+        """Another repair published the good bytes while this one read the damaged copy:
+        the good copy stays under the id, and nothing of it lands in the quarantine."""
+        good = payload(3000, seed=43)
+        blob_id = digest_bytes(good)
+        damaged_copy, _new = ingest(store, b"rotten", blob_id=blob_id)
+
+        def replaced_meanwhile(f, copy):
+            store.delete_blob(blob_id, "none")
+            ingest(store, good)
+            return True
+
+        assert store.quarantine(damaged_copy, replaced_meanwhile) == "gone"
+        assert read_blob(store, blob_id) == good
+        assert list(store.iter_quarantine()) == []
+
+    def test_open_blob_prefers_the_copy_the_caller_describes(self, store):
+        data = payload(4000, seed=44)
+        blob_id = digest_bytes(data)
+        ingest(store, b"zstd copy", codec="zstd", blob_id=blob_id)
+        store.put_object(blob_key(blob_id, "none"), data)  # a second copy, as two racing writers leave
+        for codec, expected in (("zstd", b"zstd copy"), ("none", data)):
+            f, found = store.open_blob(blob_id, lambda copy, codec=codec: copy.codec == codec)
+            with f:
+                assert (found.codec, f.read()) == (codec, expected)
+        f, found = store.open_blob(blob_id, lambda copy: False)  # none matches: the first there is
+        with f:
+            assert found.codec == "none"
+
+    def test_quarantined_copies_are_not_small_objects_nor_blobs(self, store):
+        good = payload(500, seed=45)
+        ingest(store, b"bad", blob_id=digest_bytes(good))
+        with store.begin_ingest() as ing:
+            ing.write(good)
+            ing.commit(digest_bytes(good), "none", lambda f, copy: True)
+        assert [o.key for o in store.list_small_objects()] == []
+        assert [b.blob_id for b in store.iter_blobs()] == [digest_bytes(good)]
+        assert len(list(store.iter_quarantine())) == 1
+
     # leftovers of interrupted writes
 
     def test_a_leftover_of_an_interrupted_write_is_deleted(self, store):
@@ -776,7 +855,7 @@ class SessionContract:
         store, index = self._store(url), Index.open(db)
         listed: list[str] = []
         real = store.blobs.list_objects
-        monkeypatch.setattr(store.blobs, "list_objects", lambda prefix: listed.append(prefix) or real(prefix))
+        monkeypatch.setattr(store.blobs, "list_objects", lambda prefix, *more: listed.append(prefix) or real(prefix, *more))
         for run in (lambda: collect(index, store, field_roots=field_roots, grace_s=0),
                     lambda: verify(index, store, field_roots=field_roots)):
             listed.clear()
@@ -810,6 +889,35 @@ class SessionContract:
         assert [(p.kind, p.blob) for p in verify(index, store, field_roots=field_roots).problems] == [("missing", b1)]
         deep = sorted((p.kind, p.blob) for p in verify(index, store, field_roots=field_roots, deep=True).problems)
         assert deep == sorted([("missing", b1), ("digest", b2)])
+        index.dispose()
+        s.index.dispose()
+
+    def test_a_damaged_blob_seen_by_a_load_is_repaired_by_the_next_persist_and_gc_reclaims_its_copy(
+            self, project, workdir):
+        db, url = project
+        s = create_session(db)
+        src = _make_folder(workdir / "datasets", seed=11)
+        e = s.create_experiment("one", data=ArchiveStore(src_dir=src, arc_dir="d"))
+        e.persist()
+        store, index = self._store(url), Index.open(db)
+        blob_id = e.fields.data.blob_id
+        data = bytearray(read_blob(store.blobs, blob_id))
+        data[len(data) // 2] ^= 0xFF  # bit rot: same size, other bytes
+        store.blobs.delete_blob(blob_id, "none")
+        store.blobs.put_object(blob_key(blob_id, "none"), bytes(data))
+        with pytest.raises(LoadError):
+            s.load_experiment("one")
+        s.create_experiment("two", data=ArchiveStore(src_dir=src, arc_dir="d")).persist()
+        for name in ("one", "two"):
+            loaded = s.load_experiment(name)
+            assert file_tree(workdir / "mltraq.archivestore" / str(loaded.id_experiment) / "d") == file_tree(src)
+        [moved] = list(store.blobs.iter_quarantine())
+        assert store.blobs.get_object(moved.key, max_bytes=1 << 30) == bytes(data)
+        report = verify(index, store, field_roots=field_roots, deep=True)
+        assert report.problems == [] and [r.kind for r in report.reclaimable] == ["quarantined"]
+        assert collect(index, store, field_roots=field_roots, grace_s=3600).deleted == []
+        assert [d.kind for d in collect(index, store, field_roots=field_roots, grace_s=0).deleted] == ["quarantined"]
+        assert list(store.blobs.iter_quarantine()) == [] and verify(index, store, field_roots=field_roots).reclaimable == []
         index.dispose()
         s.index.dispose()
 

@@ -265,3 +265,66 @@ def test_both_codecs_of_one_id_left_by_racing_writers_are_not_reported_as_damage
     unreferenced = [r for r in verify(s.index, project.store(), field_roots=field_roots).reclaimable
                     if r.kind == "unreferenced"]
     assert sorted(r.bytes for r in unreferenced) == sorted(b.stored_size for b in store.blobs.iter_blobs())
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_writers_repairing_one_damaged_blob_at_once_with_gc_looping_all_succeed(tmp_path, codec):
+    """Six writers of one folder whose blob is garbage under its id, and gc looping at grace 0
+    meanwhile: every writer gets the id, the id ends with one copy that reads correctly, and
+    no quarantined copy is a good one (docs/datastore.md, "Damaged blobs")."""
+    import threading
+
+    from casstore.cas.blobs import blob_key
+    from casstore.cas.digest import digest_bytes
+    from casstore.cas.gc import collect
+    from casstore.cas.tarball import scan, tar_bytes
+
+    project = rw.Project(tmp_path / "p")
+    src = str(tmp_path / "src")
+    make_folder(src, 7, big=1 << 18)
+    s = project.session()
+    store = project.store()
+    store.blobs.ensure_format()
+    tar = tar_bytes(scan(src, "data"))
+    blob_id = digest_bytes(tar)
+    planted = os.path.join(project.datastore, *blob_key(blob_id, codec).split("/"))
+    os.makedirs(os.path.dirname(planted))
+    with open(planted, "wb") as f:
+        f.write(b"planted " * 5000)
+    start, stop = threading.Barrier(6), threading.Event()
+    results, errors = [], []
+
+    def writer():
+        try:
+            with store.lease() as lease:
+                start.wait()
+                results.append(store.put_dir(src, "data", lease=lease, codec=codec).blob_id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def gc_loop():
+        while not stop.is_set():
+            try:
+                collect(s.index, store, field_roots=field_roots, grace_s=0)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    collector = threading.Thread(target=gc_loop)
+    with store.lease() as keep:  # the id stays live until gc has stopped: no gc ever takes it
+        keep.add(blob_id)
+        collector.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        collector.join()
+    assert errors == [] and results == [blob_id] * 6
+    stored = [b for b in store.blobs.iter_blobs() if b.blob_id == blob_id]
+    assert len(stored) == 1
+    assert store.check(blob_id, len(tar)) == len(tar)
+    for q in store.blobs.iter_quarantine():
+        with open(os.path.join(project.datastore, *q.key.split("/")), "rb") as f:
+            assert f.read() == b"planted " * 5000

@@ -24,18 +24,21 @@ import os
 import stat
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import zstandard
-from helpers import deadline, run_casstore, run_cli, write
+from helpers import deadline, file_tree, make_folder, run_casstore, run_cli, write
 
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
 from casstore.cas.blobs import blob_key
 from casstore.cas.contentstore import BlobInfo
-from casstore.cas.digest import DEFAULT_ALGORITHM, hasher_id, new_hasher, parse_id
+from casstore.cas.damage import read_damage, record_damage
+from casstore.cas.digest import DEFAULT_ALGORITHM, digest_bytes, hasher_id, new_hasher, parse_id
 from casstore.cas.roots import MAX_REF_BYTES
-from casstore.cas.tarball import DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding
+from casstore.cas.tarball import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
+                                  tar_bytes)
 from casstore.cas.verify import verify
 from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnreadableObject, UnsafeArchive
 from casstore.session import parse_experiment_id
@@ -147,7 +150,8 @@ class Victim:
 
     def snapshot(self, exclude: str) -> dict:
         """Every path under tmp_path with its facts, except `exclude` (the target), the
-        database files and the caches: what a load may not change."""
+        database files, the caches and the datastore's damage records (a load records the
+        damage it finds, docs/datastore.md): what a load may not change."""
         out = {}
         for dirpath, dirs, files in os.walk(self.tmp_path):
             if os.path.abspath(dirpath) == os.path.abspath(exclude):
@@ -156,7 +160,7 @@ class Victim:
             for name in dirs + files:
                 path = os.path.join(dirpath, name)
                 if os.path.abspath(path) == os.path.abspath(exclude) or name.startswith("project.db") \
-                        or "statcache" in name or "/cache" in path:
+                        or "statcache" in name or "/cache" in path or "/casstore/damaged" in path:
                     continue
                 st = os.lstat(path)
                 facts = (stat.S_IFMT(st.st_mode),) if stat.S_ISDIR(st.st_mode) else \
@@ -692,7 +696,9 @@ def test_a_fifo_in_the_datastore_hangs_neither_verify_nor_gc(tmp_path, place):
     os.mkfifo(fifo)
     backdate(fifo)
     with deadline(30):
-        assert json.loads(run_cli(*on(project, "verify", "--json")).stdout)["problems"] == []
+        foreign = place == "blobs"  # under a blob's name: not a blob, reported for someone to look at
+        report = json.loads(run_cli(*on(project, "verify", "--json"), code=1 if foreign else 0).stdout)
+        assert [p["kind"] for p in report["problems"]] == (["foreign"] if foreign else [])
         run_cli(*on(project, "gc", "--grace", "0"))
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert_kept_loads(project, e)
@@ -781,3 +787,200 @@ def test_a_registry_entry_over_its_bound_stops_gc_unread(tmp_path):
     result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
     assert os.path.basename(entry).removesuffix(".json") in result.stderr and result.stderr.count("\n") == 1
     assert os.path.exists(project.blob_path(e.fields.data.blob_id))
+
+
+# --------------------------------------------------------------------------- damage under an id (issue 11, item 6)
+#
+# Dedup must not trust whatever file holds a blob's name: garbage planted under a predictable
+# id, bit rot in a stored blob, a planted `.tar` beside an intact `.tar.zst`. A writer that
+# holds the bytes moves a copy it shows damaged into the quarantine and publishes its own; a
+# read that finds damage records it, so that the next writer knows.
+
+
+@pytest.fixture(scope="module")
+def aged_src(tmp_path_factory):
+    """A folder whose listing the stat cache keeps (files an hour old, ctimes over a second
+    old): a second persist of it is a stat-cache hit, which reads no file."""
+    root = tmp_path_factory.mktemp("aged") / "src"
+    make_folder(root, {"d.txt": b"data field " * 100, "sub/e.bin": bytes(range(256)) * 40})
+    old = time.time() - 3600
+    for path in root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+    time.sleep(1.2)
+    return str(root)
+
+
+def cached_project(tmp_path, codec: str):
+    project = rw.Project(tmp_path / "p", statcache=True)
+    s = project.session()
+    options().set("archivestore.codec", codec)
+    return project, s
+
+
+def persist_folder(s, src: str, name: str | None = None):
+    e = s.create_experiment(name or f"e-{uuid.uuid4().hex[:6]}", data=ArchiveStore(src_dir=src, arc_dir="data"))
+    e.persist()
+    return e
+
+
+def stored_path(project, blob_id: str, codec: str) -> str:
+    return os.path.join(project.datastore, *blob_key(blob_id, codec).split("/"))
+
+
+def plant(path: str, data: bytes) -> None:
+    """Put `data` under a blob's name, as someone with write access to the datastore would."""
+    if os.path.exists(path):
+        os.chmod(path, 0o644)
+        os.unlink(path)
+    write(path, data, 0o444)
+
+
+def flip_a_byte(path: str) -> bytes:
+    """Bit rot: one byte in the middle of a stored blob changes, the size stays."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0x55
+        f.seek(0)
+        f.write(data)
+    os.chmod(path, 0o444)
+    return bytes(data)
+
+
+def assert_loads(project, s, e, src: str) -> None:
+    loaded = s.load_experiment(e.name)
+    assert file_tree(os.path.join(project.target(loaded), "data")) == file_tree(src)
+
+
+def quarantined(project) -> list[tuple[str, bytes]]:
+    return [(q.blob_id, (Path(project.datastore) / q.key).read_bytes())
+            for q in project.store().blobs.iter_quarantine()]
+
+
+def garbage(kind: str, tar: bytes) -> bytes:
+    return {"short": b"garbage " * 100,
+            "same-size": bytes(len(tar)),                      # size right, first block wrong
+            "not-zstd": b"garbage " * 100,
+            "other-frame": zstandard.compress(bytes(len(tar)))}[kind]  # a zstd frame of the right size
+
+
+@pytest.mark.parametrize("codec, kind", [("none", "short"), ("none", "same-size"),
+                                         ("zstd", "not-zstd"), ("zstd", "other-frame")])
+def test_garbage_planted_under_a_predictable_id_is_replaced_by_the_next_persist(tmp_path, aged_src, codec, kind):
+    project, s = cached_project(tmp_path, codec)
+    tar = tar_bytes(scan(aged_src, "data"))
+    blob_id = digest_bytes(tar)
+    bad = garbage(kind, tar)
+    plant(stored_path(project, blob_id, codec), bad)
+    e = persist_folder(s, aged_src)
+    assert e.fields.data.blob_id == blob_id
+    assert_loads(project, s, e, aged_src)
+    assert quarantined(project) == [(blob_id, bad)]
+    report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
+    assert report.problems == []
+    assert [r.kind for r in report.reclaimable] == ["quarantined"]
+
+
+@pytest.mark.parametrize("seen_by", ["load", "verify --deep"])
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_bit_rot_seen_by_a_read_is_repaired_by_the_next_persist_of_the_folder(tmp_path, aged_src, codec, seen_by):
+    """The second persist is a stat-cache hit: the damage recorded by the read makes it
+    archive the folder again, move the rotten copy aside and publish the good bytes."""
+    project, s = cached_project(tmp_path, codec)
+    e = persist_folder(s, aged_src)
+    blob_id = e.fields.data.blob_id
+    rotten = flip_a_byte(stored_path(project, blob_id, codec))
+    if seen_by == "load":
+        with pytest.raises(LoadError) as info:
+            s.load_experiment(e.name)
+        assert isinstance(info.value.failures[0].error, CorruptBlob)
+    else:
+        assert [p.blob for p in verify(s.index, project.store(), field_roots=field_roots, deep=True).problems] == [blob_id]
+    assert read_damage(project.store().blobs, blob_id) is not None
+    assert [p.kind for p in verify(s.index, project.store(), field_roots=field_roots).problems] == ["damaged"]  # known, even without --deep
+    again = persist_folder(s, aged_src)
+    assert again.fields.data.blob_id == blob_id
+    assert_loads(project, s, e, aged_src)
+    assert_loads(project, s, again, aged_src)
+    assert quarantined(project) == [(blob_id, rotten)]
+    assert read_damage(project.store().blobs, blob_id) is None
+    assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
+
+
+def test_a_damage_record_for_an_intact_blob_replaces_nothing(tmp_path, aged_src):
+    """A record is only a reason to read: anyone who can write the datastore can write one,
+    and a copy that reads correctly stays where it is (same file), the record goes."""
+    project, s = cached_project(tmp_path, "none")
+    e = persist_folder(s, aged_src)
+    blob_id = e.fields.data.blob_id
+    path = stored_path(project, blob_id, "none")
+    inode = os.stat(path).st_ino
+    blobs = project.store().blobs
+    record_damage(blobs, blobs.find(blob_id), "digest", "a false report")
+    persist_folder(s, aged_src)
+    assert os.stat(path).st_ino == inode
+    assert quarantined(project) == []
+    assert read_damage(blobs, blob_id) is None
+
+
+def planted_tar_beside_zstd(tmp_path, aged_src):
+    project, s = cached_project(tmp_path, "zstd")
+    e = persist_folder(s, aged_src)
+    blob_id = e.fields.data.blob_id
+    tar = tar_bytes(scan(aged_src, "data"))
+    plant(stored_path(project, blob_id, "none"), tar[:512] + bytes(len(tar) - 512))  # right size and header
+    return project, s, e, blob_id
+
+
+def test_a_planted_tar_beside_an_intact_tar_zst_does_not_break_loads(tmp_path, aged_src):
+    project, s, e, _blob_id = planted_tar_beside_zstd(tmp_path, aged_src)
+    assert_loads(project, s, e, aged_src)
+
+
+def test_verify_reports_a_planted_tar_beside_an_intact_tar_zst_as_damage(tmp_path, aged_src):
+    project, s, _e, blob_id = planted_tar_beside_zstd(tmp_path, aged_src)
+    problems = verify(s.index, project.store(), field_roots=field_roots, deep=True).problems
+    assert [(p.kind, p.blob) for p in problems] == [("copy", blob_id)]
+    assert "second copy (.tar)" in problems[0].detail
+
+
+def test_verify_without_deep_reports_a_planted_tar_of_the_wrong_size_beside_an_intact_tar_zst(tmp_path, aged_src):
+    project, s = cached_project(tmp_path, "zstd")
+    blob_id = persist_folder(s, aged_src).fields.data.blob_id
+    plant(stored_path(project, blob_id, "none"), b"garbage")
+    assert [(p.kind, p.blob) for p in verify(s.index, project.store(), field_roots=field_roots).problems] == [("copy", blob_id)]
+
+
+def test_the_next_persist_moves_a_planted_tar_beside_an_intact_tar_zst_aside(tmp_path, aged_src):
+    project, s, e, blob_id = planted_tar_beside_zstd(tmp_path, aged_src)
+    persist_folder(s, aged_src)
+    assert not os.path.exists(stored_path(project, blob_id, "none"))
+    assert [b for b, _data in quarantined(project)] == [blob_id]
+    assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
+    assert_loads(project, s, e, aged_src)
+
+
+def test_verify_deep_drops_a_damage_record_its_reread_refutes(tmp_path, aged_src):
+    project, s = cached_project(tmp_path, "none")
+    blob_id = persist_folder(s, aged_src).fields.data.blob_id
+    blobs = project.store().blobs
+    record_damage(blobs, blobs.find(blob_id), "size", "a reference with a wrong size")
+    assert [p.kind for p in verify(s.index, project.store(), field_roots=field_roots).problems] == ["damaged"]
+    assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
+    assert read_damage(blobs, blob_id) is None
+    assert verify(s.index, project.store(), field_roots=field_roots).problems == []
+
+
+def test_a_symlink_planted_as_a_tar_beside_an_intact_tar_zst_is_skipped_by_loads_and_moved_aside(tmp_path, aged_src):
+    project, s = cached_project(tmp_path, "zstd")
+    e = persist_folder(s, aged_src)
+    blob_id = e.fields.data.blob_id
+    planted = stored_path(project, blob_id, "none")
+    os.symlink("/dev/zero", planted)
+    assert_loads(project, s, e, aged_src)
+    problems = verify(s.index, project.store(), field_roots=field_roots).problems
+    assert [p.kind for p in problems] == ["foreign"] and os.path.basename(planted) in problems[0].detail
+    persist_folder(s, aged_src)
+    assert not os.path.lexists(stored_path(project, blob_id, "none"))
+    assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []

@@ -8,6 +8,8 @@ Layout of a datastore (docs/datastore.md):
     casstore/tmp/<random>.partial                ingests in progress (or interrupted)
     casstore/leases/<lease id>.json              blobs a writer is about to reference
     casstore/registry/<key>.json                 databases that reference blobs here
+    casstore/damaged/<algo>/<hex>.json           damage a reader saw in a blob (damage.py)
+    casstore/quarantine/<algo>-<hex><suffix>.<ns>.<uuid hex>   damaged copies a repair moved aside
     <prefix>/<uuid hex>                          named references (ArchiveStoreIO.create)
 
 `BlobStore` is the interface every backend implements; `LocalBlobStore` is the local folder.
@@ -23,10 +25,11 @@ import os
 import re
 import stat
 import sys
+import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
 from casstore.cas.digest import parse_id
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
@@ -52,7 +55,9 @@ def is_torn_object(key: str) -> bool:
 
 
 CODEC_SUFFIX = {"none": ".tar", "zstd": ".tar.zst"}
-BULK_PREFIXES = (f"{INTERNAL}/blobs/", f"{TRASH_PREFIX}/")  # what list_small_objects skips
+QUARANTINE_PREFIX = f"{INTERNAL}/quarantine"
+BULK_PREFIXES = (f"{INTERNAL}/blobs/", f"{TRASH_PREFIX}/", f"{QUARANTINE_PREFIX}/")  # what list_small_objects skips
+_QUARANTINE_NAME = re.compile(r"(xxh128|sha256)-([0-9a-f]{32,64})(\.tar|\.tar\.zst)\.([0-9]{1,20})\.[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,43 @@ def checked_blob_key(blob: BlobStat) -> str:
     return blob.key
 
 
+def quarantine_key(blob_id: str, codec: str, now_ns: int) -> str:
+    """Where a repair keeps a damaged copy it moved aside: the id, the codec and the time it
+    was moved (gc's grace period runs from then: a rename keeps the blob's old mtime), and a
+    random part, so two repairs of one id never collide."""
+    algorithm, hexdigest = parse_id(blob_id)
+    return f"{QUARANTINE_PREFIX}/{algorithm}-{hexdigest}{CODEC_SUFFIX[codec]}.{now_ns}.{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    key: str
+    blob_id: str
+    codec: str
+    moved: float  # unix time the copy was moved aside
+    size: int
+
+
+def parse_quarantine_key(key: str, size: int = 0) -> Quarantined | None:
+    """The quarantined copy a key names, None for anything else (the whole name must match)."""
+    prefix, _, name = key.rpartition("/")
+    match = _QUARANTINE_NAME.fullmatch(name) if prefix == QUARANTINE_PREFIX else None
+    if match is None:
+        return None
+    blob_id = f"{match.group(1)}:{match.group(2)}"
+    try:
+        parse_id(blob_id)
+    except ValueError:
+        return None
+    codec = "zstd" if match.group(3) == CODEC_SUFFIX["zstd"] else "none"
+    return Quarantined(key, blob_id, codec, int(match.group(4)) / 1e9, size)
+
+
+DamageCheck = Callable[[BinaryIO, "BlobStat"], bool]
+"""Reads a stored copy (the open file, at offset 0, and its facts); True if it is damaged."""
+Outcome = Literal["moved", "sound", "gone"]
+
+
 class Ingest(ABC):
     """A blob being written. `commit` publishes it under an id; leaving without commit
     discards it."""
@@ -132,9 +174,11 @@ class Ingest(ABC):
     def write(self, data: bytes | memoryview) -> None: ...
 
     @abstractmethod
-    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
         """Publish; returns the blob as stored and whether this copy is the one published
-        (False: the id was already there and the new copy is dropped)."""
+        (False: the id was already there and the new copy is dropped). With `damaged`, a copy
+        already there that it finds damaged is moved into the quarantine (`quarantine`) and
+        this copy is published in its place."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -155,7 +199,47 @@ class BlobStore(ABC):
     def find(self, blob_id: str) -> BlobStat | None: ...
 
     @abstractmethod
-    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]: ...
+    def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
+        """The stored copy of `blob_id` in `codec`; BlobNotFound if there is none."""
+
+    def open_blob(self, blob_id: str, prefer: Callable[[BlobStat], bool] | None = None) -> tuple[BinaryIO, BlobStat]:
+        """The copy readers use: the first copy (`.tar`, then `.tar.zst`) that `prefer`
+        accepts (e.g. the one the index describes), else the first one there is. A name
+        that holds no regular file is skipped, and its CorruptBlob raised if nothing else is."""
+        fallback: tuple[BinaryIO, BlobStat] | None = None
+        unusable: CorruptBlob | None = None
+        for codec in CODEC_SUFFIX:
+            try:
+                f, found = self.open_copy(blob_id, codec)
+            except BlobNotFound:
+                continue
+            except CorruptBlob as exc:
+                unusable = unusable or exc
+                continue
+            if prefer is None or prefer(found):
+                if fallback is not None:
+                    fallback[0].close()
+                return f, found
+            if fallback is None:
+                fallback = (f, found)
+            else:
+                f.close()
+        if fallback is None:
+            raise unusable or BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
+        return fallback
+
+    @abstractmethod
+    def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
+        """Move the copy `blob` names (its id and codec) into the quarantine if `damaged`,
+        reading that very copy, says it is damaged: "moved". "sound" if it is not, "gone" if
+        there is no such copy (any more) or it changed before it could be moved: look again.
+        Blobs are never overwritten (P4): a repair is this move, then a normal publish."""
+
+    def iter_quarantine(self) -> Iterator[Quarantined]:
+        for obj in self.list_objects(QUARANTINE_PREFIX):
+            found = parse_quarantine_key(obj.key, obj.size)
+            if found is not None:
+                yield found
 
     def find_leased(self, blob_id: str) -> BlobStat | None:
         """`find` for a caller that holds a lease on `blob_id`. gc moves a candidate into its
@@ -178,12 +262,7 @@ class BlobStore(ABC):
         """Every blob, from one listing of the blobs prefix. An object there whose key is not
         exactly a blob's (`parse_blob_key`) is no blob: never yielded, so gc never moves it
         nor mistakes it for the blob it resembles; it is appended to `strangers` if given."""
-        for obj in self.list_objects(f"{INTERNAL}/blobs"):
-            parsed = parse_blob_key(obj.key)
-            if parsed is not None:
-                yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime, obj.key)
-            elif strangers is not None:
-                strangers.append(obj)
+        return _blobs_of(self.list_objects(f"{INTERNAL}/blobs"), strangers)
 
     @abstractmethod
     def put_object(self, key: str, data: bytes) -> None:
@@ -268,18 +347,66 @@ class LocalBlobStore(BlobStore):
             return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
         return None
 
-    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]:
-        for codec in CODEC_SUFFIX:
-            try:
-                fd = open_regular(self._path(blob_key(blob_id, codec)))
-            except FileNotFoundError:
-                continue
-            except UnreadableObject as exc:
-                raise CorruptBlob(f"blob {blob_id}: {exc}") from exc
-            f = os.fdopen(fd, "rb")
-            st = os.fstat(fd)
-            return f, BlobStat(blob_id, st.st_size, codec, st.st_mtime)
-        raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}")
+    def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
+        """Opened as `open_regular` opens (no symlink followed, no FIFO waited on); anything
+        but a regular file under a blob's name is CorruptBlob."""
+        try:
+            fd = open_regular(self._path(blob_key(blob_id, codec)))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}") from exc
+        except (UnreadableObject, IsADirectoryError) as exc:
+            raise CorruptBlob(f"blob {blob_id}: {exc}") from exc
+        st = os.fstat(fd)
+        return os.fdopen(fd, "rb"), BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+
+    def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
+        """Check the open copy, rename its name into the quarantine, then make sure the
+        inode moved is the one checked (another repair may have swapped in a good copy in
+        between: that one is put back). Why this is safe with others at work:
+
+        - a concurrent writer of the id only links when the name is free, and its copy is
+          its own bytes, hashed: whichever good copy ends up under the name is right;
+        - gc: the repairing writer holds a lease on the id, so gc may move it into its trash
+          and back (G4-G6) but never deletes it. A rename that finds the name gone is
+          "gone": the caller looks again and publishes, and gc's put-back then finds the
+          name taken. gc deletes a quarantined copy only after the grace period (from the
+          time in its name), and never reads one as a blob;
+        - a reader that opened the damaged copy keeps reading it (and fails its digest check,
+          as it would have); one that opens the name between the rename and the publish
+          gets BlobNotFound for that moment, as in gc's trash window;
+        - a crash between the rename and the publish leaves the id missing and its damaged
+          copy in the quarantine: no intact byte is lost, and the next persist of the
+          folder writes it (verify says so)."""
+        path = self._path(blob_key(blob.blob_id, blob.codec))
+        try:
+            f, found = self.open_copy(blob.blob_id, blob.codec)
+        except BlobNotFound:
+            return "gone"
+        except CorruptBlob:  # not a regular file: damaged by definition
+            f, found = None, None
+        try:
+            if f is not None and not damaged(f, found):
+                return "sound"
+            checked = os.fstat(f.fileno()) if f is not None else os.lstat(path)
+        except FileNotFoundError:
+            return "gone"
+        finally:
+            if f is not None:
+                f.close()
+        key = quarantine_key(blob.blob_id, blob.codec, time.time_ns())
+        target = self._path(key)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return "gone"
+        moved = os.lstat(target)
+        if (moved.st_dev, moved.st_ino) != (checked.st_dev, checked.st_ino):
+            self._put_back(key, blob.blob_id, blob.codec)
+            return "gone"
+        _fsync_dir(os.path.dirname(target))
+        _fsync_dir(os.path.dirname(path))
+        return "moved"
 
     def begin_ingest(self) -> Ingest:
         os.makedirs(self._tmp, exist_ok=True)
@@ -325,14 +452,24 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             pass
 
-    def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
-        return self._walk(self._path(prefix), set())
+    def list_objects(self, prefix: str, specials: list[ObjectStat] | None = None) -> Iterator[ObjectStat]:
+        """As the interface says; a symlink, FIFO or device found is appended to `specials`."""
+        return self._walk(self._path(prefix), set(), specials)
 
     def list_small_objects(self) -> Iterator[ObjectStat]:
         return self._walk(self.root, {self._path(p.rstrip("/")) for p in BULK_PREFIXES})
 
-    def _walk(self, base: str, skip: set[str]) -> Iterator[ObjectStat]:
-        """Every file below `base`, not entering the folders in `skip`."""
+    def iter_blobs(self, strangers: list[ObjectStat] | None = None) -> Iterator[BlobStat]:
+        """As the interface says, from one walk; a symlink, FIFO or device under blobs/ (never
+        an object, never read) is a stranger too, so that verify reports it."""
+        specials: list[ObjectStat] = []
+        yield from _blobs_of(self.list_objects(f"{INTERNAL}/blobs", specials), strangers)
+        if strangers is not None:
+            strangers.extend(specials)
+
+    def _walk(self, base: str, skip: set[str], specials: list[ObjectStat] | None = None) -> Iterator[ObjectStat]:
+        """Every regular file below `base`, not entering the folders in `skip`; anything else
+        found is appended to `specials` if given."""
         for dirpath, dirs, files in os.walk(base):
             dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
             for name in files:
@@ -341,9 +478,11 @@ class LocalBlobStore(BlobStore):
                     st = os.lstat(path)
                 except FileNotFoundError:
                     continue
-                if not stat.S_ISREG(st.st_mode):  # a symlink, FIFO or device is not an object
-                    continue
-                yield ObjectStat(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
+                found = ObjectStat(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
+                if stat.S_ISREG(st.st_mode):
+                    yield found
+                elif specials is not None:  # a symlink, FIFO or device is not an object
+                    specials.append(found)
 
     def delete_leftover(self, key: str) -> bool:
         try:
@@ -382,14 +521,22 @@ class LocalBlobStore(BlobStore):
             return
         parsed = trash_key_blob(key)
         if parsed is not None:
-            try:
-                self.publish(self._path(key), *parsed)
-            except FileNotFoundError:  # not in the trash (any more)
-                pass
+            self._put_back(key, *parsed)
+        else:
+            self.delete_object(key)
+
+    def _put_back(self, key: str, blob_id: str, codec: str) -> None:
+        """Publish the object at `key` under its id unless the id exists, then drop `key`."""
+        try:
+            self.publish(self._path(key), blob_id, codec)
+        except FileNotFoundError:  # not there (any more)
+            pass
         self.delete_object(key)
 
-    def publish(self, tmp_path: str, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
-        """Link `tmp_path` to its final name unless the id exists (in either codec).
+    def publish(self, tmp_path: str, blob_id: str, codec: str,
+                damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
+        """Link `tmp_path` to its final name unless the id exists (in either codec) in a
+        copy `damaged` does not refuse (a refused copy is moved into the quarantine first).
 
         The final name is never stat'ed after the link: gc may move it into its trash at
         any instant (and puts it back once it sees the writer's lease). The facts come from
@@ -399,7 +546,9 @@ class LocalBlobStore(BlobStore):
         for _ in range(_PUBLISH_TRIES):
             existing = self.find(blob_id)
             if existing is not None:
-                return existing, False
+                if damaged is None or self.quarantine(existing, damaged) == "sound":
+                    return existing, False
+                continue
             st = os.stat(tmp_path)
             if not os.path.isdir(shard):
                 os.makedirs(shard, exist_ok=True)
@@ -471,13 +620,13 @@ class _LocalIngest(Ingest):
                 sync_file_range(self._file.fileno(), self._kicked, self._written - self._kicked, _SYNC_FILE_RANGE_WRITE)
             self._kicked = self._written
 
-    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
         """fsync, then publish while the file (and its lock, which gc respects) is held."""
         assert self._file is not None
         os.fsync(self._file.fileno())
         os.fchmod(self._file.fileno(), 0o444)
         try:
-            return self._store.publish(self.path, blob_id, codec)
+            return self._store.publish(self.path, blob_id, codec, damaged)
         finally:
             self.abort()
 
@@ -509,6 +658,16 @@ def open_regular(path: str) -> int:
         raise UnreadableObject(f"{path} is not a regular file (mode {stat.filemode(mode)}): not read")
     os.set_blocking(fd, True)
     return fd
+
+
+def _blobs_of(objects: Iterable[ObjectStat], strangers: list[ObjectStat] | None) -> Iterator[BlobStat]:
+    """The blobs among `objects`; the others appended to `strangers` if given."""
+    for obj in objects:
+        parsed = parse_blob_key(obj.key)
+        if parsed is not None:
+            yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime, obj.key)
+        elif strangers is not None:
+            strangers.append(obj)
 
 
 def _fsync_dir(path: str) -> None:

@@ -11,6 +11,8 @@ Safe by construction (docs/gc.md):
 4. Leases and references are read again; a candidate that became live meanwhile (a writer
    leased it after step 2 and found it before step 3) is put back.
 5. Only then is the trash emptied, and the facts of deleted blobs leave this index.
+6. Damaged copies a repair moved into the quarantine go once the grace period has passed
+   since they were moved; damage records of ids with no stored copy go at the same age.
 A registered database that cannot be read stops gc before any blob is deleted: if that
 happens at step 4, the candidates go back from the trash first."""
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from casstore.cas.blobs import BlobStat
 from casstore.cas.contentstore import ContentStore
+from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
 from casstore.cas.index import Index
 from casstore.cas.leases import read_leases
 from casstore.cas.roots import FieldRoots, leftovers, live_blob_ids
@@ -70,13 +73,15 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     orphaned = index.orphaned_refs() if dry_run else index.delete_orphaned_refs()
     now = time.time()
     live = live_blob_ids(blobs, index, field_roots)
-    candidates = [b for b in blobs.iter_blobs() if b.blob_id not in live and now - b.mtime >= grace_s]
+    stored = list(blobs.iter_blobs())
+    candidates = [b for b in stored if b.blob_id not in live and now - b.mtime >= grace_s]
     if dry_run:
         report.deleted = [Deleted(b.blob_id, None, b.stored_size, "unreferenced") for b in candidates]
     else:
         report.deleted = _delete_blobs(index, store, candidates, field_roots)
     report.deleted += [Deleted(ref.blob_id, None, 0, "orphaned_ref") for ref in orphaned]
     report.deleted += _leftovers(store, now, grace_s, dry_run)
+    report.deleted += _past_damage(store, {b.blob_id for b in stored}, now, grace_s, dry_run)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
     return report
 
@@ -112,3 +117,19 @@ def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -
     for item in leases:
         blobs.delete_object(item.path)
     return [item for item in stale if blobs.delete_leftover(item.path)] + leases
+
+
+def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
+    """Quarantined copies moved aside at least the grace period ago (the time is in their
+    key: a rename keeps a blob's old mtime), and damage records at least that old whose id
+    has no stored copy (the listing of step 2; a record younger than the grace period may
+    be about a blob published since)."""
+    blobs = store.blobs
+    items = [Deleted(None, q.key, q.size, "quarantined") for q in blobs.iter_quarantine() if now - q.moved >= grace_s]
+    items += [Deleted(None, o.key, o.size, "damage_record") for o in blobs.list_objects(DAMAGE_PREFIX)
+              if (blob_id := parse_damage_key(o.key)) is not None and blob_id not in stored
+              and now - o.mtime >= grace_s]
+    if not dry_run:
+        for item in items:
+            blobs.delete_object(item.path)
+    return items

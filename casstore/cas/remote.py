@@ -28,8 +28,9 @@ import uuid
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
-from casstore.cas.blobs import (BULK_PREFIXES, CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, Ingest, ObjectStat,
-                                blob_key, checked_blob_key, trash_key, trash_key_blob)
+from casstore.cas.blobs import (BULK_PREFIXES, CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, DamageCheck, Ingest,
+                                ObjectStat, Outcome, blob_key, checked_blob_key, quarantine_key, trash_key,
+                                trash_key_blob)
 from casstore.errors import BlobNotFound, DatastoreError, UnreadableObject
 
 TMP_PREFIX = f"{INTERNAL}/tmp"
@@ -41,6 +42,7 @@ COPY_PART = 1 << 30             # server-side copy in 1 GiB parts (S3 allows up 
 MAX_PARTS = 10_000
 _EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 S3_PROTOCOLS = ("s3", "s3a")
+_PUBLISH_TRIES = 100
 
 
 class FsspecBlobStore(BlobStore):
@@ -151,21 +153,86 @@ class FsspecBlobStore(BlobStore):
                 return BlobStat(blob_id, found[0], codec, found[1])
         return None
 
-    def open_blob(self, blob_id: str) -> tuple[BinaryIO, BlobStat]:
-        found = self.find(blob_id)
+    def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
+        key = blob_key(blob_id, codec)
+        found = self._head(key)
         if found is None:
             raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
-        path = self._path(blob_key(blob_id, found.codec))
+        stat = BlobStat(blob_id, found[0], codec, found[1])
+        return self._open_key(key, stat), stat
+
+    def _open_key(self, key: str, found: BlobStat) -> BinaryIO:
+        path = self._path(key)
         kwargs: dict[str, Any] = {"block_size": self.read_block, "cache_type": "readahead"}
         if self.s3:
             kwargs["size"] = found.stored_size  # blobs never change: no second HEAD
         try:
             f = self._generic(self.fs.open, path, "rb", **kwargs)
         except FileNotFoundError as exc:
-            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}") from exc
+            raise BlobNotFound(f"blob {found.blob_id} is not in the datastore {self.url}") from exc
         if self.s3:
             f.details = {"name": path, "size": found.stored_size, "type": "file"}  # spares a HEAD at first read
-        return f, found
+        return f
+
+    def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
+        """Read the object and check it; only if it is damaged, and is still the object that
+        was read (same ETag before and after the read), copy it into the quarantine and
+        delete it on condition that it is still that object (DeleteObject If-Match). The
+        caller then publishes create-only (If-None-Match), so nothing but an object a read
+        has shown damaged is ever replaced. Safe with others at work, as on a local folder
+        (blobs.LocalBlobStore.quarantine): a concurrent repair or writer changes the ETag
+        and this one says "gone" (look again); gc's trash deletes the object and the
+        conditional delete then fails the same way; the writer's lease keeps gc from
+        deleting the id for good. Other fsspec backends have no conditions: check, copy,
+        delete (see the module's docstring)."""
+        key = blob_key(blob.blob_id, blob.codec)
+        before = self._identity(key)
+        if before is None:
+            return "gone"
+        found = BlobStat(blob.blob_id, before[0], blob.codec, before[1])
+        try:
+            with self._open_key(key, found) as f:
+                if not damaged(f, found):
+                    return "sound"
+        except (BlobNotFound, FileNotFoundError):
+            return "gone"
+        if self._identity(key) != before:
+            return "gone"
+        target = quarantine_key(blob.blob_id, blob.codec, time.time_ns())
+        try:
+            self._copy(key, target, found.stored_size, exclusive=False)
+        except FileNotFoundError:
+            return "gone"
+        if not self._delete_if_unchanged(key, before[2]):
+            self.delete_object(target)
+            return "gone"
+        return "moved"
+
+    def _identity(self, key: str) -> tuple[int, float, str] | None:
+        """(size, mtime, ETag) of an object. Other fsspec backends: the size alone (their
+        mtimes may be missing, and then read as now)."""
+        if not self.s3:
+            found = self._head(key)
+            return None if found is None else (found[0], 0.0, "")
+        try:
+            head = self._call("head_object", Key=self._key(key))
+        except FileNotFoundError:
+            return None
+        return head["ContentLength"], head["LastModified"].timestamp(), head.get("ETag", "")
+
+    def _delete_if_unchanged(self, key: str, etag: str) -> bool:
+        if not self.s3:
+            self.delete_object(key)
+            return True
+        try:
+            self._call("delete_object", Key=self._key(key), IfMatch=etag)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if _s3_code(exc) in _EXISTS_CODES:
+                return False
+            raise
+        return True
 
     def begin_ingest(self) -> Ingest:
         return _S3Ingest(self) if self.s3 else _FsspecIngest(self)
@@ -414,38 +481,50 @@ class _S3Ingest(Ingest):
                            PartNumber=len(self._parts) + 1, Body=data)
         self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": done["ETag"]})
 
-    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
         store = self._store
         if self._buffer is None:
             raise ValueError("commit of an ingest that was committed or aborted")
         try:
-            existing = store.find(blob_id)
-            if existing is not None:
-                return existing, False
-            final = blob_key(blob_id, codec)
-            if self._upload is None:
-                try:
-                    store._call("put_object", Key=store._key(final), Body=bytes(self._buffer), IfNoneMatch="*")
-                except OSError as exc:
-                    if isinstance(exc, FileExistsError) or _s3_code(exc) in _EXISTS_CODES:
-                        return store._published(blob_id, codec), False
-                    raise
-                return BlobStat(blob_id, self._size, codec, time.time()), True
+            for _ in range(_PUBLISH_TRIES):
+                existing = store.find(blob_id)
+                if existing is not None:
+                    if damaged is None or store.quarantine(existing, damaged) == "sound":
+                        return existing, False
+                    continue
+                if self._publish(blob_id, codec):
+                    return BlobStat(blob_id, self._size, codec, time.time()), True
+            raise DatastoreError(f"blob {blob_id}: its key in {store.url} keeps appearing and vanishing; write it again")
+        finally:
+            self.abort()
+
+    def _publish(self, blob_id: str, codec: str) -> bool:
+        """One create-only publish under the id; False if the id was taken meanwhile (by
+        another writer, or put back by gc): the caller looks again."""
+        store = self._store
+        final = blob_key(blob_id, codec)
+        if self._upload is None and not self._tmp_done:
+            try:
+                store._call("put_object", Key=store._key(final), Body=bytes(self._buffer), IfNoneMatch="*")
+            except OSError as exc:
+                if isinstance(exc, FileExistsError) or _s3_code(exc) in _EXISTS_CODES:
+                    return False
+                raise
+            return True
+        if self._upload is not None:
             if self._buffer:
                 self._upload_part(bytes(self._buffer))
                 self._buffer.clear()
             store._complete(self.key, self._upload, self._parts, exclusive=False)
             self._upload, self._tmp_done = None, True
-            try:
-                store._copy(self.key, final, self._size, exclusive=True)
-            except FileExistsError:
-                return store._published(blob_id, codec), False
-            except FileNotFoundError as exc:
-                raise DatastoreError(f"the temp upload {self.key} vanished before it was published (gc with a "
-                                     f"grace period shorter than the upload?); write it again") from exc
-            return BlobStat(blob_id, self._size, codec, time.time()), True
-        finally:
-            self.abort()
+        try:
+            store._copy(self.key, final, self._size, exclusive=True)
+        except FileExistsError:
+            return False
+        except FileNotFoundError as exc:
+            raise DatastoreError(f"the temp upload {self.key} vanished before it was published (gc with a "
+                                 f"grace period shorter than the upload?); write it again") from exc
+        return True
 
     def abort(self) -> None:
         self._buffer = None
@@ -477,21 +556,25 @@ class _FsspecIngest(Ingest):
         self._file.write(bytes(data))
         self._size += len(data)
 
-    def commit(self, blob_id: str, codec: str) -> tuple[BlobStat, bool]:
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
         store = self._store
         if self._file is None:
             raise ValueError("commit of an ingest that was committed or aborted")
         try:
             self._file.close()
             self._file = False
-            existing = store.find(blob_id)
-            if existing is not None:
-                return existing, False
-            try:
-                store._copy(self.key, blob_key(blob_id, codec), self._size, exclusive=True)
-            except FileExistsError:
-                return store._published(blob_id, codec), False
-            return store._published(blob_id, codec), True
+            for _ in range(_PUBLISH_TRIES):
+                existing = store.find(blob_id)
+                if existing is not None:
+                    if damaged is None or store.quarantine(existing, damaged) == "sound":
+                        return existing, False
+                    continue
+                try:
+                    store._copy(self.key, blob_key(blob_id, codec), self._size, exclusive=True)
+                except FileExistsError:
+                    continue
+                return store._published(blob_id, codec), True
+            raise DatastoreError(f"blob {blob_id}: its key in {store.url} keeps appearing and vanishing; write it again")
         finally:
             self.abort()
 

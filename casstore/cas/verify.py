@@ -1,25 +1,31 @@
 """verify: is every referenced blob there and intact, and what could gc reclaim?
 
 Damage (`problems`): a referenced blob missing; a stored size that disagrees with the index;
-with `deep`, content that does not hash to its id or whose uncompressed size is wrong; an
-archive that does not read; an index row without blob facts, or with facts no writer
-records; fields and reference rows that name different blobs, and fields that do not
-decode; a file in the blobs folder whose name is not a blob's (`foreign`: gc never deletes
-it, someone must look). Reclaimable: blobs nothing references, temp files of interrupted
-writes, expired leases, reference rows of experiments that no longer exist."""
+a second copy (the other codec) that disagrees with the facts; damage a load or an earlier
+`--deep` recorded and no writer has repaired yet; with `deep`, content that does not hash
+to its id or whose uncompressed size is wrong; an archive that does not read; an index row
+without blob facts, or with facts no writer records; fields and reference rows that name
+different blobs, and fields that do not decode; a file in the blobs folder whose name is
+not a blob's (`foreign`: gc never deletes it, someone must look). Reclaimable: blobs
+nothing references, temp files of interrupted writes, expired leases, damaged copies a
+repair moved into the quarantine, reference rows of experiments that no longer exist."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from casstore.cas.blobs import CODEC_SUFFIX, BlobStat, ObjectStat
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.contentstore import ContentStore, cheap_damage, rehash_damage
+from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index import BlobFacts, Index, RefListing
 from casstore.cas.leases import read_leases
 from casstore.cas.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Problem:
@@ -76,14 +82,23 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         if named.blob_id not in facts and found and named.size is not None:
             facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
+    quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
+    recorded = _damage_recorded(store)
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
+        found = copies.get(blob_id, [])
+        described = _described(found, known)
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
-            _check_blob(store, blob_id, _described(copies.get(blob_id, []), known), known, deep, progress, trashed)
+            _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
+            or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
+            or (None if deep else _check_recorded(store, blob_id, described, recorded))
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
+        elif deep and blob_id in recorded:
+            _drop_refuted_record(store, blob_id)
         report.blobs_checked += 1
-    report.problems += [Problem("foreign", "", None, None, f"{o.key!r} is not a blob's name (casstore did not write it): "
+    report.problems += [Problem("foreign", "", None, None, f"{o.key!r} is not a blob casstore wrote (a name no blob has, "
+                                "or not a regular file): "
                                 "it is never read and gc never deletes it; remove it once you know where it came from")
                         for o in strangers]
     if roots is not None:  # else gc refuses: nothing is reclaimable
@@ -144,10 +159,13 @@ def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | No
 
 
 def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known: BlobFacts | None,
-                deep: bool, progress: Callable[[int], None] | None, trashed: set[str]) -> tuple[str, str] | None:
+                deep: bool, progress: Callable[[int], None] | None, trashed: set[str],
+                quarantined: bool = False) -> tuple[str, str] | None:
     if found is None:
         hint = " (it is in the trash of an interrupted gc: run `casstore gc` to restore it)" \
-            if any(blob_id.split(":")[1][2:] in t for t in trashed) else ""
+            if any(blob_id.split(":")[1][2:] in t for t in trashed) else \
+            " (a damaged copy of it is in casstore/quarantine: persist the folder again to store it)" \
+            if quarantined else ""
         return "missing", f"blob not in the datastore{hint}"
     if known is None:
         return "facts", "the index has no facts (size, codec) for this referenced blob"
@@ -156,20 +174,65 @@ def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known
     if known.codec != found.codec:
         return "facts", f"stored as {found.codec}, index says {known.codec}"
     if deep:
-        return _rehash(store, blob_id, known.size, progress)
+        return _rehash(store, blob_id, known, progress)
     return None
 
 
-def _rehash(store: ContentStore, blob_id: str, size: int, progress: Callable[[int], None] | None) -> tuple[str, str] | None:
+def _damage_recorded(store: ContentStore) -> set[str]:
+    """The ids with a damage record, from one listing of the records' folder."""
+    return {b for o in store.blobs.list_objects(DAMAGE_PREFIX) if (b := parse_damage_key(o.key)) is not None}
+
+
+def _drop_refuted_record(store: ContentStore, blob_id: str) -> None:
+    """`--deep` re-read every copy of the blob and each read correctly: the damage recorded
+    for it (a false record, or a repair interrupted before it dropped it) is refuted."""
     try:
-        with store.open_tar(blob_id, size) as reader:
+        clear_damage(store.blobs, blob_id)
+    except OSError as exc:  # a read-only datastore: the record stays, verify says so again
+        log.warning("could not drop the damage record of %s: %s", blob_id, exc)
+
+
+def _check_recorded(store: ContentStore, blob_id: str, copy: BlobStat | None,
+                    recorded: set[str]) -> tuple[str, str] | None:
+    """Damage a load or an earlier `--deep` recorded for the copy that is there now."""
+    record: DamageRecord | None = read_damage(store.blobs, blob_id) if blob_id in recorded and copy else None
+    if record is None or copy is None or not describes(record, copy):
+        return None
+    return "damaged", (f"a read found it damaged ({record.reason}: {record.detail}); persisting the folder "
+                       f"again repairs it, `casstore verify --deep` checks it again")
+
+
+def _check_other_copies(store: ContentStore, others: list[BlobStat], known: BlobFacts | None,
+                        deep: bool) -> tuple[str, str] | None:
+    """A second copy of a referenced blob (the other codec, left by two writers racing or
+    planted) that fails the facts: readers that do not know the facts could take it."""
+    for copy in others:
+        try:
+            f, copy = store.blobs.open_copy(copy.blob_id, copy.codec)
+        except CorruptBlob as exc:
+            return "copy", f"second copy ({CODEC_SUFFIX[copy.codec]}): {exc}"
+        except FileNotFoundError:
+            continue
+        size = known.size if known else None
+        with f:
+            wrong = cheap_damage(f, copy, size, None) or (rehash_damage(f, copy, size) if deep else None)
+        if wrong is not None:
+            return "copy", f"second copy ({CODEC_SUFFIX[copy.codec]}) is damaged: {wrong}"
+    return None
+
+
+def _rehash(store: ContentStore, blob_id: str, known: BlobFacts,
+            progress: Callable[[int], None] | None) -> tuple[str, str] | None:
+    size = known.size
+    try:
+        with store.open_tar(blob_id, size, known) as reader:
             reader.verify()
             if progress is not None:
                 progress(reader.count)
     except CorruptBlob as exc:
         return exc.reason, str(exc)
     try:
-        store.members(blob_id, size)
+        store.members(blob_id, size, known)
     except (CorruptBlob, UnsafeArchive) as exc:
         return "unreadable", str(exc)
     return None
@@ -186,4 +249,5 @@ def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
     items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
     items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
               for lease in read_leases(store.blobs) if lease.expired(now)]
+    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved) for q in store.blobs.iter_quarantine()]
     return items

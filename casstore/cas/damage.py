@@ -1,0 +1,95 @@
+"""Damage records: what a reader learnt about a stored blob, kept for the next writer.
+
+A load or `verify --deep` that finds a blob's content not matching its id (or its zstd
+stream not decompressing) writes `casstore/damaged/<algo>/<hex>.json` in the datastore, so
+every project sharing it knows. The next writer that holds those bytes re-reads the stored
+copy, and if the read confirms the damage, moves the copy into the quarantine and publishes
+its own (contentstore.py); then it drops the record. A record is only a reason to read: a
+false or stale one (written by anyone who can write the datastore) costs one re-hash and
+never replaces a copy that reads correctly."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+from casstore.cas.blobs import INTERNAL, BlobStat, BlobStore
+from casstore.cas.digest import parse_id
+from casstore.errors import UnreadableObject
+
+DAMAGE_PREFIX = f"{INTERNAL}/damaged"
+DAMAGE_FORMAT = "casstore-damage-1"
+MAX_RECORD_BYTES = 4096
+_DETAIL_CHARS = 500
+_DAMAGE_KEY = re.compile(rf"{DAMAGE_PREFIX}/(xxh128|sha256)/([0-9a-f]{{32,64}})\.json")
+
+
+@dataclass(frozen=True, slots=True)
+class DamageRecord:
+    blob_id: str
+    codec: str | None
+    stored_size: int | None
+    reason: str
+    detail: str
+    seen: float
+
+
+def damage_key(blob_id: str) -> str:
+    algorithm, hexdigest = parse_id(blob_id)
+    return f"{DAMAGE_PREFIX}/{algorithm}/{hexdigest}.json"
+
+
+def parse_damage_key(key: str) -> str | None:
+    """The blob id a damage record's key names, None for any other key (matched whole)."""
+    match = _DAMAGE_KEY.fullmatch(key)
+    if match is None:
+        return None
+    blob_id = f"{match.group(1)}:{match.group(2)}"
+    try:
+        parse_id(blob_id)
+    except ValueError:
+        return None
+    return blob_id
+
+
+def record_damage(blobs: BlobStore, copy: BlobStat, reason: str, detail: str) -> None:
+    """Record that `copy` (the stored copy a reader used) failed its check."""
+    body = {"format": DAMAGE_FORMAT, "blob": copy.blob_id, "codec": copy.codec, "stored_size": copy.stored_size,
+            "reason": reason, "detail": detail[:_DETAIL_CHARS], "seen": time.time()}
+    blobs.put_object(damage_key(copy.blob_id), json.dumps(body).encode())
+
+
+def read_damage(blobs: BlobStore, blob_id: str) -> DamageRecord | None:
+    """The damage recorded for `blob_id`, None if none. A record that is there but does not
+    read as one (too large, not JSON, another blob's) still counts: it only makes the next
+    writer re-read the copy."""
+    fallback = DamageRecord(blob_id, None, None, "unreadable", "the damage record does not read", 0.0)
+    try:
+        data = blobs.get_object(damage_key(blob_id), max_bytes=MAX_RECORD_BYTES)
+    except UnreadableObject:
+        return fallback
+    if data is None:
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return fallback
+    if not isinstance(body, dict) or body.get("format") != DAMAGE_FORMAT or body.get("blob") != blob_id:
+        return fallback
+    codec, stored_size = body.get("codec"), body.get("stored_size")
+    seen = body.get("seen")
+    return DamageRecord(blob_id, codec if isinstance(codec, str) else None,
+                        stored_size if isinstance(stored_size, int) and not isinstance(stored_size, bool) else None,
+                        str(body.get("reason", "")), str(body.get("detail", ""))[:_DETAIL_CHARS],
+                        float(seen) if isinstance(seen, (int, float)) and not isinstance(seen, bool) else 0.0)
+
+
+def clear_damage(blobs: BlobStore, blob_id: str) -> None:
+    blobs.delete_object(damage_key(blob_id))
+
+
+def describes(record: DamageRecord, copy: BlobStat) -> bool:
+    """Whether `record` is about this stored copy (same codec and size), not one replaced since."""
+    return record.codec in (None, copy.codec) and record.stored_size in (None, copy.stored_size)
