@@ -396,6 +396,22 @@ def test_named_reference_rewritten_by_another_project_is_refused_by_the_pinned_a
     assert_nothing_written(victim, before)
 
 
+def test_named_reference_url_leading_out_of_the_datastore_is_refused_unread(tmp_path):
+    """`file:///../x` named a file beside the datastore: whoever could write there chose what
+    `ArchiveStoreIO(url)` extracted. A key with a `..` part is no key of the datastore."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    with open(os.path.join(victim.project.datastore, *archive.url[len("file:///"):].split("/"))) as f:
+        size = json.load(f)["size"]
+    url = write_named_ref(victim, archive.blob_id, key="../planted-ref", size=size)
+    target = deep_target(tmp_path)
+    before = victim.snapshot("/nonexistent")
+    for name, read in READS.items():
+        with pytest.raises(InvalidInput, match="lead out"):
+            read(ArchiveStoreIO(url), target)
+    assert_nothing_written(victim, before)
+
+
 @pytest.mark.parametrize("size", ["missing", None, "big", -1, True, 1.5, "4096"])
 def test_named_reference_without_a_valid_size_is_refused_before_its_blob_is_read(tmp_path, size):
     """A 64 MiB bomb (a few KB of zstd) behind a reference whose size is absent or not a

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
 from casstore.cas.digest import parse_id
-from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
+from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
 
 FORMAT_KEY = "casstore/FORMAT"
 FORMAT_TEXT = b"casstore-datastore 1\n"
@@ -333,7 +333,12 @@ class LocalBlobStore(BlobStore):
         self._tmp = os.path.join(self.root, INTERNAL, "tmp")
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        """The file of `key`, always inside the datastore: a key with a `..` part (a named
+        reference URL such as `file:///../x`) would name a file outside it, and is refused."""
+        parts = key.split("/")
+        if ".." in parts:
+            raise InvalidInput(f"{key!r} is not a key of datastore {self.root}: a '..' part would lead out of it")
+        return os.path.join(self.root, *parts)
 
     def exists(self) -> bool:
         return os.path.isfile(self._path(FORMAT_KEY))
