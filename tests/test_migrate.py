@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import deadline
 from make_legacy_fixture import tree_record
 
 from casstore import create_session, options
@@ -635,6 +636,25 @@ def test_missing_legacy_tar_is_reported_and_the_rest_done(project):
     assert project.fields("gamma") == gamma
     assert report.references_migrated == 8
     assert project.value("beta", "data")["DATAPAK-0"] == CASSTORE
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink"])
+def test_a_legacy_tar_replaced_by_a_fifo_or_symlink_is_reported_unread(project, planted):
+    """Whoever can write the datastore can put a FIFO (which would block an open for ever) or
+    a symlink (to anything on the machine) where a legacy TAR was: migrate reads neither."""
+    path = project.legacy_path("gamma", "data")
+    path.unlink()
+    if planted == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(project.legacy_path("beta", "data"), path)
+    gamma = project.fields("gamma")
+    with deadline(30):
+        report = project.migrate()
+    assert report.exit_code == 1
+    reasons = {(f.experiment, f.field): f.reason for f in report.failures}
+    assert "not a regular file" in reasons[("gamma", "data")]
+    assert project.fields("gamma") == gamma and os.path.lexists(path)
 
 
 def test_a_blob_that_does_not_verify_is_not_referenced_and_the_legacy_tar_stays(project):

@@ -50,7 +50,7 @@ from sqlalchemy import MetaData, Table, create_engine, delete, insert, inspect, 
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from casstore.cas.blobs import INTERNAL, LocalBlobStore
+from casstore.cas.blobs import INTERNAL, LocalBlobStore, open_regular
 from casstore.cas.contentstore import CODECS, BlobInfo, ContentStore
 from casstore.cas.digest import DigestSink
 from casstore.cas.engine import safe_url, write_transaction
@@ -59,7 +59,7 @@ from casstore.cas.leases import Lease
 from casstore.cas.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.registry import register
-from casstore.errors import CasStoreError, CorruptBlob, DatastoreError, InvalidInput
+from casstore.errors import CasStoreError, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
 from casstore.storage import datapak
 
 LEGACY_TAG = datapak.TAG_ARCHIVESTORE  # "mltraq.ArchiveStore-0"
@@ -275,8 +275,10 @@ def _legacy_ref(exp: ExperimentPlan, cell: Cell, keys: tuple, name: str, raw: An
         problem = "it sits inside a value casstore does not decode, where a load would not find it"
     elif relpath is None:
         problem = f"{url!r} is not a file:/// URL inside the datastore"
-    elif not os.path.isfile(os.path.join(root, relpath)):
+    elif not os.path.lexists(os.path.join(root, relpath)):
         problem = f"legacy TAR {os.path.join(root, relpath)} is missing"
+    elif not os.path.isfile(os.path.join(root, relpath)):
+        problem = f"legacy TAR {os.path.join(root, relpath)} is not a regular file"
     return LegacyRef(exp.name, exp.id_experiment, cell, keys, name, url, relpath, problem)
 
 
@@ -392,8 +394,11 @@ def _orphans(root: str, referenced: set[str]) -> list[Orphan]:
                     out.append(Orphan(rel, st.st_size, "symlink" if stat.S_ISLNK(st.st_mode) else "other"))
                     continue
                 size = st.st_size
-                with open(path, "rb") as f:
+                with os.fdopen(open_regular(path), "rb") as f:  # it may have been swapped since the lstat
                     head = f.read(MAX_REF_BYTES + 1)
+            except UnreadableObject:
+                out.append(Orphan(rel, 0, "other"))
+                continue
             except OSError:
                 continue
             if _is_named_ref(head):
@@ -673,8 +678,11 @@ class _Run:
             if lease is not None:
                 lease.add(stored.info.blob_id)
             return stored
-        path = os.path.join(self.plan.datastore, relpath)
-        with open(path, "rb") as f:
+        try:
+            fd = open_regular(os.path.join(self.plan.datastore, relpath))
+        except (UnreadableObject, IsADirectoryError) as exc:
+            raise LegacyArchiveError(f"not a regular file: {exc}") from exc
+        with os.fdopen(fd, "rb") as f:
             legacy_size = os.fstat(f.fileno()).st_size
             members = canonical_members(read_members(f))
             digest = DigestSink(self.store.algorithm)
