@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
-from casstore.cas.digest import parse_id
+from casstore.cas.digest import id_or_none, parse_id
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
 
 FORMAT_KEY = "casstore/FORMAT"
@@ -152,10 +152,8 @@ def parse_quarantine_key(key: str, size: int = 0) -> Quarantined | None:
     match = _QUARANTINE_NAME.fullmatch(name) if prefix == QUARANTINE_PREFIX else None
     if match is None:
         return None
-    blob_id = f"{match.group(1)}:{match.group(2)}"
-    try:
-        parse_id(blob_id)
-    except ValueError:
+    blob_id = id_or_none(match.group(1), match.group(2))
+    if blob_id is None:
         return None
     codec = "zstd" if match.group(3) == CODEC_SUFFIX["zstd"] else "none"
     return Quarantined(key, blob_id, codec, int(match.group(4)) / 1e9, size)

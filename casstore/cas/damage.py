@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from casstore.cas.blobs import INTERNAL, BlobStat, BlobStore
-from casstore.cas.digest import parse_id
+from casstore.cas.digest import id_or_none, parse_id
 from casstore.errors import UnreadableObject
 
 DAMAGE_PREFIX = f"{INTERNAL}/damaged"
@@ -46,12 +46,7 @@ def parse_damage_key(key: str) -> str | None:
     match = _DAMAGE_KEY.fullmatch(key)
     if match is None:
         return None
-    blob_id = f"{match.group(1)}:{match.group(2)}"
-    try:
-        parse_id(blob_id)
-    except ValueError:
-        return None
-    return blob_id
+    return id_or_none(match.group(1), match.group(2))
 
 
 def record_damage(blobs: BlobStore, copy: BlobStat, reason: str, detail: str) -> None:

@@ -53,6 +53,16 @@ def parse_id(blob_id: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def id_or_none(algorithm: str, hexdigest: str) -> str | None:
+    """The blob id of an algorithm and hex digest found in a key, None if they make none."""
+    blob_id = format_id(algorithm, hexdigest)
+    try:
+        parse_id(blob_id)
+    except InvalidInput:
+        return None
+    return blob_id
+
+
 def digest_bytes(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
     """The blob id of `data` (in-memory archives)."""
     hasher = new_hasher(algorithm)
