@@ -162,6 +162,14 @@ def test_gc_dry_run_lists_the_reference_rows_of_a_deleted_experiment_and_keeps_t
     assert project.blob_exists(project.kept)
 
 
+def test_a_refused_gc_keeps_the_reference_rows_of_a_deleted_experiment(project):
+    project.sql("DELETE FROM experiments WHERE id_experiment = ?", project.id_a)
+    Path("mltraq.datastore/casstore/registry", "0" * 32 + ".json").write_bytes(b"")
+    run_cli("gc", "--db", DB, "--grace", "0", code=3)
+    assert project.rows("SELECT count(*) FROM casstore_refs WHERE id_experiment = ?", project.id_a) == [(1,)]
+    assert project.blob_exists(project.kept)
+
+
 def test_stats_and_ls_show_a_non_integer_size_as_unknown(project):
     project.sql("UPDATE casstore_blobs SET size = 'big' WHERE blob_id = ?", project.kept)
     stats = json.loads(run_cli("stats", "--db", DB, "--json").stdout)
