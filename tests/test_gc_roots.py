@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from casstore.cas.contentstore import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.index import Index
 from casstore.cas.verify import verify
-from casstore.errors import FieldsUnreadable
+from casstore.errors import FieldsUnreadable, InvalidInput
 from casstore.session import field_roots
+from casstore.storage import datapak
 from helpers import make_folder, run_cli
 
 DB = "sqlite:///p.db"
@@ -227,6 +229,38 @@ def test_gc_refuses_when_another_registered_project_has_fields_that_do_not_decod
     result = run_cli("gc", "--db", DB, "--grace", "0", code=3)
     assert "experiment 'c'" in result.stderr
     assert project.blob_exists(c.fields.data.blob_id)
+
+
+def _zlib_bomb(monkeypatch) -> bytes:
+    """Fields of a few KB that inflate past the (lowered) DataPak limit."""
+    monkeypatch.setattr(datapak, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    return b"C01" + zlib.compress(datapak.dumps(bytes(4 << 20)), 9)
+
+
+def test_gc_refuses_when_another_registered_project_has_fields_that_inflate_past_the_limit(project, monkeypatch):
+    other = create_session("sqlite:///q.db")
+    make_folder("c", {"f.txt": b"of q"})
+    c = other.create_experiment("c", data=ArchiveStore("c")).persist()
+    with sqlite3.connect("q.db") as conn:
+        conn.execute("DELETE FROM casstore_refs")
+        conn.execute("UPDATE experiments SET fields = ?", (_zlib_bomb(monkeypatch),))
+    result = run_cli("gc", "--db", DB, "--grace", "0", code=3)
+    assert "experiment 'c'" in result.stderr and "decompresses to more than" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert project.blob_exists(c.fields.data.blob_id)
+
+
+def test_verify_reports_fields_that_inflate_past_the_limit_as_damage(project, monkeypatch):
+    project.sql("UPDATE experiments SET fields = ? WHERE id_experiment = ?", _zlib_bomb(monkeypatch), project.id_a)
+    report = _verify(code=1)
+    assert [p["kind"] for p in report["problems"]] == ["fields"]
+    assert "decompresses to more than" in report["problems"][0]["detail"]
+
+
+def test_a_load_of_fields_that_inflate_past_the_limit_fails_typed(project, monkeypatch):
+    project.sql("UPDATE experiments SET fields = ? WHERE id_experiment = ?", _zlib_bomb(monkeypatch), project.id_a)
+    with pytest.raises(InvalidInput, match="decompresses to more than"):
+        project.session.load_experiment("a")
 
 
 def test_session_gc_keeps_the_blob_the_fields_name(project):
