@@ -543,7 +543,7 @@ def cat(project: Project, blob: str) -> None:
     from casstore.cas.digest import parse_id
 
     parse_id(blob)
-    facts = project.index.blob_facts(blob)
+    facts = project.index.facts_hint(blob)
     sys.stdout.flush()
     out = sys.stdout.buffer  # binary-safe (click.get_binary_stream is deprecated in click 8.5)
     try:

@@ -111,7 +111,7 @@ class Session:
         failures, done = [], []
         for path, blob_id, size, archive in jobs:
             try:
-                store.extract(blob_id, target, size=size, recorded=self.index.blob_facts(blob_id))
+                store.extract(blob_id, target, size=size, recorded=self.index.facts_hint(blob_id))
             except (CasStoreError, OSError) as exc:
                 failures.append(FieldFailure(str(experiment.id_experiment), path, str(blob_id), exc))
                 continue
@@ -123,7 +123,7 @@ class Session:
         return done
 
     def _size_of(self, blob_id: str) -> Optional[int]:
-        facts = self.index.blob_facts(blob_id)
+        facts = self.index.facts_hint(blob_id)
         return facts.size if facts else None
 
     def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
@@ -156,14 +156,14 @@ class Session:
             codec, level = runtime.codec_and_level()
             info = store.put_dir(archive.src_dir, archive.params.arc_dir, archive.params.include,
                                  archive.params.exclude, lease=lease, codec=codec, level=level,
-                                 recorded=self.index.blob_facts)
+                                 recorded=self.index.facts_hint)
             archive.stored(info)
             return BlobFacts(info.blob_id, info.size, info.stored_size, info.codec)
         lease.add(archive.blob_id)
         found = store.blobs.find_leased(archive.blob_id)
         if found is None:
             raise BlobNotFound(f"blob {archive.blob_id} of this experiment is not in the datastore {store.blobs.url}")
-        known = self.index.blob_facts(archive.blob_id)
+        known = self.index.facts_hint(archive.blob_id)
         size = known.size if known else archive.size
         return BlobFacts(archive.blob_id, size, found.stored_size, found.codec)
 

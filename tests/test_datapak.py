@@ -271,6 +271,13 @@ def test_c01_prefix_that_is_not_zlib_is_read_as_plain_pickle():
     assert loads(data) == b"1" + b"x" * 47
 
 
+def test_zlib_data_that_inflates_past_the_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(datapak, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    bomb = b"C01" + zlib.compress(dumps(bytes(4 << 20)), 9)  # a few KB that inflate to 4 MiB
+    with pytest.raises(InvalidInput, match="decompresses to more than 1048576 bytes"):
+        loads(bomb)
+
+
 def test_loads_accepts_bytearray_and_memoryview():
     data = dumps({"a": 1})
     assert loads(bytearray(data)) == loads(memoryview(data)) == {"a": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from casstore.cas.contentstore import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.index import Index
 from casstore.cas.verify import verify
-from casstore.errors import FieldsUnreadable
+from casstore.errors import FieldsUnreadable, InvalidInput
 from casstore.session import field_roots
+from casstore.storage import datapak
 from helpers import make_folder, run_cli
 
 DB = "sqlite:///p.db"
@@ -133,10 +135,24 @@ def test_an_unknown_codec_in_the_facts_table_is_damage(project):
     assert "'lz4'" in report["problems"][0]["detail"]
 
 
-def test_cat_of_a_blob_with_a_damaged_facts_row_fails_in_one_line(project):
-    project.sql("UPDATE casstore_blobs SET size = 'big' WHERE blob_id = ?", project.kept)
-    result = run_cli("cat", project.kept, "--db", DB, code=1)
-    assert result.stderr.count("\n") == 1 and "'big'" in result.stderr
+@pytest.mark.parametrize("column", ["size", "stored_size"])
+def test_cat_reads_a_blob_whose_facts_row_is_damaged(project, column):
+    project.sql(f"UPDATE casstore_blobs SET {column} = 'big' WHERE blob_id = ?", project.kept)
+    result = run_cli("cat", project.kept, "--db", DB)
+    assert result.stdout.startswith("f.txt") and "kept" in result.stdout
+
+
+@pytest.mark.parametrize("column", ["size", "stored_size"])
+def test_a_load_reads_the_blob_whose_facts_row_is_damaged(project, column):
+    project.sql(f"UPDATE casstore_blobs SET {column} = 'big' WHERE blob_id = ?", project.kept)
+    assert project.loads_a() == b"kept"
+
+
+@pytest.mark.parametrize("column", ["size", "stored_size"])
+def test_a_persist_of_the_same_content_rewrites_a_damaged_facts_row(project, column):
+    project.sql(f"UPDATE casstore_blobs SET {column} = 'big' WHERE blob_id = ?", project.kept)
+    project.session.create_experiment("a2", data=ArchiveStore("a")).persist()
+    assert _verify(code=0)["problems"] == []
 
 
 def test_reference_rows_of_an_experiment_deleted_by_another_tool_are_reclaimable(project):
@@ -158,6 +174,14 @@ def test_gc_dry_run_lists_the_reference_rows_of_a_deleted_experiment_and_keeps_t
     project.sql("DELETE FROM experiments WHERE id_experiment = ?", project.id_a)
     report = json.loads(run_cli("gc", "--db", DB, "--grace", "0", "--dry-run", "--json").stdout)
     assert report["deleted"] == [{"blob": project.kept, "bytes": 0}]
+    assert project.rows("SELECT count(*) FROM casstore_refs WHERE id_experiment = ?", project.id_a) == [(1,)]
+    assert project.blob_exists(project.kept)
+
+
+def test_a_refused_gc_keeps_the_reference_rows_of_a_deleted_experiment(project):
+    project.sql("DELETE FROM experiments WHERE id_experiment = ?", project.id_a)
+    Path("mltraq.datastore/casstore/registry", "0" * 32 + ".json").write_bytes(b"")
+    run_cli("gc", "--db", DB, "--grace", "0", code=3)
     assert project.rows("SELECT count(*) FROM casstore_refs WHERE id_experiment = ?", project.id_a) == [(1,)]
     assert project.blob_exists(project.kept)
 
@@ -205,6 +229,38 @@ def test_gc_refuses_when_another_registered_project_has_fields_that_do_not_decod
     result = run_cli("gc", "--db", DB, "--grace", "0", code=3)
     assert "experiment 'c'" in result.stderr
     assert project.blob_exists(c.fields.data.blob_id)
+
+
+def _zlib_bomb(monkeypatch) -> bytes:
+    """Fields of a few KB that inflate past the (lowered) DataPak limit."""
+    monkeypatch.setattr(datapak, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    return b"C01" + zlib.compress(datapak.dumps(bytes(4 << 20)), 9)
+
+
+def test_gc_refuses_when_another_registered_project_has_fields_that_inflate_past_the_limit(project, monkeypatch):
+    other = create_session("sqlite:///q.db")
+    make_folder("c", {"f.txt": b"of q"})
+    c = other.create_experiment("c", data=ArchiveStore("c")).persist()
+    with sqlite3.connect("q.db") as conn:
+        conn.execute("DELETE FROM casstore_refs")
+        conn.execute("UPDATE experiments SET fields = ?", (_zlib_bomb(monkeypatch),))
+    result = run_cli("gc", "--db", DB, "--grace", "0", code=3)
+    assert "experiment 'c'" in result.stderr and "decompresses to more than" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert project.blob_exists(c.fields.data.blob_id)
+
+
+def test_verify_reports_fields_that_inflate_past_the_limit_as_damage(project, monkeypatch):
+    project.sql("UPDATE experiments SET fields = ? WHERE id_experiment = ?", _zlib_bomb(monkeypatch), project.id_a)
+    report = _verify(code=1)
+    assert [p["kind"] for p in report["problems"]] == ["fields"]
+    assert "decompresses to more than" in report["problems"][0]["detail"]
+
+
+def test_a_load_of_fields_that_inflate_past_the_limit_fails_typed(project, monkeypatch):
+    project.sql("UPDATE experiments SET fields = ? WHERE id_experiment = ?", _zlib_bomb(monkeypatch), project.id_a)
+    with pytest.raises(InvalidInput, match="decompresses to more than"):
+        project.session.load_experiment("a")
 
 
 def test_session_gc_keeps_the_blob_the_fields_name(project):

@@ -988,6 +988,20 @@ def test_verify_deep_drops_a_damage_record_its_reread_refutes(tmp_path, aged_src
     assert verify(s.index, project.store(), field_roots=field_roots).problems == []
 
 
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_read_expecting_another_size_records_no_damage_for_an_intact_blob(tmp_path, delta):
+    """A reader's expected size (a named reference anyone can write, another project's stale
+    facts) proves nothing about the bytes: only what the bytes themselves show is recorded,
+    else every project's verify would report the intact blob as damaged."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    url = write_named_ref(victim, archive.blob_id, size=victim.store.check(archive.blob_id) + delta)
+    with pytest.raises(CorruptBlob) as raised:
+        ArchiveStoreIO(url).extract(str(tmp_path / "t"))
+    assert raised.value.reason == "size"
+    assert read_damage(victim.store.blobs, archive.blob_id) is None
+
+
 def test_a_symlink_planted_as_a_tar_beside_an_intact_tar_zst_is_skipped_by_loads_and_moved_aside(tmp_path, aged_src):
     project, s = cached_project(tmp_path, "zstd")
     e = persist_folder(s, aged_src)

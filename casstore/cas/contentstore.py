@@ -42,6 +42,7 @@ UNSIZED_LIMIT = 1 << 30  # default of option datastore.max_unsized_bytes
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_MAX_FRAME_HEADER = 18
+PROVEN_BY_THE_BYTES = ("digest", "unreadable")  # the CorruptBlob reasons a read records as damage
 Progress = Callable[[int], None]
 
 
@@ -294,8 +295,13 @@ class ContentStore:
                 raise
 
     def _note_damage(self, copy: BlobStat, exc: CorruptBlob) -> None:
-        """Record what a read found; a datastore that takes no writes (read-only) only loses
-        the hint."""
+        """Record what a read found in the bytes themselves (a digest mismatch, a zstd stream
+        or TAR headers that do not parse), never a size that differs from the reader's
+        expectation: that may come from a named reference anyone can write or another
+        project's stale facts, and a record makes every project's verify report the blob.
+        A datastore that takes no writes (read-only) only loses the hint."""
+        if exc.reason not in PROVEN_BY_THE_BYTES:
+            return
         try:
             record_damage(self.blobs, copy, exc.reason, str(exc))
         except (OSError, CasStoreError) as error:

@@ -70,9 +70,11 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     if not dry_run:
         for trashed in list(blobs.iter_trash()):
             blobs.restore_from_trash(trashed.key)
-    orphaned = index.orphaned_refs() if dry_run else index.delete_orphaned_refs()
     now = time.time()
-    live = live_blob_ids(blobs, index, field_roots)
+    live = live_blob_ids(blobs, index, field_roots)  # every check first: a gc that refuses deletes nothing
+    orphaned = index.orphaned_refs() if dry_run else index.delete_orphaned_refs()
+    if orphaned and not dry_run:
+        live = live_blob_ids(blobs, index, field_roots)
     stored = list(blobs.iter_blobs())
     candidates = [b for b in stored if b.blob_id not in live and now - b.mtime >= grace_s]
     if dry_run:

@@ -7,6 +7,7 @@ with "database is locked"; reads start with a plain BEGIN and, with WAL, never w
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -22,6 +23,8 @@ from casstore.cas.engine import is_read_only, make_engine, write_transaction
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.schema import check_schema, ensure_schema, upgrade
 from casstore.errors import DamagedIndex, DatabaseFailure, ExperimentAlreadyExists, InvalidInput
+
+log = logging.getLogger(__name__)
 
 DATASTORE_KEY = "datastore"
 PROJECT_KEY = "project"  # the project's identity, a UUID (migrations/versions/0002_project_identity.py)
@@ -253,7 +256,8 @@ class Index:
         statement = dialect_insert(BlobRow)
         conn.execute(statement.on_conflict_do_update(
             index_elements=["blob_id"],
-            set_={"stored_size": statement.excluded.stored_size, "codec": statement.excluded.codec}), rows)
+            set_={"size": func.coalesce(statement.excluded.size, BlobRow.size),
+                  "stored_size": statement.excluded.stored_size, "codec": statement.excluded.codec}), rows)
 
     def forget_blob_facts(self, blob_ids: list[str]) -> None:
         """Drop the facts of deleted blobs that no reference of this database names."""
@@ -296,6 +300,17 @@ class Index:
         with self.engine.connect() as conn:
             row = conn.execute(select(BlobRow).where(BlobRow.blob_id == blob_id)).first()
         return None if row is None else checked_facts(row.blob_id, row.size, row.stored_size, row.codec)
+
+    def facts_hint(self, blob_id: str) -> BlobFacts | None:
+        """The facts of `blob_id` where they are only a hint (the size to expect, the copy to
+        prefer): a damaged row is logged and read as none, so that it blocks no load or persist
+        of intact content; the blob is then read by its own digest, a persist rewrites the row,
+        and verify reports the row until then."""
+        try:
+            return self.blob_facts(blob_id)
+        except DamagedIndex as exc:
+            log.warning("facts ignored: %s", exc)
+            return None
 
     def referenced_blob_ids(self) -> set[str]:
         with self.engine.connect() as conn:

@@ -48,6 +48,10 @@ TAG_ARCHIVESTORE = "mltraq.ArchiveStore-0"
 
 PICKLE_PROTOCOL = 5
 COMPRESSION_PREFIX = b"C01"
+# The most a compressed DataPak may inflate to. Fields are metadata (their archives are
+# blobs), and gc and verify decode the fields of every project sharing a datastore: a few
+# KB of zlib that inflate to gigabytes must be refused, not exhaust memory.
+MAX_DECOMPRESSED_BYTES = 512 << 20
 
 Decoders = Mapping[str, Callable[[Any], Any]]
 
@@ -304,13 +308,20 @@ def _decompress(data: bytes) -> bytes:
     MLtraq's own reader compares only 2 bytes against the 3-byte prefix and so never
     decompresses; we read the prefix properly. As MLtraq does, data that has the prefix
     but does not decompress is read as a plain pickle (a pickle may start with b"C01").
+    Data that would inflate past MAX_DECOMPRESSED_BYTES raises InvalidInput.
     """
-    if data.startswith(COMPRESSION_PREFIX):
-        try:
-            return zlib.decompress(data[len(COMPRESSION_PREFIX) :])
-        except zlib.error:
-            return data
-    return data
+    if not data.startswith(COMPRESSION_PREFIX):
+        return data
+    limit = MAX_DECOMPRESSED_BYTES
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data[len(COMPRESSION_PREFIX) :], limit + 1)
+    except zlib.error:
+        return data
+    if len(raw) > limit:
+        raise InvalidInput(f"DataPak data decompresses to more than {limit} bytes, the limit for fields "
+                           "(datapak.MAX_DECOMPRESSED_BYTES): refusing to load it")
+    return raw if inflater.eof else data  # a truncated stream does not decompress
 
 
 def _check_opcodes(raw: bytes) -> None:
