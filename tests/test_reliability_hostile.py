@@ -805,6 +805,89 @@ def test_a_registry_entry_over_its_bound_stops_gc_unread(tmp_path):
     assert os.path.exists(project.blob_path(e.fields.data.blob_id))
 
 
+def users_folder(tmp_path) -> str:
+    """A user's folder outside the datastore, holding files named as gc deletes them in each
+    of its folders (a trash key, a lease, an ingest temp file, a quarantined copy, a damage
+    record), all two days old, and the user's own files."""
+    hexes = uuid.uuid4().hex
+    folder = str(tmp_path / "users-folder")
+    for rel in ("thesis.tex", "sub/notes.txt", "sub/old.json", f"xxh128-ab-{hexes[2:]}.tar", f"{hexes}.json",
+                f"{hexes}.partial", f"xxh128-{hexes}.tar.1000000000.{hexes}", f"xxh128/{hexes}.json"):
+        path = write(os.path.join(folder, *rel.split("/")), b"the user's " + rel.encode())
+        backdate(path, 2 * 86400)
+    return folder
+
+
+def outside_snapshot(tmp_path, project) -> dict:
+    """Every path under tmp_path outside the project (its database and datastore) with its
+    facts: what gc may not change."""
+    out = {}
+    for dirpath, dirs, files in os.walk(tmp_path):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) != project.root]
+        for name in dirs + files:
+            st = os.lstat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), tmp_path)] = \
+                (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+GC_FOLDERS = ["trash", "leases", "tmp", "quarantine", "damaged", "registry"]
+
+
+@pytest.mark.parametrize("folder", GC_FOLDERS)
+def test_gc_deletes_nothing_through_a_gc_folder_replaced_by_a_symlink_to_a_users_folder(tmp_path, folder):
+    """Was: os.walk followed `casstore/trash` (or leases, ...) made a symlink, and gc deleted
+    the user's files there as trash, expired leases, quarantined copies. A listing through a
+    symlinked folder lists nothing; a symlinked registry makes gc refuse (it may hide projects)."""
+    project, e = planted_project(tmp_path)
+    target = users_folder(tmp_path)
+    place = os.path.join(project.datastore, "casstore", folder)
+    if os.path.isdir(place):
+        os.rename(place, str(tmp_path / f"{folder}-was"))
+    os.symlink(target, place)
+    before = outside_snapshot(tmp_path, project)
+    run_cli(*on(project, "gc", "--grace", "0"), code=3 if folder == "registry" else 0)
+    assert outside_snapshot(tmp_path, project) == before
+    assert os.path.islink(place)
+    if folder != "registry":
+        assert_kept_loads(project, e)
+
+
+def test_gc_moves_no_blob_into_a_trash_folder_that_is_a_symlink(tmp_path):
+    """Was: gc renamed the unreferenced blob into the user's folder, then deleted it there
+    (a user's file of that name would have been replaced). It refuses, moving nothing."""
+    project, e = planted_project(tmp_path)
+    s = project.session()
+    s.delete_experiment(s.read_experiment("kept"))
+    s.index.dispose()
+    target = users_folder(tmp_path)
+    os.symlink(target, os.path.join(project.datastore, "casstore", "trash"))
+    before = outside_snapshot(tmp_path, project)
+    result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
+    assert "symlink" in result.stderr and result.stderr.count("\n") == 1
+    assert outside_snapshot(tmp_path, project) == before
+    assert os.path.exists(project.blob_path(e.fields.data.blob_id))
+
+
+def test_gc_leaves_a_file_in_the_trash_that_is_not_a_trash_key(tmp_path):
+    """Was: the recovery of an interrupted gc deleted every trash object it could not parse."""
+    project, _e = planted_project(tmp_path)
+    mine = write(os.path.join(project.datastore, "casstore", "trash", "thesis.tex"), b"mine")
+    backdate(mine, 2 * 86400)
+    run_cli(*on(project, "gc", "--grace", "0"))
+    assert open(mine, "rb").read() == b"mine"
+
+
+@pytest.mark.parametrize("name", ["notes.json", "sub/" + "a" * 32 + ".json", "A" * 32 + ".json", "a" * 31 + ".json"])
+def test_gc_deletes_no_file_in_the_leases_folder_that_is_not_named_as_a_lease(tmp_path, name):
+    """Was: every unreadable `*.json` at any depth below casstore/leases was an expired lease."""
+    project, _e = planted_project(tmp_path)
+    mine = write(os.path.join(project.datastore, "casstore", "leases", *name.split("/")), b"mine")
+    backdate(mine, 2 * 86400)
+    run_cli(*on(project, "gc", "--grace", "0"))
+    assert open(mine, "rb").read() == b"mine"
+
+
 # --------------------------------------------------------------------------- damage under an id (issue 11, item 6)
 #
 # Dedup must not trust whatever file holds a blob's name: garbage planted under a predictable
