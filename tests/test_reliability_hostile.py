@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from helpers import deadline, file_tree, make_folder, run_casstore, run_cli, write
+from helpers import deadline, facts_outside, file_tree, make_folder, run_casstore, run_cli, write
 
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
@@ -818,19 +818,6 @@ def users_folder(tmp_path) -> str:
     return folder
 
 
-def outside_snapshot(tmp_path, project) -> dict:
-    """Every path under tmp_path outside the project (its database and datastore) with its
-    facts: what gc may not change."""
-    out = {}
-    for dirpath, dirs, files in os.walk(tmp_path):
-        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) != project.root]
-        for name in dirs + files:
-            st = os.lstat(os.path.join(dirpath, name))
-            out[os.path.relpath(os.path.join(dirpath, name), tmp_path)] = \
-                (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
-    return out
-
-
 GC_FOLDERS = ["trash", "leases", "tmp", "quarantine", "damaged", "registry"]
 
 
@@ -845,9 +832,9 @@ def test_gc_deletes_nothing_through_a_gc_folder_replaced_by_a_symlink_to_a_users
     if os.path.isdir(place):
         os.rename(place, str(tmp_path / f"{folder}-was"))
     os.symlink(target, place)
-    before = outside_snapshot(tmp_path, project)
+    before = facts_outside(tmp_path, project.root)
     run_cli(*on(project, "gc", "--grace", "0"), code=3 if folder == "registry" else 0)
-    assert outside_snapshot(tmp_path, project) == before
+    assert facts_outside(tmp_path, project.root) == before
     assert os.path.islink(place)
     if folder != "registry":
         assert_kept_loads(project, e)
@@ -862,10 +849,10 @@ def test_gc_moves_no_blob_into_a_trash_folder_that_is_a_symlink(tmp_path):
     s.index.dispose()
     target = users_folder(tmp_path)
     os.symlink(target, os.path.join(project.datastore, "casstore", "trash"))
-    before = outside_snapshot(tmp_path, project)
+    before = facts_outside(tmp_path, project.root)
     result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
     assert "symlink" in result.stderr and result.stderr.count("\n") == 1
-    assert outside_snapshot(tmp_path, project) == before
+    assert facts_outside(tmp_path, project.root) == before
     assert os.path.exists(project.blob_path(e.fields.data.blob_id))
 
 
