@@ -712,10 +712,14 @@ def test_a_fifo_in_the_datastore_hangs_neither_verify_nor_gc(tmp_path, place):
     os.mkfifo(fifo)
     backdate(fifo)
     with deadline(30):
-        foreign = place == "blobs"  # under a blob's name: not a blob, reported for someone to look at
-        report = json.loads(run_cli(*on(project, "verify", "--json"), code=1 if foreign else 0).stdout)
-        assert [p["kind"] for p in report["problems"]] == (["foreign"] if foreign else [])
-        run_cli(*on(project, "gc", "--grace", "0"))
+        if place == "registry":  # an entry that is not a regular file: gc and verify refuse, naming it
+            for command in (("verify",), ("gc", "--grace", "0")):
+                assert "f" * 32 + " " in run_cli(*on(project, *command), code=3).stderr
+        else:
+            foreign = place == "blobs"  # under a blob's name: not a blob, reported for someone to look at
+            report = json.loads(run_cli(*on(project, "verify", "--json"), code=1 if foreign else 0).stdout)
+            assert [p["kind"] for p in report["problems"]] == (["foreign"] if foreign else [])
+            run_cli(*on(project, "gc", "--grace", "0"))
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert_kept_loads(project, e)
 

@@ -513,14 +513,16 @@ class LocalBlobStore(BlobStore):
         """As the interface says, from one walk; a symlink, FIFO or device under blobs/ (never
         an object, never read) is a stranger too, so that verify reports it."""
         specials: list[ObjectStat] = []
-        prefix = f"{INTERNAL}/blobs"
-        link = self._symlink_on_the_way(prefix)
-        objects = self._walk(self._path(prefix), set(), specials) if link is None else iter(())
-        yield from _blobs_of(objects, strangers)
-        if link is not None:
-            specials.append(link)
-        if strangers is not None:
-            strangers.extend(specials)
+        yield from _blobs_of(self.list_objects(f"{INTERNAL}/blobs", specials), strangers)
+        if strangers is not None:  # an empty shard folder is what deleting its blobs leaves
+            strangers.extend(s for s in specials if not self._is_folder(s.key))
+
+    def _is_folder(self, key: str) -> bool:
+        """Whether `key` is a folder (not a symlink to one)."""
+        try:
+            return stat.S_ISDIR(os.lstat(self._path(key)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def _walk(self, base: str, skip: set[str], specials: list[ObjectStat] | None = None, *,
               empty_folders: bool = False) -> Iterator[ObjectStat]:
