@@ -40,7 +40,8 @@ from casstore.cas.roots import MAX_REF_BYTES
 from casstore.cas.tarball import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
                                   tar_bytes)
 from casstore.cas.verify import verify
-from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnreadableObject, UnsafeArchive
+from casstore.errors import (CorruptBlob, CorruptReference, DatastoreError, InvalidInput, UnreadableObject,
+                             UnsafeArchive)
 from casstore.session import parse_experiment_id
 from casstore.storage.archivestore import Archive
 from casstore.session import field_roots
@@ -858,6 +859,25 @@ def test_gc_moves_no_blob_into_a_trash_folder_that_is_a_symlink(tmp_path):
     assert "symlink" in result.stderr and result.stderr.count("\n") == 1
     assert facts_outside(tmp_path, project.root) == before
     assert os.path.exists(project.blob_path(e.fields.data.blob_id))
+
+
+def test_a_persist_writes_no_lease_through_a_leases_folder_that_is_a_symlink(tmp_path):
+    """gc lists nothing through a symlinked folder, so a lease written through one would
+    protect nothing: the writer refuses (typed) and writes nothing outside the datastore."""
+    project, _e = planted_project(tmp_path)
+    target = users_folder(tmp_path)
+    leases = os.path.join(project.datastore, "casstore", "leases")
+    if os.path.isdir(leases):
+        os.rmdir(leases)
+    os.symlink(target, leases)
+    write(tmp_path / "src2" / "b.txt", b"new content " * 100)
+    before = facts_outside(tmp_path, project.root)
+    s = project.session()
+    e = s.create_experiment("new", data=ArchiveStore(src_dir=str(tmp_path / "src2"), arc_dir="d"))
+    with pytest.raises(DatastoreError, match="'casstore/leases' is a symlink"):
+        e.persist()
+    s.index.dispose()
+    assert facts_outside(tmp_path, project.root) == before
 
 
 def test_gc_leaves_a_file_in_the_trash_that_is_not_a_trash_key(tmp_path):

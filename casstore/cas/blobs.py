@@ -434,6 +434,9 @@ class LocalBlobStore(BlobStore):
             pass
 
     def put_object(self, key: str, data: bytes) -> None:
+        """As the interface says; refused (DatastoreError) if a folder on the way to `key`
+        is a symlink: nothing is written outside the datastore."""
+        self._refuse_through_symlink(key, "writes")
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}{TORN_SUFFIX}"
