@@ -52,6 +52,20 @@ def file_tree(root: str | Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def facts_outside(root: str | os.PathLike, inside: str | os.PathLike) -> dict[str, tuple]:
+    """Every path below `root` except `inside` (a folder the test lets change, e.g. the
+    project's datastore) with its type, size, mtime and inode (symlinks not followed): a
+    snapshot that must not change."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) != os.fspath(inside)]
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
 def run_cli(*args: str, code: int | None = 0, env: dict | None = None) -> Result:
     """Run the `casstore` command in-process; check its exit code unless `code` is None."""
     kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}

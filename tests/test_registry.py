@@ -6,6 +6,7 @@ with the credentials configured for it (docs/gc.md, docs/teams.md)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import struct
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import db_url, make_folder, run_cli
+from helpers import db_url, facts_outside, make_folder, run_cli
 
 from casstore import create_session, options
 from casstore.cas.blobs import LocalBlobStore
@@ -151,6 +152,65 @@ def test_registry_lists_an_unreadable_entry_and_forget_by_key_resolves_it(shared
     deleted = {d["blob"] for d in json.loads(run_cli("gc", *_args(a, datastore), "--grace", "0", "--json").stdout)
                ["deleted"]}
     assert deleted == {doomed, b.blob}  # what the user asked for: b is gone as far as gc knows
+
+
+def _make_special(entry: Path, kind: str, elsewhere: Path) -> None:
+    """Replace the registry entry `entry` by something that is not a regular file; what a
+    symlink points at (outside the datastore) is a copy of the entry or a folder."""
+    elsewhere.mkdir()
+    copy = elsewhere / "entry-backup.json"
+    copy.write_bytes(entry.read_bytes())
+    entry.unlink()
+    if kind == "symlink":
+        entry.symlink_to(copy)
+    elif kind == "symlink to a folder":
+        entry.symlink_to(elsewhere)
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    else:
+        entry.mkdir()
+
+
+SPECIAL_ENTRIES = ["symlink", "symlink to a folder", "fifo", "folder"]
+
+
+@pytest.mark.parametrize("kind", SPECIAL_ENTRIES)
+def test_an_entry_that_is_not_a_regular_file_stops_gc_and_verify_naming_it(shared, workdir, kind):
+    """Was: the listing dropped it, so gc deleted the blobs of the project it stood for."""
+    datastore, a, b, doomed = shared
+    _make_special(b.entry(datastore), kind, workdir / "elsewhere")
+    key = b.entry(datastore).stem
+    for command in (["gc", "--grace", "0"], ["verify"]):
+        result = run_cli(command[0], *_args(a, datastore), *command[1:], code=3)
+        assert f"registry entry {key}" in result.stderr and "not a regular file" in result.stderr
+    assert _stored(datastore, b.blob) and _stored(datastore, doomed)
+
+
+@pytest.mark.parametrize("kind", SPECIAL_ENTRIES)
+def test_registry_lists_an_entry_that_is_not_a_regular_file_and_forget_removes_it_unfollowed(shared, workdir, kind):
+    datastore, a, b, _ = shared
+    _make_special(b.entry(datastore), kind, workdir / "elsewhere")
+    key = b.entry(datastore).stem
+    listing = json.loads(run_cli("registry", *_args(a, datastore), "--json").stdout)
+    assert listing["unreadable"] == [{"key": key, "reason": "not a regular file"}]
+    before = facts_outside(workdir, datastore)
+    forgot = json.loads(run_cli("registry", *_args(a, datastore), "--forget", key, "--json").stdout)
+    assert forgot["forgotten"] == [key] and forgot["unreadable"] == []
+    assert not os.path.lexists(b.entry(datastore)) and facts_outside(workdir, datastore) == before
+
+
+def test_a_registry_folder_that_is_a_symlink_stops_gc(shared, workdir):
+    """Was: read through the link; skipping it instead would hide every project it names."""
+    datastore, a, b, doomed = shared
+    registry = datastore / "casstore" / "registry"
+    registry.rename(workdir / "registry-elsewhere")
+    registry.symlink_to(workdir / "registry-elsewhere")
+    before = facts_outside(workdir, datastore)
+    for command in (["gc", "--grace", "0"], ["verify"]):
+        result = run_cli(command[0], *_args(a, datastore), *command[1:], code=3)
+        assert "'casstore/registry' is a symlink" in result.stderr and result.stderr.count("\n") == 1
+    run_cli("registry", *_args(a, datastore), "--forget", "casstore/registry", code=3)
+    assert _stored(datastore, doomed) and registry.is_symlink() and facts_outside(workdir, datastore) == before
 
 
 def test_a_project_repairs_its_own_damaged_entry_at_its_next_persist(shared, workdir):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from helpers import deadline, file_tree, make_folder, run_casstore, run_cli, write
+from helpers import deadline, facts_outside, file_tree, make_folder, run_casstore, run_cli, write
 
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
@@ -40,7 +40,8 @@ from casstore.cas.roots import MAX_REF_BYTES
 from casstore.cas.tarball import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
                                   tar_bytes)
 from casstore.cas.verify import verify
-from casstore.errors import CorruptBlob, CorruptReference, InvalidInput, UnreadableObject, UnsafeArchive
+from casstore.errors import (CorruptBlob, CorruptReference, DatastoreError, InvalidInput, UnreadableObject,
+                             UnsafeArchive)
 from casstore.session import parse_experiment_id
 from casstore.storage.archivestore import Archive
 from casstore.session import field_roots
@@ -712,10 +713,14 @@ def test_a_fifo_in_the_datastore_hangs_neither_verify_nor_gc(tmp_path, place):
     os.mkfifo(fifo)
     backdate(fifo)
     with deadline(30):
-        foreign = place == "blobs"  # under a blob's name: not a blob, reported for someone to look at
-        report = json.loads(run_cli(*on(project, "verify", "--json"), code=1 if foreign else 0).stdout)
-        assert [p["kind"] for p in report["problems"]] == (["foreign"] if foreign else [])
-        run_cli(*on(project, "gc", "--grace", "0"))
+        if place == "registry":  # an entry that is not a regular file: gc and verify refuse, naming it
+            for command in (("verify",), ("gc", "--grace", "0")):
+                assert "f" * 32 + " " in run_cli(*on(project, *command), code=3).stderr
+        else:
+            foreign = place == "blobs"  # under a blob's name: not a blob, reported for someone to look at
+            report = json.loads(run_cli(*on(project, "verify", "--json"), code=1 if foreign else 0).stdout)
+            assert [p["kind"] for p in report["problems"]] == (["foreign"] if foreign else [])
+            run_cli(*on(project, "gc", "--grace", "0"))
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert_kept_loads(project, e)
 
@@ -803,6 +808,95 @@ def test_a_registry_entry_over_its_bound_stops_gc_unread(tmp_path):
     result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
     assert os.path.basename(entry).removesuffix(".json") in result.stderr and result.stderr.count("\n") == 1
     assert os.path.exists(project.blob_path(e.fields.data.blob_id))
+
+
+def users_folder(tmp_path) -> str:
+    """A user's folder outside the datastore, holding files named as gc deletes them in each
+    of its folders (a trash key, a lease, an ingest temp file, a quarantined copy, a damage
+    record), all two days old, and the user's own files."""
+    hexes = uuid.uuid4().hex
+    folder = str(tmp_path / "users-folder")
+    for rel in ("thesis.tex", "sub/notes.txt", "sub/old.json", f"xxh128-ab-{hexes[2:]}.tar", f"{hexes}.json",
+                f"{hexes}.partial", f"xxh128-{hexes}.tar.1000000000.{hexes}", f"xxh128/{hexes}.json"):
+        path = write(os.path.join(folder, *rel.split("/")), b"the user's " + rel.encode())
+        backdate(path, 2 * 86400)
+    return folder
+
+
+GC_FOLDERS = ["trash", "leases", "tmp", "quarantine", "damaged", "registry"]
+
+
+@pytest.mark.parametrize("folder", GC_FOLDERS)
+def test_gc_deletes_nothing_through_a_gc_folder_replaced_by_a_symlink_to_a_users_folder(tmp_path, folder):
+    """Was: os.walk followed `casstore/trash` (or leases, ...) made a symlink, and gc deleted
+    the user's files there as trash, expired leases, quarantined copies. A listing through a
+    symlinked folder lists nothing; a symlinked registry makes gc refuse (it may hide projects)."""
+    project, e = planted_project(tmp_path)
+    target = users_folder(tmp_path)
+    place = os.path.join(project.datastore, "casstore", folder)
+    if os.path.isdir(place):
+        os.rename(place, str(tmp_path / f"{folder}-was"))
+    os.symlink(target, place)
+    before = facts_outside(tmp_path, project.root)
+    run_cli(*on(project, "gc", "--grace", "0"), code=3 if folder == "registry" else 0)
+    assert facts_outside(tmp_path, project.root) == before
+    assert os.path.islink(place)
+    if folder != "registry":
+        assert_kept_loads(project, e)
+
+
+def test_gc_moves_no_blob_into_a_trash_folder_that_is_a_symlink(tmp_path):
+    """Was: gc renamed the unreferenced blob into the user's folder, then deleted it there
+    (a user's file of that name would have been replaced). It refuses, moving nothing."""
+    project, e = planted_project(tmp_path)
+    s = project.session()
+    s.delete_experiment(s.read_experiment("kept"))
+    s.index.dispose()
+    target = users_folder(tmp_path)
+    os.symlink(target, os.path.join(project.datastore, "casstore", "trash"))
+    before = facts_outside(tmp_path, project.root)
+    result = run_cli(*on(project, "gc", "--grace", "0"), code=3)
+    assert "symlink" in result.stderr and result.stderr.count("\n") == 1
+    assert facts_outside(tmp_path, project.root) == before
+    assert os.path.exists(project.blob_path(e.fields.data.blob_id))
+
+
+def test_a_persist_writes_no_lease_through_a_leases_folder_that_is_a_symlink(tmp_path):
+    """gc lists nothing through a symlinked folder, so a lease written through one would
+    protect nothing: the writer refuses (typed) and writes nothing outside the datastore."""
+    project, _e = planted_project(tmp_path)
+    target = users_folder(tmp_path)
+    leases = os.path.join(project.datastore, "casstore", "leases")
+    if os.path.isdir(leases):
+        os.rmdir(leases)
+    os.symlink(target, leases)
+    write(tmp_path / "src2" / "b.txt", b"new content " * 100)
+    before = facts_outside(tmp_path, project.root)
+    s = project.session()
+    e = s.create_experiment("new", data=ArchiveStore(src_dir=str(tmp_path / "src2"), arc_dir="d"))
+    with pytest.raises(DatastoreError, match="'casstore/leases' is a symlink"):
+        e.persist()
+    s.index.dispose()
+    assert facts_outside(tmp_path, project.root) == before
+
+
+def test_gc_leaves_a_file_in_the_trash_that_is_not_a_trash_key(tmp_path):
+    """Was: the recovery of an interrupted gc deleted every trash object it could not parse."""
+    project, _e = planted_project(tmp_path)
+    mine = write(os.path.join(project.datastore, "casstore", "trash", "thesis.tex"), b"mine")
+    backdate(mine, 2 * 86400)
+    run_cli(*on(project, "gc", "--grace", "0"))
+    assert open(mine, "rb").read() == b"mine"
+
+
+@pytest.mark.parametrize("name", ["notes.json", "sub/" + "a" * 32 + ".json", "A" * 32 + ".json", "a" * 31 + ".json"])
+def test_gc_deletes_no_file_in_the_leases_folder_that_is_not_named_as_a_lease(tmp_path, name):
+    """Was: every unreadable `*.json` at any depth below casstore/leases was an expired lease."""
+    project, _e = planted_project(tmp_path)
+    mine = write(os.path.join(project.datastore, "casstore", "leases", *name.split("/")), b"mine")
+    backdate(mine, 2 * 86400)
+    run_cli(*on(project, "gc", "--grace", "0"))
+    assert open(mine, "rb").read() == b"mine"
 
 
 # --------------------------------------------------------------------------- damage under an id (issue 11, item 6)

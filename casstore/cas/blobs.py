@@ -276,9 +276,12 @@ class BlobStore(ABC):
     def delete_object(self, key: str) -> None: ...
 
     @abstractmethod
-    def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
+    def list_objects(self, prefix: str, specials: list[ObjectStat] | None = None) -> Iterator[ObjectStat]:
         """Every object below `prefix` (recursively); missing prefix: nothing. Only regular
-        files are objects: a symlink, a FIFO or a device is never listed."""
+        files are objects: a symlink, a FIFO or a device is never listed, and is appended to
+        `specials` if given (a backend that has nothing but objects, S3, never fills it).
+        A caller that must see everything that is there (the registry: what it cannot read
+        may name a project) passes `specials` and refuses what it finds in it."""
 
     def list_small_objects(self) -> Iterator[ObjectStat]:
         """Every object except the blobs and gc's trash: named references, leases, registry
@@ -300,7 +303,9 @@ class BlobStore(ABC):
 
     @abstractmethod
     def restore_from_trash(self, key: str) -> None:
-        """Put a trashed blob back (a writer leased it meanwhile); no-op if its id exists."""
+        """Put a trashed blob back (a writer leased it meanwhile); no-op if its id exists.
+        A key that is not a trash key (`trash_key_blob`) is not gc's: left alone, never
+        deleted (a user's file in a folder planted as the trash)."""
 
     def delete_leftover(self, key: str) -> bool:
         """Delete a temp file of an interrupted write; False if a live writer still holds it."""
@@ -397,6 +402,7 @@ class LocalBlobStore(BlobStore):
             if f is not None:
                 f.close()
         key = quarantine_key(blob.blob_id, blob.codec, time.time_ns())
+        self._refuse_through_symlink(key, "moves")
         target = self._path(key)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
@@ -428,6 +434,9 @@ class LocalBlobStore(BlobStore):
             pass
 
     def put_object(self, key: str, data: bytes) -> None:
+        """As the interface says; refused (DatastoreError) if a folder on the way to `key`
+        is a symlink: nothing is written outside the datastore."""
+        self._refuse_through_symlink(key, "writes")
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}{TORN_SUFFIX}"
@@ -450,14 +459,55 @@ class LocalBlobStore(BlobStore):
         return data
 
     def delete_object(self, key: str) -> None:
+        """Unlink `key` itself (a symlink there is removed, never followed); an empty folder
+        there (one planted under a registry entry's name) is removed too. Refused
+        (DatastoreError) if a folder on the way to it is a symlink: what it leads to is not
+        the datastore's."""
+        self._refuse_through_symlink(key, "deletes")
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except IsADirectoryError:
+            os.rmdir(path)
 
     def list_objects(self, prefix: str, specials: list[ObjectStat] | None = None) -> Iterator[ObjectStat]:
-        """As the interface says; a symlink, FIFO or device found is appended to `specials`."""
-        return self._walk(self._path(prefix), set(), specials)
+        """As the interface says. Also appended to `specials`: a symlink to a folder (never
+        entered) and an empty folder (an entry's name taken by a folder). A prefix whose path
+        below the root passes through a symlink (`casstore/trash` made a link to a user's
+        folder) lists nothing at all, and that symlink is appended to `specials`: everything
+        gc deletes it takes from a listing, so nothing outside the datastore is ever listed
+        as deletable (yielding nothing is safe for the trash, the leases, the quarantine and
+        the damage records), while the registry, which passes `specials`, refuses: skipping
+        a symlinked registry would hide the projects it names."""
+        specials = [] if specials is None else specials
+        link = self._symlink_on_the_way(prefix)
+        if link is not None:
+            specials.append(link)
+            return iter(())
+        return self._walk(self._path(prefix), set(), specials, empty_folders=True)
+
+    def _symlink_on_the_way(self, key: str) -> ObjectStat | None:
+        """The first folder of `key`'s path below the root (`key` itself included) that is
+        a symlink, None if there is none (or the path ends before)."""
+        path = self.root
+        for part in (p for p in key.split("/") if p):
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                return ObjectStat(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
+        return None
+
+    def _refuse_through_symlink(self, key: str, action: str) -> None:
+        """DatastoreError if a folder on the way to `key` (not `key` itself) is a symlink."""
+        link = self._symlink_on_the_way(key.rpartition("/")[0])
+        if link is not None:
+            raise DatastoreError(f"{self.root}: {link.key!r} is a symlink, not a folder of the datastore; "
+                                 f"casstore {action} nothing through it ({key!r})")
 
     def list_small_objects(self) -> Iterator[ObjectStat]:
         return self._walk(self.root, {self._path(p.rstrip("/")) for p in BULK_PREFIXES})
@@ -467,15 +517,29 @@ class LocalBlobStore(BlobStore):
         an object, never read) is a stranger too, so that verify reports it."""
         specials: list[ObjectStat] = []
         yield from _blobs_of(self.list_objects(f"{INTERNAL}/blobs", specials), strangers)
-        if strangers is not None:
-            strangers.extend(specials)
+        if strangers is not None:  # an empty shard folder is what deleting its blobs leaves
+            strangers.extend(s for s in specials if not self._is_folder(s.key))
 
-    def _walk(self, base: str, skip: set[str], specials: list[ObjectStat] | None = None) -> Iterator[ObjectStat]:
-        """Every regular file below `base`, not entering the folders in `skip`; anything else
-        found is appended to `specials` if given."""
+    def _is_folder(self, key: str) -> bool:
+        """Whether `key` is a folder (not a symlink to one)."""
+        try:
+            return stat.S_ISDIR(os.lstat(self._path(key)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def _walk(self, base: str, skip: set[str], specials: list[ObjectStat] | None = None, *,
+              empty_folders: bool = False) -> Iterator[ObjectStat]:
+        """Every regular file below `base`, not entering the folders in `skip` nor any
+        symlink to a folder (os.walk never follows one below `base`); anything else found
+        (and, with `empty_folders`, a folder below `base` holding nothing) is appended to
+        `specials` if given. `base` itself must not be a symlink: os.walk follows that one."""
         for dirpath, dirs, files in os.walk(base):
             dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
-            for name in files:
+            if empty_folders and not dirs and not files and dirpath != base and specials is not None:
+                found = self._stat_of(dirpath)
+                if found is not None:
+                    specials.append(found)
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
                 path = os.path.join(dirpath, name)
                 try:
                     st = os.lstat(path)
@@ -486,6 +550,13 @@ class LocalBlobStore(BlobStore):
                     yield found
                 elif specials is not None:  # a symlink, FIFO or device is not an object
                     specials.append(found)
+
+    def _stat_of(self, path: str) -> ObjectStat | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return ObjectStat(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
 
     def delete_leftover(self, key: str) -> bool:
         try:
@@ -507,6 +578,7 @@ class LocalBlobStore(BlobStore):
     def move_to_trash(self, blob: BlobStat) -> str | None:
         source = checked_blob_key(blob)
         key = trash_key(blob.blob_id, blob.codec)
+        self._refuse_through_symlink(key, "moves")
         os.makedirs(self._path(TRASH_PREFIX), exist_ok=True)
         try:
             os.rename(self._path(source), self._path(key))
@@ -516,17 +588,17 @@ class LocalBlobStore(BlobStore):
 
     def restore_from_trash(self, key: str) -> None:
         """As the interface says; a symlink, FIFO or device at a trash name (a writer's
-        `find_leased` names it, no listing did) is not gc's: never published nor deleted."""
+        `find_leased` names it, no listing did), a key that is not a trash key, and anything
+        reached through a symlinked folder are not gc's: never published nor deleted."""
+        parsed = trash_key_blob(key)
+        if parsed is None or self._symlink_on_the_way(key.rpartition("/")[0]) is not None:
+            return
         try:
             if not stat.S_ISREG(os.lstat(self._path(key)).st_mode):
                 return
         except FileNotFoundError:
             return
-        parsed = trash_key_blob(key)
-        if parsed is not None:
-            self._put_back(key, *parsed)
-        else:
-            self.delete_object(key)
+        self._put_back(key, *parsed)
 
     def _put_back(self, key: str, blob_id: str, codec: str) -> None:
         """Publish the object at `key` under its id unless the id exists, then drop `key`."""

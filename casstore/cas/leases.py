@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -20,6 +21,7 @@ from casstore.errors import UnreadableObject
 LEASES_PREFIX = f"{INTERNAL}/leases"
 DEFAULT_TTL_S = 24 * 3600
 MAX_LEASE_BYTES = 16 << 20  # ~400,000 blob ids
+_LEASE_KEY = re.compile(rf"{LEASES_PREFIX}/[0-9a-f]{{32}}\.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +66,13 @@ class Lease:
 
 
 def read_leases(blobs: BlobStore) -> list[LeaseInfo]:
-    """Every lease in the datastore; an unreadable one (or one over MAX_LEASE_BYTES) counts
-    as expired (it protects nothing it can name), so a torn write never blocks gc forever."""
+    """Every lease in the datastore: the objects named `casstore/leases/<32 hex>.json`, as
+    `Lease` names them (anything else there is not a lease, and never deleted as one). An
+    unreadable one (or one over MAX_LEASE_BYTES) counts as expired (it protects nothing it
+    can name), so a torn write never blocks gc forever."""
     leases = []
     for obj in blobs.list_objects(LEASES_PREFIX):
-        if not obj.key.endswith(".json"):
+        if _LEASE_KEY.fullmatch(obj.key) is None:  # not a name Lease writes: not gc's to delete
             continue
         try:
             body = json.loads(blobs.get_object(obj.key, max_bytes=MAX_LEASE_BYTES) or b"")

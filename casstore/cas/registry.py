@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from casstore.cas.blobs import INTERNAL, BlobStore, is_torn_object
+from casstore.cas.blobs import INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 
 REGISTRY_PREFIX = f"{INTERNAL}/registry"
@@ -51,10 +51,13 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class BrokenEntry:
-    """An object of the registry that is not a readable entry: `key` is its name there."""
+    """An object of the registry that is not a readable entry: `key` is its name there.
+    `folder`: the registry folder itself (or `casstore/`) is a symlink, `key` its datastore
+    key; no entry can be read, and none can be forgotten."""
 
     key: str
     reason: str
+    folder: bool = False
 
 
 def registry_url(url: str | URL) -> str | None:
@@ -94,9 +97,15 @@ def register(blobs: BlobStore, url: str | URL, project: str) -> str | None:
 
 def read_registry(blobs: BlobStore) -> tuple[list[Entry], list[BrokenEntry]]:
     """Every entry (by URL) and every object of the registry that is not one (by key).
-    Temp files of interrupted writes are leftovers (gc), not entries."""
-    entries, broken = [], []
-    for obj in blobs.list_objects(REGISTRY_PREFIX):
+    Temp files of interrupted writes are leftovers (gc), not entries. Anything there that is
+    not a regular file (a symlink, a FIFO, a folder named like an entry) is broken too: gc
+    and verify refuse rather than skip it, since the project it stands for would lose its
+    blobs; and so is a registry folder that is a symlink (`BrokenEntry.folder`)."""
+    entries: list[Entry] = []
+    specials: list[ObjectStat] = []
+    objects = list(blobs.list_objects(REGISTRY_PREFIX, specials))
+    broken = [_special(obj) for obj in specials if not is_torn_object(obj.key)]
+    for obj in objects:
         if is_torn_object(obj.key):
             continue
         name = obj.key[len(REGISTRY_PREFIX) + 1:]
@@ -113,9 +122,22 @@ def read_registry(blobs: BlobStore) -> tuple[list[Entry], list[BrokenEntry]]:
     return sorted(entries, key=lambda e: (e.url, e.key)), sorted(broken, key=lambda b: b.key)
 
 
+def _special(obj: ObjectStat) -> BrokenEntry:
+    """Why `obj`, found in the registry but not a regular file, is a broken entry."""
+    if not obj.key.startswith(f"{REGISTRY_PREFIX}/"):
+        return BrokenEntry(obj.key, "a symlink, not a folder: the registry is not read through it", folder=True)
+    name = obj.key[len(REGISTRY_PREFIX) + 1:]
+    return BrokenEntry(name[: -len(".json")] if _ENTRY_NAME.fullmatch(name) else name, "not a regular file")
+
+
 def entries(blobs: BlobStore) -> list[Entry]:
     """Every entry; refuses (UnresolvedRegistryEntry, naming it) if one cannot be read."""
     found, broken = read_registry(blobs)
+    for folder in (b for b in broken if b.folder):
+        raise UnresolvedRegistryEntry(
+            folder.key, f"the registry of datastore {blobs.url} cannot be read: {folder.key!r} is {folder.reason}; "
+            "gc and verify refuse until it is a folder again, since the entries behind it may name projects "
+            "whose blobs they would otherwise delete")
     if broken:
         first = broken[0]
         raise UnresolvedRegistryEntry(
@@ -206,7 +228,8 @@ def forget(blobs: BlobStore, target: str) -> list[str]:
     except ArgumentError:
         url = target
     entries, broken = read_registry(blobs)
-    keys = {e.key for e in entries if target == e.key or url == e.url} | {b.key for b in broken if b.key == target}
+    keys = {e.key for e in entries if target == e.key or url == e.url} | \
+        {b.key for b in broken if b.key == target and not b.folder}
     for key in sorted(keys):
         blobs.delete_object(_object_key(key) if _ENTRY_NAME.fullmatch(f"{key}.json") else f"{REGISTRY_PREFIX}/{key}")
     return sorted(keys)

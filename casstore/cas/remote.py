@@ -286,9 +286,10 @@ class FsspecBlobStore(BlobStore):
         except FileNotFoundError:
             pass
 
-    def list_objects(self, prefix: str) -> Iterator[ObjectStat]:
+    def list_objects(self, prefix: str, specials: list[ObjectStat] | None = None) -> Iterator[ObjectStat]:
         """Every object below `prefix`, recursively, in key order. On S3 one ListObjectsV2
-        request per 1000 keys, streamed page by page."""
+        request per 1000 keys, streamed page by page. `specials` is never filled: an object
+        store holds objects only (and fsspec's other entries are not followed)."""
         prefix = prefix.strip("/")
         if self.s3:
             yield from self._list_s3(prefix)
@@ -367,9 +368,12 @@ class FsspecBlobStore(BlobStore):
         return key
 
     def restore_from_trash(self, key: str) -> None:
+        """As the interface says; a key that is not a trash key is left alone."""
         parsed = trash_key_blob(key)
+        if parsed is None:
+            return
         found = self._head(key)
-        if parsed is not None and found is not None and self.find(parsed[0]) is None:
+        if found is not None and self.find(parsed[0]) is None:
             try:
                 self._copy(key, blob_key(*parsed), found[0], exclusive=True)
             except (FileExistsError, FileNotFoundError):  # put back by another, or gc deleted it
