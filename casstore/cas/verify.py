@@ -22,7 +22,7 @@ from casstore.cas.contentstore import ContentStore, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index import BlobFacts, Index, RefListing
 from casstore.cas.leases import read_leases
-from casstore.cas.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids, named_refs
+from casstore.cas.roots import FieldRoot, FieldRoots, NamedRef, leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,11 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     for root in roots or []:
         referenced.setdefault(root.blob_id, (root.experiment, _label(root.id_run, root.field)))
     for named in named_refs(store.blobs):
+        if named.blob_id is None:
+            continue
         referenced.setdefault(named.blob_id, (None, named.key))
-        found = copies.get(named.blob_id)
-        if named.blob_id not in facts and found and named.size is not None:
-            facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
+        if named.blob_id not in facts and named.size is not None:
+            _named_facts(facts, named, copies.get(named.blob_id))
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
@@ -105,6 +106,15 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         report.reclaimable = reclaimable(index, store, field_roots, copies)
         report.reclaimable += [Reclaimable("orphaned_ref", r.blob_id, None, 0, 0.0) for r in orphaned]
     return report
+
+
+def _named_facts(facts: dict[str, BlobFacts], named: NamedRef, found: list[BlobStat] | None) -> None:
+    """The facts of a blob only a named reference names: the stored copy it records (since
+    issue 11), else the copy readers use, as a reader without facts would."""
+    if named.facts is not None and named.size is not None:
+        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, named.facts.stored_size, named.facts.codec)
+    elif found and named.size is not None:
+        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
 
 
 def _label(id_run: str, field: str) -> str:
