@@ -544,17 +544,36 @@ def test_gc_keeps_the_blob_of_a_named_reference_spelled_with_leading_whitespace_
     assert rw.tree(str(tmp_path / "after")) == {b"data/d.txt": ("file", b"data field " * 100)}
 
 
-@pytest.mark.parametrize("where", ["casstore/refs/{uuid}", "undefined/{uuid}.{uuid}.tmp"])
-def test_a_reference_where_gc_never_looks_for_one_is_refused_by_the_reader(tmp_path, where):
-    """gc counts no reference inside casstore/ or in a torn temp file of one: a reader that
-    took it would read a blob gc may delete at any time."""
+@pytest.mark.parametrize("where, url", [("casstore/refs/{uuid}", "casstore/refs/{uuid}"),
+                                        ("casstore/refs/{uuid}", "./casstore/refs/{uuid}"),
+                                        ("casstore/refs/{uuid}", "/casstore/refs/{uuid}"),
+                                        ("undefined/{uuid}.{uuid}.tmp", "undefined/{uuid}.{uuid}.tmp")])
+def test_a_reference_where_gc_never_looks_for_one_is_refused_by_the_reader(tmp_path, where, url):
+    """gc counts no reference inside casstore/ (however the URL spells the path) or in a
+    torn temp file of one: a reader that took it would read a blob gc may delete any time."""
     victim = Victim(tmp_path)
     archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
-    key = where.format(uuid=uuid.uuid4().hex)
+    hexes = uuid.uuid4().hex
+    key = where.format(uuid=hexes)
     write(os.path.join(victim.project.datastore, *key.split("/")), open(ref_path(victim, archive.url), "rb").read())
     for name, read in READS.items():
         with pytest.raises(InvalidInput, match="not a casstore archive reference"):
-            read(ArchiveStoreIO(f"file:///{key}"), str(tmp_path / "t"))
+            read(ArchiveStoreIO(f"file:///{url.format(uuid=hexes)}"), str(tmp_path / "t"))
+    assert not os.path.exists(tmp_path / "t")
+
+
+def test_a_named_reference_reached_through_a_symlinked_folder_is_refused(tmp_path):
+    """Listings never enter a symlinked folder, so gc never counts a reference behind one:
+    the reader refuses it rather than read a blob gc deletes."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    folder = os.path.join(victim.project.datastore, "undefined")
+    os.rename(folder, tmp_path / "refs-elsewhere")
+    os.symlink(tmp_path / "refs-elsewhere", folder)
+    for pinned in (archive, ArchiveStoreIO(archive.url)):
+        for name, read in READS.items():
+            with pytest.raises(UnreadableObject, match="symlinked folder"):
+                read(pinned, str(tmp_path / "t"))
     assert not os.path.exists(tmp_path / "t")
 
 

@@ -73,11 +73,14 @@ class NamedRef:
 
 def parse_named_ref(key: str, data: bytes) -> NamedRef | None:
     """The named reference that object `key` holds, None if it holds none (a file of the
-    user's, a legacy TAR, an object of casstore's own folder, a torn temp file). The one
+    user's, a legacy TAR, an object of casstore's own folder, a torn temp file, a key no
+    listing gives: `a//b`, `./a`, `/a`). The one
     parser of references: ArchiveStoreIO reads exactly what this accepts without a
     `problem`, and gc counts every reference it returns as a root, so that gc never deletes
     a blob a reader can reach through a reference."""
-    if key.startswith(f"{INTERNAL}/") or is_torn_object(key) or len(data) > MAX_REF_BYTES:
+    parts = key.split("/")
+    if key.startswith(f"{INTERNAL}/") or is_torn_object(key) or len(data) > MAX_REF_BYTES \
+            or any(part in ("", ".", "..") for part in parts):  # a listing gives every key in this form
         return None
     try:
         body = json.loads(data)

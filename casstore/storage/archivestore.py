@@ -23,7 +23,8 @@ from casstore.cas.digest import parse_id
 from casstore.cas.extract import Extraction
 from casstore.cas.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
 from casstore.cas.tarball import check_arc_dir, scan, tar_bytes
-from casstore.errors import BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
+from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
+                             UnsafeArchive)
 from casstore.opts import file_url_to_path, options
 from casstore.utils.bunch import Bunch
 
@@ -200,9 +201,14 @@ class ArchiveStoreIO:
         """The reference at `url`, as gc reads it (roots.parse_named_ref), refused unless it
         names a valid blob id (the pinned one, if pinned) with a valid size."""
         key = file_url_to_path(self.url).replace(os.sep, "/")
-        data = runtime.content_store().blobs.get_object(key, max_bytes=MAX_REF_BYTES)
+        blobs = runtime.content_store().blobs
+        data = blobs.get_object(key, max_bytes=MAX_REF_BYTES)
         if data is None:
             raise BlobNotFound(f"no archive at {self.url} in datastore {runtime.datastore_url()}")
+        if blobs.through_symlink(key):
+            raise UnreadableObject(f"{self.url} is reached through a symlinked folder of datastore "
+                                   f"{runtime.datastore_url()}, where gc never looks: its blob is not kept alive, "
+                                   "so it is not read (move the reference into a real folder)")
         ref = parse_named_ref(key, data)
         if ref is None:
             raise InvalidInput(f"{self.url} is not a casstore archive reference (a legacy MLtraq TAR? "
