@@ -605,6 +605,17 @@ def test_named_reference_whose_codec_or_stored_size_is_not_valid_is_refused(tmp_
     assert victim.session.gc(grace_s=0).deleted == []
 
 
+def test_verify_reports_a_named_reference_whose_stored_copy_is_not_valid(tmp_path):
+    """What ArchiveStoreIO refuses, verify reports (kind `reference`), naming the reference."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    url = write_named_ref(victim, archive.blob_id, size=victim.store.check(archive.blob_id), codec="gzip",
+                          stored_size=10240)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots)
+    assert [(p.kind, p.blob) for p in report.problems] == [("reference", archive.blob_id)]
+    assert url[len("file:///"):] in report.problems[0].detail
+
+
 def plant_tar_beside(victim: Victim, blob_id: str, size_delta: int = 0) -> str:
     """Beside the intact `.tar.zst` of `blob_id`, a planted `.tar`: the canonical TAR with
     one byte changed after the first block (right first block, wrong bytes), `size_delta`

@@ -74,10 +74,9 @@ class NamedRef:
 def parse_named_ref(key: str, data: bytes) -> NamedRef | None:
     """The named reference that object `key` holds, None if it holds none (a file of the
     user's, a legacy TAR, an object of casstore's own folder, a torn temp file, a key no
-    listing gives: `a//b`, `./a`, `/a`). The one
-    parser of references: ArchiveStoreIO reads exactly what this accepts without a
-    `problem`, and gc counts every reference it returns as a root, so that gc never deletes
-    a blob a reader can reach through a reference."""
+    listing gives: `a//b`, `./a`, `/a`). The one parser of references: ArchiveStoreIO reads
+    exactly what this accepts without a `problem`, and gc counts every reference it returns
+    as a root, so that gc never deletes a blob a reader can reach through a reference."""
     parts = key.split("/")
     if key.startswith(f"{INTERNAL}/") or is_torn_object(key) or len(data) > MAX_REF_BYTES \
             or any(part in ("", ".", "..") for part in parts):  # a listing gives every key in this form
@@ -251,4 +250,5 @@ def live_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots) -> se
     """Leases first, then references: a writer drops its lease only after its reference is
     committed, so reading in this order never misses a blob in use."""
     leased = leased_blob_ids(blobs)
-    return leased | registered_blob_ids(blobs, index, field_roots) | {r.blob_id for r in named_refs(blobs) if r.blob_id is not None}
+    registered = registered_blob_ids(blobs, index, field_roots)
+    return leased | registered | {r.blob_id for r in named_refs(blobs) if r.blob_id is not None}

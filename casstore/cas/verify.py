@@ -6,7 +6,8 @@ a second copy (the other codec) that disagrees with the facts; damage a load or 
 to its id or whose uncompressed size is wrong; an archive that does not read; an index row
 without blob facts, or with facts no writer records; fields and reference rows that name
 different blobs, and fields that do not decode; a file in the blobs folder whose name is
-not a blob's (`foreign`: gc never deletes it, someone must look). Reclaimable: blobs
+not a blob's (`foreign`: gc never deletes it, someone must look); a named reference that
+ArchiveStoreIO refuses (`reference`). Reclaimable: blobs
 nothing references, temp files of interrupted writes, expired leases, damaged copies a
 repair moved into the quarantine, reference rows of experiments that no longer exist."""
 
@@ -76,10 +77,13 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         referenced.setdefault(ref.blob_id, (str(ref.id_experiment), _label(ref.id_run, ref.field)))
     for root in roots or []:
         referenced.setdefault(root.blob_id, (root.experiment, _label(root.id_run, root.field)))
+    refused: dict[str, str] = {}  # blob id -> why ArchiveStoreIO refuses a reference naming it
     for named in named_refs(store.blobs):
         if named.blob_id is None:
             continue
         referenced.setdefault(named.blob_id, (None, named.key))
+        if named.problem is not None:
+            refused.setdefault(named.blob_id, f"named reference {named.key} {named.problem}; ArchiveStoreIO refuses it")
         if named.blob_id not in facts and named.size is not None:
             _named_facts(facts, named, copies.get(named.blob_id))
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
@@ -92,7 +96,8 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
             _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
             or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
-            or (None if deep else _check_recorded(store, blob_id, described, recorded))
+            or (None if deep else _check_recorded(store, blob_id, described, recorded)) \
+            or (("reference", refused[blob_id]) if blob_id in refused else None)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
         elif deep and blob_id in recorded:
@@ -109,11 +114,11 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
 
 
 def _named_facts(facts: dict[str, BlobFacts], named: NamedRef, found: list[BlobStat] | None) -> None:
-    """The facts of a blob only a named reference names: the stored copy it records (since
-    issue 11), else the copy readers use, as a reader without facts would."""
-    if named.facts is not None and named.size is not None:
+    """The facts of a blob only a named reference (with a size) names: the stored copy it
+    records (since issue 11), else the copy readers use, as a reader without facts would."""
+    if named.facts is not None:
         facts[named.blob_id] = BlobFacts(named.blob_id, named.size, named.facts.stored_size, named.facts.codec)
-    elif found and named.size is not None:
+    elif found:
         facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
 
 
