@@ -655,6 +655,22 @@ def test_verify_reports_a_planted_tar_of_another_size_beside_the_tar_zst_of_a_na
     assert [(p.kind, p.blob) for p in report.problems] == [("copy", archive.blob_id)]
 
 
+def test_a_named_reference_whose_recorded_copy_a_repair_replaced_still_reads_and_verifies(tmp_path):
+    """A repair by a writer with another codec leaves the intact `.tar` where the reference
+    recorded a `.tar.zst`: its facts are stale, the blob is not damaged."""
+    victim = Victim(tmp_path)
+    options().set("archivestore.codec", "zstd")
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    f, _copy = victim.store.blobs.open_copy(archive.blob_id, "zstd")
+    with f:
+        tar = zstandard.ZstdDecompressor().stream_reader(f).read()
+    tamper(victim, archive.blob_id, "none", tar)
+    for deep in (False, True):
+        assert verify(victim.session.index, victim.store, field_roots=field_roots, deep=deep).problems == []
+    ArchiveStoreIO(archive.url).extract(str(tmp_path / "t"))
+    assert rw.tree(str(tmp_path / "t")) == {b"data/d.txt": ("file", b"data field " * 100)}
+
+
 def test_verify_deep_blames_the_planted_tar_not_the_intact_blob_of_a_named_reference(tmp_path):
     """Was: `--deep` re-hashed the planted copy as the blob and reported the blob damaged."""
     victim = Victim(tmp_path)

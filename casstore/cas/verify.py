@@ -114,12 +114,15 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
 
 
 def _named_facts(facts: dict[str, BlobFacts], named: NamedRef, found: list[BlobStat] | None) -> None:
-    """The facts of a blob only a named reference (with a size) names: the stored copy it
-    records (since issue 11), else the copy readers use, as a reader without facts would."""
-    if named.facts is not None:
-        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, named.facts.stored_size, named.facts.codec)
-    elif found:
-        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
+    """The facts of a blob only a named reference (with a size) names, from the copy readers
+    read: the one the reference records (codec and stored size, since issue 11) if it is
+    there, else the first one, as readers fall back to it (a repair by a writer with another
+    codec or level leaves the reference's facts stale, not the blob damaged)."""
+    recorded = [c for c in found or [] if named.facts is not None
+                and (c.codec, c.stored_size) == (named.facts.codec, named.facts.stored_size)]
+    copy = (recorded or found or [None])[0]
+    if copy is not None:
+        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, copy.stored_size, copy.codec)
 
 
 def _label(id_run: str, field: str) -> str:
