@@ -4,6 +4,7 @@ ArchiveStoreIO outside experiments, and the in-memory Archive."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -627,6 +628,29 @@ def test_archivestoreio_reference_names_its_blob():
     ref = Path("mltraq.datastore") / archive.url[len("file:///"):]
     assert blob_id in ref.read_text()
     assert blob_path(blob_id).is_file()
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_archivestoreio_reference_records_the_codec_and_stored_size_of_its_blob(codec):
+    make_folder("datasets", DATA)
+    with io_options(**{"archivestore.codec": codec}):
+        archive = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets")
+    body = json.loads((Path("mltraq.datastore") / archive.url[len("file:///"):]).read_bytes())
+    stored = blob_path(archive.blob_id)
+    assert (body["codec"], body["stored_size"]) == (codec, stored.stat().st_size)
+    assert stored.name.endswith(".tar.zst" if codec == "zstd" else ".tar")
+
+
+def test_archivestoreio_reads_a_reference_written_without_codec_and_stored_size():
+    """References written before issue 11 record no stored copy: they stay valid."""
+    make_folder("datasets", DATA)
+    with io_options():
+        archive = ArchiveStoreIO.create(src_dir="datasets", arc_dir="assets")
+        ref = Path("mltraq.datastore") / archive.url[len("file:///"):]
+        body = json.loads(ref.read_bytes())
+        ref.write_text(json.dumps({k: body[k] for k in ("format", "blob", "size", "arc_dir")}))
+        ArchiveStoreIO(archive.url).extract("old")
+    assert tree("old/assets") == DATA
 
 
 def test_archivestoreio_url_reopens_in_a_new_object():

@@ -367,8 +367,8 @@ def test_a_standalone_tar_is_replaced_by_a_named_reference_that_gc_keeps(project
     (rel,) = standalone_paths(project)
     report = project.migrate()
     body = json.loads((project.datastore / rel).read_bytes())
-    assert body == {"format": "casstore-ref-1", "blob": report.standalone[0].blob,
-                    "size": body["size"], "arc_dir": None}
+    assert body == {"format": "casstore-ref-1", "blob": report.standalone[0].blob, "size": body["size"],
+                    "codec": body["codec"], "stored_size": body["stored_size"], "arc_dir": None}
     index = Index.open(project.url)
     try:
         store = ContentStore(LocalBlobStore(str(project.datastore)))
@@ -397,6 +397,16 @@ def test_a_run_stopped_before_the_reference_is_written_leaves_the_tar_for_the_ne
     report = project.migrate()
     assert [a.path for a in report.standalone] == [rel]
     assert json.loads((project.datastore / rel).read_bytes())["blob"] == report.standalone[0].blob
+
+
+def test_a_standalone_tar_reference_records_the_stored_copy_of_its_blob(project):
+    """As ArchiveStoreIO.create's: readers prefer the copy that matches it (a planted second
+    copy of the other codec does not break them)."""
+    (rel,) = standalone_paths(project)
+    project.migrate()
+    body = json.loads((project.datastore / rel).read_bytes())
+    copy = LocalBlobStore(str(project.datastore)).find(body["blob"])
+    assert (body["codec"], body["stored_size"]) == (copy.codec, copy.stored_size)
 
 
 def test_keep_legacy_leaves_standalone_tars_as_they_are(project):

@@ -518,6 +518,171 @@ def test_verify_reports_a_named_reference_without_a_valid_size(tmp_path, size):
     assert [p.blob for p in report.problems] == [archive.blob_id]
 
 
+def ref_path(victim: Victim, url: str) -> str:
+    """The file of the named reference at `url` (`file:///<key>`)."""
+    return os.path.join(victim.project.datastore, *url[len("file:///"):].split("/"))
+
+
+def respelled(data: bytes, spelling: str) -> bytes:
+    """The same JSON reference, spelled another way json.loads reads as well."""
+    return {"newline": b"\n" + data, "spaces": b"  \t" + data + b"\n", "utf-8 BOM": b"\xef\xbb\xbf" + data,
+            "utf-16": data.decode().encode("utf-16")}[spelling]
+
+
+@pytest.mark.parametrize("spelling", ["newline", "spaces", "utf-8 BOM", "utf-16"])
+def test_gc_keeps_the_blob_of_a_named_reference_spelled_with_leading_whitespace_or_a_bom(tmp_path, spelling):
+    """Was: gc took for a reference only a file starting with `{`, the reader anything
+    json.loads reads: gc deleted the blob of a reference that extracted fine. One parser
+    (roots.parse_named_ref) now decides for both."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    path = ref_path(victim, archive.url)
+    data = open(path, "rb").read()
+    write(path, respelled(data, spelling))
+    ArchiveStoreIO(archive.url).extract(str(tmp_path / "before"))
+    assert victim.session.gc(grace_s=0).deleted == []
+    ArchiveStoreIO(archive.url).extract(str(tmp_path / "after"))
+    assert rw.tree(str(tmp_path / "after")) == {b"data/d.txt": ("file", b"data field " * 100)}
+
+
+@pytest.mark.parametrize("where, url", [("casstore/refs/{uuid}", "casstore/refs/{uuid}"),
+                                        ("casstore/refs/{uuid}", "./casstore/refs/{uuid}"),
+                                        ("casstore/refs/{uuid}", "/casstore/refs/{uuid}"),
+                                        ("undefined/{uuid}.{uuid}.tmp", "undefined/{uuid}.{uuid}.tmp")])
+def test_a_reference_where_gc_never_looks_for_one_is_refused_by_the_reader(tmp_path, where, url):
+    """gc counts no reference inside casstore/ (however the URL spells the path) or in a
+    torn temp file of one: a reader that took it would read a blob gc may delete any time."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    hexes = uuid.uuid4().hex
+    key = where.format(uuid=hexes)
+    write(os.path.join(victim.project.datastore, *key.split("/")), open(ref_path(victim, archive.url), "rb").read())
+    for name, read in READS.items():
+        with pytest.raises(InvalidInput, match="not a casstore archive reference"):
+            read(ArchiveStoreIO(f"file:///{url.format(uuid=hexes)}"), str(tmp_path / "t"))
+    assert not os.path.exists(tmp_path / "t")
+
+
+def test_a_named_reference_reached_through_a_symlinked_folder_is_refused(tmp_path):
+    """Listings never enter a symlinked folder, so gc never counts a reference behind one:
+    the reader refuses it rather than read a blob gc deletes."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    folder = os.path.join(victim.project.datastore, "undefined")
+    os.rename(folder, tmp_path / "refs-elsewhere")
+    os.symlink(tmp_path / "refs-elsewhere", folder)
+    for pinned in (archive, ArchiveStoreIO(archive.url)):
+        for name, read in READS.items():
+            with pytest.raises(UnreadableObject, match="symlinked folder"):
+                read(pinned, str(tmp_path / "t"))
+    assert not os.path.exists(tmp_path / "t")
+
+
+def test_a_small_file_of_deeply_nested_json_neither_stops_gc_nor_reads_as_a_reference(tmp_path):
+    """Was: the scan's json.loads raised RecursionError and gc and verify stopped with it."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    url = f"file:///undefined/{uuid.uuid4().hex}"
+    write(ref_path(victim, url), b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}")
+    assert victim.session.gc(grace_s=0).deleted == []
+    assert verify(victim.session.index, victim.store, field_roots=field_roots).problems == []
+    with pytest.raises(InvalidInput, match="not a casstore archive reference"):
+        ArchiveStoreIO(url).extract(str(tmp_path / "t"))
+    ArchiveStoreIO(archive.url).extract(str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("facts", [{"codec": "gzip", "stored_size": 10240}, {"codec": "none", "stored_size": "big"},
+                                   {"codec": "none", "stored_size": -1}, {"codec": "none"}, {"stored_size": 10240}])
+def test_named_reference_whose_codec_or_stored_size_is_not_valid_is_refused(tmp_path, facts):
+    """The stored copy a reference records is optional (references written before issue 11
+    have none), but one that is there and is not a codec and a byte count is refused."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    url = write_named_ref(victim, archive.blob_id, size=victim.store.check(archive.blob_id), **facts)
+    for name, read in READS.items():
+        with pytest.raises(CorruptReference, match="no valid stored copy"):
+            read(ArchiveStoreIO(url), str(tmp_path / "t"))
+    assert not os.path.exists(tmp_path / "t")
+    assert victim.session.gc(grace_s=0).deleted == []
+
+
+def test_verify_reports_a_named_reference_whose_stored_copy_is_not_valid(tmp_path):
+    """What ArchiveStoreIO refuses, verify reports (kind `reference`), naming the reference."""
+    victim = Victim(tmp_path)
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    url = write_named_ref(victim, archive.blob_id, size=victim.store.check(archive.blob_id), codec="gzip",
+                          stored_size=10240)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots)
+    assert [(p.kind, p.blob) for p in report.problems] == [("reference", archive.blob_id)]
+    assert url[len("file:///"):] in report.problems[0].detail
+
+
+def plant_tar_beside(victim: Victim, blob_id: str, size_delta: int = 0) -> str:
+    """Beside the intact `.tar.zst` of `blob_id`, a planted `.tar`: the canonical TAR with
+    one byte changed after the first block (right first block, wrong bytes), `size_delta`
+    bytes longer. Its path."""
+    f, copy = victim.store.blobs.open_copy(blob_id, "zstd")
+    with f:
+        tar = zstandard.ZstdDecompressor().stream_reader(f).read()
+    bad = tar[:1024] + b"X" + tar[1025:] + bytes(max(size_delta, 0))
+    path = os.path.join(victim.store.blobs.root, *blob_key(blob_id, "none").split("/"))
+    write(path, bad[:len(bad) + min(size_delta, 0)])
+    return path
+
+
+@pytest.mark.parametrize("read", sorted(READS))
+@pytest.mark.parametrize("pinned", [False, True])
+def test_a_planted_tar_beside_the_intact_tar_zst_of_a_named_reference_does_not_break_reads(tmp_path, read, pinned):
+    """Was: readers preferred the `.tar`, the reference recorded no copy, every read failed
+    the digest. The reference records the stored copy (codec, stored size) its writer made,
+    and readers read the copy that matches it."""
+    victim = Victim(tmp_path)
+    options().set("archivestore.codec", "zstd")
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    plant_tar_beside(victim, archive.blob_id)
+    READS[read](archive if pinned else ArchiveStoreIO(archive.url), str(tmp_path / "t"))
+    if read == "extract":
+        assert rw.tree(str(tmp_path / "t")) == {b"data/d.txt": ("file", b"data field " * 100)}
+
+
+def test_verify_reports_a_planted_tar_of_another_size_beside_the_tar_zst_of_a_named_reference(tmp_path):
+    """Was: verify took the facts of a blob only a reference names from the copy readers
+    prefer (the planted one) and reported nothing; it now takes the reference's own."""
+    victim = Victim(tmp_path)
+    options().set("archivestore.codec", "zstd")
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    plant_tar_beside(victim, archive.blob_id, size_delta=512)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots)
+    assert [(p.kind, p.blob) for p in report.problems] == [("copy", archive.blob_id)]
+
+
+def test_a_named_reference_whose_recorded_copy_a_repair_replaced_still_reads_and_verifies(tmp_path):
+    """A repair by a writer with another codec leaves the intact `.tar` where the reference
+    recorded a `.tar.zst`: its facts are stale, the blob is not damaged."""
+    victim = Victim(tmp_path)
+    options().set("archivestore.codec", "zstd")
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    f, _copy = victim.store.blobs.open_copy(archive.blob_id, "zstd")
+    with f:
+        tar = zstandard.ZstdDecompressor().stream_reader(f).read()
+    tamper(victim, archive.blob_id, "none", tar)
+    for deep in (False, True):
+        assert verify(victim.session.index, victim.store, field_roots=field_roots, deep=deep).problems == []
+    ArchiveStoreIO(archive.url).extract(str(tmp_path / "t"))
+    assert rw.tree(str(tmp_path / "t")) == {b"data/d.txt": ("file", b"data field " * 100)}
+
+
+def test_verify_deep_blames_the_planted_tar_not_the_intact_blob_of_a_named_reference(tmp_path):
+    """Was: `--deep` re-hashed the planted copy as the blob and reported the blob damaged."""
+    victim = Victim(tmp_path)
+    options().set("archivestore.codec", "zstd")
+    archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
+    plant_tar_beside(victim, archive.blob_id)
+    report = verify(victim.session.index, victim.store, field_roots=field_roots, deep=True)
+    assert [(p.kind, p.blob) for p in report.problems] == [("copy", archive.blob_id)]
+    assert "second copy (.tar)" in report.problems[0].detail
+
+
 # --------------------------------------------------------------------------- odd trees
 
 

@@ -292,6 +292,12 @@ class BlobStore(ABC):
             if not obj.key.startswith(BULK_PREFIXES):
                 yield obj
 
+    def through_symlink(self, key: str) -> bool:
+        """Whether `key` is reached through a symlinked folder. Listings never enter one, so
+        gc never sees what lies behind it: a named reference read through one is refused.
+        Object stores have no symlinks."""
+        return False
+
     @abstractmethod
     def exists(self) -> bool:
         """Whether the datastore has been created."""
@@ -342,6 +348,11 @@ class LocalBlobStore(BlobStore):
         if ".." in parts:
             raise InvalidInput(f"{key!r} is not a key of datastore {self.root}: a '..' part would lead out of it")
         return os.path.join(self.root, *parts)
+
+    def through_symlink(self, key: str) -> bool:
+        folder = os.path.dirname(self._path(key))
+        return os.path.realpath(folder) != os.path.normpath(os.path.join(os.path.realpath(self.root),
+                                                                          *key.split("/")[:-1]))
 
     def exists(self) -> bool:
         return os.path.isfile(self._path(FORMAT_KEY))

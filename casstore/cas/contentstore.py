@@ -320,11 +320,11 @@ class ContentStore:
             reader.verify()
             return extraction.publish()
 
-    def copy_checked(self, blob_id: str, size: int, out: BinaryIO) -> None:
+    def copy_checked(self, blob_id: str, size: int, out: BinaryIO, recorded: StoredFacts | None = None) -> None:
         """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
         the way: when this returns, `out` holds bytes that match the id and read as a TAR.
         On CorruptBlob or UnsafeArchive the caller must discard `out`."""
-        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size) as reader:
+        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size, recorded) as reader:
             try:
                 list_members(_Tee(reader, out))
             except (CorruptBlob, UnsafeArchive) as exc:

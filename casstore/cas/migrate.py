@@ -59,6 +59,7 @@ from casstore.cas.leases import Lease
 from casstore.cas.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
 from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.registry import register
+from casstore.cas.roots import MAX_REF_BYTES, RefFacts, named_ref_data, parse_named_ref
 from casstore.errors import CasStoreError, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
 from casstore.storage import datapak
 
@@ -68,8 +69,6 @@ DATASTORE_TAG = "mltraq.DataStore-0"
 LEGACY_ARC_DIR = "."  # member names of a legacy TAR already hold MLtraq's arc_dir
 PENDING_PREFIX = "migrate.legacy."
 EXPERIMENTS_TABLE = "experiments"
-REF_FORMAT = "casstore-ref-1"
-MAX_REF_BYTES = 4096
 
 
 # --------------------------------------------------------------------------- the plan
@@ -401,7 +400,7 @@ def _orphans(root: str, referenced: set[str]) -> list[Orphan]:
                 continue
             except OSError:
                 continue
-            if _is_named_ref(head):
+            if parse_named_ref(rel, head) is not None:
                 continue
             out.append(Orphan(rel, size, _sniff(head)))
     return out
@@ -418,16 +417,6 @@ def _is_standalone(orphan: Orphan) -> bool:
     folder = parent.rpartition("/")[2]
     return (orphan.kind == "tar" and bool(parent) and _UUID_HEX.fullmatch(name) is not None
             and _DASHED_UUID.fullmatch(folder) is None)
-
-
-def _is_named_ref(head: bytes) -> bool:
-    if len(head) > MAX_REF_BYTES or not head.startswith(b"{"):
-        return False
-    try:
-        body = json.loads(head)
-    except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("format") == REF_FORMAT
 
 
 def _sniff(head: bytes) -> str:
@@ -855,8 +844,9 @@ class _Run:
             stored = self._store(orphan.path, lease)
             if not self.dry_run:
                 self._check_blob(stored.info.blob_id, stored.info.size)
-                body = {"format": REF_FORMAT, "blob": stored.info.blob_id, "size": stored.info.size, "arc_dir": None}
-                self.store.blobs.put_object(orphan.path, json.dumps(body).encode())
+                info = stored.info
+                data = named_ref_data(info.blob_id, info.size, RefFacts(info.stored_size, info.codec), None)
+                self.store.blobs.put_object(orphan.path, data)
         except (LegacyArchiveError, CasStoreError, OSError) as exc:
             self.report.warnings.append(f"standalone archive {orphan.path} kept as it is: {exc}")
             return None

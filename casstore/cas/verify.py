@@ -6,7 +6,8 @@ a second copy (the other codec) that disagrees with the facts; damage a load or 
 to its id or whose uncompressed size is wrong; an archive that does not read; an index row
 without blob facts, or with facts no writer records; fields and reference rows that name
 different blobs, and fields that do not decode; a file in the blobs folder whose name is
-not a blob's (`foreign`: gc never deletes it, someone must look). Reclaimable: blobs
+not a blob's (`foreign`: gc never deletes it, someone must look); a named reference that
+ArchiveStoreIO refuses (`reference`). Reclaimable: blobs
 nothing references, temp files of interrupted writes, expired leases, damaged copies a
 repair moved into the quarantine, reference rows of experiments that no longer exist."""
 
@@ -22,7 +23,7 @@ from casstore.cas.contentstore import ContentStore, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index import BlobFacts, Index, RefListing
 from casstore.cas.leases import read_leases
-from casstore.cas.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids, named_refs
+from casstore.cas.roots import FieldRoot, FieldRoots, NamedRef, leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,15 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         referenced.setdefault(ref.blob_id, (str(ref.id_experiment), _label(ref.id_run, ref.field)))
     for root in roots or []:
         referenced.setdefault(root.blob_id, (root.experiment, _label(root.id_run, root.field)))
+    refused: dict[str, str] = {}  # blob id -> why ArchiveStoreIO refuses a reference naming it
     for named in named_refs(store.blobs):
+        if named.blob_id is None:
+            continue
         referenced.setdefault(named.blob_id, (None, named.key))
-        found = copies.get(named.blob_id)
-        if named.blob_id not in facts and found and named.size is not None:
-            facts[named.blob_id] = BlobFacts(named.blob_id, named.size, found[0].stored_size, found[0].codec)
+        if named.problem is not None:
+            refused.setdefault(named.blob_id, f"named reference {named.key} {named.problem}; ArchiveStoreIO refuses it")
+        if named.blob_id not in facts and named.size is not None:
+            _named_facts(facts, named, copies.get(named.blob_id))
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
@@ -91,7 +96,8 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
             _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
             or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
-            or (None if deep else _check_recorded(store, blob_id, described, recorded))
+            or (None if deep else _check_recorded(store, blob_id, described, recorded)) \
+            or (("reference", refused[blob_id]) if blob_id in refused else None)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
         elif deep and blob_id in recorded:
@@ -105,6 +111,18 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         report.reclaimable = reclaimable(index, store, field_roots, copies)
         report.reclaimable += [Reclaimable("orphaned_ref", r.blob_id, None, 0, 0.0) for r in orphaned]
     return report
+
+
+def _named_facts(facts: dict[str, BlobFacts], named: NamedRef, found: list[BlobStat] | None) -> None:
+    """The facts of a blob only a named reference (with a size) names, from the copy readers
+    read: the one the reference records (codec and stored size, since issue 11) if it is
+    there, else the first one, as readers fall back to it (a repair by a writer with another
+    codec or level leaves the reference's facts stale, not the blob damaged)."""
+    recorded = [c for c in found or [] if named.facts is not None
+                and (c.codec, c.stored_size) == (named.facts.codec, named.facts.stored_size)]
+    copy = (recorded or found or [None])[0]
+    if copy is not None:
+        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, copy.stored_size, copy.codec)
 
 
 def _label(id_run: str, field: str) -> str:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import tempfile
@@ -22,15 +21,15 @@ from casstore import runtime
 from casstore.cas.contentstore import BlobInfo, no_space
 from casstore.cas.digest import parse_id
 from casstore.cas.extract import Extraction
-from casstore.cas.roots import MAX_REF_BYTES, NamedRef, ref_size
+from casstore.cas.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
 from casstore.cas.tarball import check_arc_dir, scan, tar_bytes
-from casstore.errors import BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnsafeArchive
+from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
+                             UnsafeArchive)
 from casstore.opts import file_url_to_path, options
 from casstore.utils.bunch import Bunch
 
 ARCHIVE_TAG = "mltraq.Archive-0"
 ARCHIVESTORE_TAG = "casstore.ArchiveStore-0"
-REF_FORMAT = "casstore-ref-1"
 SPOOL_IN_MEMORY = 8 << 20  # open(): archives up to this size are checked into memory, larger into a temp file
 TARFILE_FILTERS = ("data", "tar", "fully_trusted")
 
@@ -194,39 +193,32 @@ class ArchiveStoreIO:
         key = f"{prefix.replace(os.sep, '/')}/{uuid.uuid4().hex}"
         with store.lease() as lease:
             info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level)
-            body = {"format": REF_FORMAT, "blob": info.blob_id, "size": info.size, "arc_dir": arc_dir}
-            store.blobs.put_object(key, json.dumps(body).encode())
+            facts = RefFacts(info.stored_size, info.codec)
+            store.blobs.put_object(key, named_ref_data(info.blob_id, info.size, facts, arc_dir))
         return cls(f"file:///{key}", blob_id=info.blob_id)
 
     def _ref(self) -> NamedRef:
+        """The reference at `url`, as gc reads it (roots.parse_named_ref), refused unless it
+        names a valid blob id (the pinned one, if pinned) with a valid size."""
         key = file_url_to_path(self.url).replace(os.sep, "/")
-        data = runtime.content_store().blobs.get_object(key, max_bytes=MAX_REF_BYTES)
+        blobs = runtime.content_store().blobs
+        data = blobs.get_object(key, max_bytes=MAX_REF_BYTES)
         if data is None:
             raise BlobNotFound(f"no archive at {self.url} in datastore {runtime.datastore_url()}")
-        try:
-            body = json.loads(data)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or body.get("format") != REF_FORMAT:
+        if blobs.through_symlink(key):
+            raise UnreadableObject(f"{self.url} is reached through a symlinked folder of datastore "
+                                   f"{runtime.datastore_url()}, where gc never looks: its blob is not kept alive, "
+                                   "so it is not read (move the reference into a real folder)")
+        ref = parse_named_ref(key, data)
+        if ref is None:
             raise InvalidInput(f"{self.url} is not a casstore archive reference (a legacy MLtraq TAR? "
                                "run `casstore migrate`)")
-        return NamedRef(key, self._checked_blob(body.get("blob")), self._checked_size(body.get("size")))
-
-    def _checked_blob(self, blob: object) -> str:
-        try:
-            parse_id(blob)  # type: ignore[arg-type]
-        except InvalidInput:
-            raise CorruptReference(f"named reference {self.url} names no valid blob id: {blob!r}") from None
-        if self._blob_id is not None and blob != self._blob_id:
-            raise CorruptReference(f"named reference {self.url} names blob {blob}, not {self._blob_id} that this "
-                                   "archive is pinned to: someone who can write the datastore rewrote it")
-        return blob  # type: ignore[return-value]
-
-    def _checked_size(self, size: object) -> int:
-        if ref_size(size) is None:
-            raise CorruptReference(f"named reference {self.url} records no valid size ({size!r}): nothing would "
-                                   "bound the read of its blob")
-        return size  # type: ignore[return-value]
+        if self._blob_id is not None and ref.blob_id is not None and ref.blob_id != self._blob_id:
+            raise CorruptReference(f"named reference {self.url} names blob {ref.blob_id}, not {self._blob_id} that "
+                                   "this archive is pinned to: someone who can write the datastore rewrote it")
+        if ref.problem is not None:
+            raise CorruptReference(f"named reference {self.url} {ref.problem}")
+        return ref
 
     @property
     def blob_id(self) -> str:
@@ -241,13 +233,14 @@ class ArchiveStoreIO:
 
     def extract(self, target: Optional[str] = None, members: Optional[list[str]] = None) -> ArchiveStoreIO:
         ref = self._ref()
-        runtime.content_store().extract(ref.blob_id, self.get_target(target), size=ref.size, members=members)
+        runtime.content_store().extract(ref.blob_id, self.get_target(target), size=ref.size, members=members,
+                                        recorded=ref.facts)
         return self
 
     def getnames(self, target: Optional[str] = None) -> list[str]:
         ref = self._ref()
         target = self.get_target(target)
-        members = runtime.content_store().members(ref.blob_id, ref.size)
+        members = runtime.content_store().members(ref.blob_id, ref.size, ref.facts)
         return [os.path.normpath(target + os.sep + os.fsdecode(m.name)) for m in members]
 
     def open(self) -> tarfile.TarFile:
@@ -258,7 +251,7 @@ class ArchiveStoreIO:
         ref = self._ref()
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         try:
-            runtime.content_store().copy_checked(ref.blob_id, ref.size, spool)
+            runtime.content_store().copy_checked(ref.blob_id, ref.size, spool, ref.facts)
             spool.seek(0)
             tar = _CheckedTarFile.open(fileobj=spool, mode="r:")
         except tarfile.TarError as exc:
