@@ -23,7 +23,7 @@ from casstore.cas.blobs import LocalBlobStore
 from casstore.cas.contentstore import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.registry import REGISTRY_FORMAT, entry_key, registry_url
-from casstore.errors import UnresolvedRegistryEntry
+from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 from casstore.session import field_roots
 from casstore.storage.archivestore import ArchiveStore
 
@@ -197,6 +197,16 @@ def test_registry_lists_an_entry_that_is_not_a_regular_file_and_forget_removes_i
     forgot = json.loads(run_cli("registry", *_args(a, datastore), "--forget", key, "--json").stdout)
     assert forgot["forgotten"] == [key] and forgot["unreadable"] == []
     assert not os.path.lexists(b.entry(datastore)) and facts_outside(workdir, datastore) == before
+
+
+def test_a_persist_whose_entry_is_a_folder_fails_typed_and_leaves_it(shared, workdir):
+    """Was: a raw IsADirectoryError from the rename over the folder."""
+    datastore, a, b, _ = shared
+    b.entry(datastore).unlink()
+    b.entry(datastore).mkdir()
+    with pytest.raises(UnreadableObject, match="is a folder"):
+        _persist(workdir, "b", datastore, b"more of b's data\n" * 10)
+    assert b.entry(datastore).is_dir() and not list((datastore / "casstore" / "registry").glob("*.tmp"))
 
 
 def test_a_registry_folder_that_is_a_symlink_stops_gc(shared, workdir):

@@ -455,7 +455,12 @@ class LocalBlobStore(BlobStore):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            os.unlink(tmp)
+            raise UnreadableObject(f"{key!r} is a folder in datastore {self.root}, not an object: "
+                                   "not written (remove the folder)") from exc
         _fsync_dir(os.path.dirname(path))
 
     def get_object(self, key: str, *, max_bytes: int) -> bytes | None:
