@@ -233,6 +233,24 @@ class BlobStore(ABC):
         there is no such copy (any more) or it changed before it could be moved: look again.
         Blobs are never overwritten (P4): a repair is this move, then a normal publish."""
 
+    def publish_unless_stored(self, blob_id: str, damaged: DamageCheck | None,
+                              publish: Callable[[], BlobStat | None]) -> tuple[BlobStat, bool]:
+        """The loop of every backend's publish: keep a copy already under `blob_id` unless
+        `damaged` refuses it (then it goes into the quarantine and the name is looked up
+        again), else `publish` this writer's copy, which returns None when the name was
+        taken meanwhile (another writer, or gc putting a blob back): look again. Returns the
+        blob as stored and whether this writer's copy is the one published."""
+        for _ in range(PUBLISH_TRIES):
+            existing = self.find(blob_id)
+            if existing is not None:
+                if damaged is None or self.quarantine(existing, damaged) == "sound":
+                    return existing, False
+                continue
+            published = publish()
+            if published is not None:
+                return published, True
+        raise DatastoreError(f"blob {blob_id}: its name in {self.url} keeps appearing and vanishing; write it again")
+
     def iter_quarantine(self) -> Iterator[Quarantined]:
         for obj in self.list_objects(QUARANTINE_PREFIX):
             found = parse_quarantine_key(obj.key, obj.size)
@@ -634,12 +652,8 @@ class LocalBlobStore(BlobStore):
         `tmp_path`, the same inode, before the link."""
         final = self._path(blob_key(blob_id, codec))
         shard = os.path.dirname(final)
-        for _ in range(_PUBLISH_TRIES):
-            existing = self.find(blob_id)
-            if existing is not None:
-                if damaged is None or self.quarantine(existing, damaged) == "sound":
-                    return existing, False
-                continue
+
+        def link() -> BlobStat | None:
             st = os.stat(tmp_path)
             if not os.path.isdir(shard):
                 os.makedirs(shard, exist_ok=True)
@@ -647,13 +661,14 @@ class LocalBlobStore(BlobStore):
             try:
                 os.link(tmp_path, final)
             except FileExistsError:
-                continue  # published meanwhile by another writer (or put back by gc): take that
+                return None  # published meanwhile by another writer (or put back by gc): take that
             _fsync_dir(shard)
-            return BlobStat(blob_id, st.st_size, codec, st.st_mtime), True
-        raise DatastoreError(f"blob {blob_id}: its name in {self.root} keeps appearing and vanishing; write it again")
+            return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+
+        return self.publish_unless_stored(blob_id, damaged, link)
 
 
-_PUBLISH_TRIES = 100
+PUBLISH_TRIES = 100
 
 
 @functools.lru_cache(maxsize=None)

@@ -42,7 +42,6 @@ COPY_PART = 1 << 30             # server-side copy in 1 GiB parts (S3 allows up 
 MAX_PARTS = 10_000
 _EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 S3_PROTOCOLS = ("s3", "s3a")
-_PUBLISH_TRIES = 100
 
 
 class FsspecBlobStore(BlobStore):
@@ -490,15 +489,9 @@ class _S3Ingest(Ingest):
         if self._buffer is None:
             raise ValueError("commit of an ingest that was committed or aborted")
         try:
-            for _ in range(_PUBLISH_TRIES):
-                existing = store.find(blob_id)
-                if existing is not None:
-                    if damaged is None or store.quarantine(existing, damaged) == "sound":
-                        return existing, False
-                    continue
-                if self._publish(blob_id, codec):
-                    return BlobStat(blob_id, self._size, codec, time.time()), True
-            raise DatastoreError(f"blob {blob_id}: its key in {store.url} keeps appearing and vanishing; write it again")
+            return store.publish_unless_stored(
+                blob_id, damaged,
+                lambda: BlobStat(blob_id, self._size, codec, time.time()) if self._publish(blob_id, codec) else None)
         finally:
             self.abort()
 
@@ -567,20 +560,17 @@ class _FsspecIngest(Ingest):
         try:
             self._file.close()
             self._file = False
-            for _ in range(_PUBLISH_TRIES):
-                existing = store.find(blob_id)
-                if existing is not None:
-                    if damaged is None or store.quarantine(existing, damaged) == "sound":
-                        return existing, False
-                    continue
-                try:
-                    store._copy(self.key, blob_key(blob_id, codec), self._size, exclusive=True)
-                except FileExistsError:
-                    continue
-                return store._published(blob_id, codec), True
-            raise DatastoreError(f"blob {blob_id}: its key in {store.url} keeps appearing and vanishing; write it again")
+            return store.publish_unless_stored(blob_id, damaged, lambda: self._copy_to(blob_id, codec))
         finally:
             self.abort()
+
+    def _copy_to(self, blob_id: str, codec: str) -> BlobStat | None:
+        """Copy the uploaded temp key to the blob's key, create-only; None if it is taken."""
+        try:
+            self._store._copy(self.key, blob_key(blob_id, codec), self._size, exclusive=True)
+        except FileExistsError:
+            return None
+        return self._store._published(blob_id, codec)
 
     def abort(self) -> None:
         if self._file:
