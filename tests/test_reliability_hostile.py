@@ -381,6 +381,17 @@ READS = {
 }
 
 
+def assert_every_read_refused(victim: Victim, archives: list, target: str, error: type, match: str) -> None:
+    """Every read (READS) of every archive in `archives` raises `error`, and nothing in or
+    outside the target is written."""
+    before = victim.snapshot("/nonexistent")
+    for archive in archives:
+        for read in READS.values():
+            with pytest.raises(error, match=match):
+                read(archive, target)
+    assert_nothing_written(victim, before)
+
+
 def test_named_reference_rewritten_by_another_project_is_refused_by_the_pinned_archive(tmp_path):
     """Anyone who can write the datastore can point `undefined/<uuid>` at other content. The
     object `create` returned, and one built with its blob id, refuse it; nothing is read."""
@@ -388,13 +399,8 @@ def test_named_reference_rewritten_by_another_project_is_refused_by_the_pinned_a
     archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
     theirs = forge(victim, finish_tar(member(b"data/d.txt", data=b"attacker's content")))
     write_named_ref(victim, theirs.blob_id, key=archive.url[len("file:///"):], size=theirs.size)
-    target = deep_target(tmp_path)
-    before = victim.snapshot("/nonexistent")
-    for pinned in (archive, ArchiveStoreIO(archive.url, blob_id=archive.blob_id)):
-        for name, read in READS.items():
-            with pytest.raises(CorruptReference, match="pinned"):
-                read(pinned, target)
-    assert_nothing_written(victim, before)
+    assert_every_read_refused(victim, [archive, ArchiveStoreIO(archive.url, blob_id=archive.blob_id)],
+                              deep_target(tmp_path), CorruptReference, "pinned")
 
 
 def test_named_reference_url_leading_out_of_the_datastore_is_refused_unread(tmp_path):
@@ -405,12 +411,7 @@ def test_named_reference_url_leading_out_of_the_datastore_is_refused_unread(tmp_
     with open(os.path.join(victim.project.datastore, *archive.url[len("file:///"):].split("/"))) as f:
         size = json.load(f)["size"]
     url = write_named_ref(victim, archive.blob_id, key="../planted-ref", size=size)
-    target = deep_target(tmp_path)
-    before = victim.snapshot("/nonexistent")
-    for name, read in READS.items():
-        with pytest.raises(InvalidInput, match="lead out"):
-            read(ArchiveStoreIO(url), target)
-    assert_nothing_written(victim, before)
+    assert_every_read_refused(victim, [ArchiveStoreIO(url)], deep_target(tmp_path), InvalidInput, "lead out")
 
 
 @pytest.mark.parametrize("size", ["missing", None, "big", -1, True, 1.5, "4096"])
@@ -420,12 +421,7 @@ def test_named_reference_without_a_valid_size_is_refused_before_its_blob_is_read
     victim = Victim(tmp_path)
     blob_id, _ = plant_bomb(victim, 64 << 20)
     url = write_named_ref(victim, blob_id, **({} if size == "missing" else {"size": size}))
-    target = deep_target(tmp_path)
-    before = victim.snapshot("/nonexistent")
-    for name, read in READS.items():
-        with pytest.raises(CorruptReference, match="no valid size"):
-            read(ArchiveStoreIO(url), target)
-    assert_nothing_written(victim, before)
+    assert_every_read_refused(victim, [ArchiveStoreIO(url)], deep_target(tmp_path), CorruptReference, "no valid size")
 
 
 @pytest.mark.parametrize("blob", [None, 5, "xxh128:zz", "md5:" + "0" * 32])
