@@ -373,6 +373,7 @@ def migrated_state(project) -> dict:
     import sqlite3
 
     from casstore.cas import migrate
+    from casstore.cas.blobs import is_torn_object
 
     s = project.session()
     state: dict = {"refs left": [r.label for r in migrate.plan(project.url, project.datastore).refs]}
@@ -388,8 +389,11 @@ def migrated_state(project) -> dict:
         dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(dirpath, d), project.datastore) != "casstore"]
         for f in files:
             path = os.path.join(dirpath, f)
+            key = os.path.relpath(path, project.datastore).replace(os.sep, "/")
+            if is_torn_object(key):  # a named reference's write killed before its rename: gc's leftover
+                continue
             with open(path, "rb") as fh:
-                legacy[os.path.relpath(path, project.datastore)] = fh.read()
+                legacy[key] = fh.read()
     state["legacy files"] = legacy
     s.index.dispose()
     return state
