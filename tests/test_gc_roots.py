@@ -209,26 +209,31 @@ def test_verify_reports_fields_that_do_not_decode_as_damage(project):
     assert "experiment 'a'" in report["problems"][0]["detail"]
 
 
-def test_gc_keeps_the_blob_another_registered_project_names_only_in_its_fields(project):
+def _other_project_named_only_in_its_fields(fields: bytes | None = None) -> str:
+    """Another project `q.db` in the same datastore, whose one experiment `c` names its blob
+    in its fields only (its reference rows deleted), its fields replaced by `fields` if given;
+    the blob id."""
     other = create_session("sqlite:///q.db")
     make_folder("c", {"f.txt": b"of q"})
     c = other.create_experiment("c", data=ArchiveStore("c")).persist()
     with sqlite3.connect("q.db") as conn:
         conn.execute("DELETE FROM casstore_refs")
+        if fields is not None:
+            conn.execute("UPDATE experiments SET fields = ?", (fields,))
+    return c.fields.data.blob_id
+
+
+def test_gc_keeps_the_blob_another_registered_project_names_only_in_its_fields(project):
+    blob_id = _other_project_named_only_in_its_fields()
     run_cli("gc", "--db", DB, "--grace", "0")
-    assert project.blob_exists(c.fields.data.blob_id)
+    assert project.blob_exists(blob_id)
 
 
 def test_gc_refuses_when_another_registered_project_has_fields_that_do_not_decode(project):
-    other = create_session("sqlite:///q.db")
-    make_folder("c", {"f.txt": b"of q"})
-    c = other.create_experiment("c", data=ArchiveStore("c")).persist()
-    with sqlite3.connect("q.db") as conn:
-        conn.execute("DELETE FROM casstore_refs")
-        conn.execute("UPDATE experiments SET fields = x'00ff'")
+    blob_id = _other_project_named_only_in_its_fields(b"\x00\xff")
     result = run_cli("gc", "--db", DB, "--grace", "0", code=3)
     assert "experiment 'c'" in result.stderr
-    assert project.blob_exists(c.fields.data.blob_id)
+    assert project.blob_exists(blob_id)
 
 
 def _zlib_bomb(monkeypatch) -> bytes:
