@@ -14,21 +14,21 @@ import uuid
 from shutil import rmtree
 from typing import Any, Iterator, Optional
 
-from casstore import runtime
-from casstore.cas.contentstore import ContentStore
+from casstore import stores
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.digest import parse_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
-from casstore.cas.index import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
-from casstore.cas.leases import Lease
-from casstore.cas.migrate import run_hex, runs_meta
-from casstore.cas.registry import register
-from casstore.cas.roots import FieldRoot
+from casstore.cas.index.queries import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
+from casstore.cas.live.leases import Lease
+from casstore.mltraq.migrate.run import run_hex, runs_meta
+from casstore.cas.live.registry import register
+from casstore.cas.live.roots import FieldRoot
 from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
                              ExperimentNotFound, FieldFailure, FieldsUnreadable, InvalidInput, LoadError)
 from casstore.experiment import Experiment, archive_fields
 from casstore.opts import DEFAULT_VALUES, options
-from casstore.storage import datapak
+from casstore.mltraq import datapak
 from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
 from casstore.utils.bunch import Bunch
 
@@ -57,22 +57,22 @@ class Session:
         """The project's content store: the datastore the database records, else the
         option's, recorded (with this database registered in it) at the first write."""
         if self._datastore is not None:
-            return runtime.content_store(self._datastore)
+            return stores.content_store(self._datastore)
         recorded = self.index.get_fact(DATASTORE_KEY)
         if recorded is None:
-            store = runtime.content_store()
+            store = stores.content_store()
             if for_write:
                 store.blobs.ensure_format()
                 self.index.set_fact(DATASTORE_KEY, store.blobs.url)
             return store
         self._check_option_agrees(recorded)
-        return runtime.content_store(recorded)
+        return stores.content_store(recorded)
 
     def _check_option_agrees(self, recorded: str) -> None:
         option = options().get("datastore.url")
-        if option != DEFAULT_VALUES["datastore"]["url"] and runtime.datastore_url() != recorded:
+        if option != DEFAULT_VALUES["datastore"]["url"] and stores.datastore_url() != recorded:
             raise DatastoreError(f"this database uses datastore {recorded}, but option datastore.url "
-                                 f"names {runtime.datastore_url()}")
+                                 f"names {stores.datastore_url()}")
 
     # experiments
 
@@ -106,7 +106,7 @@ class Session:
         jobs = [job for job in jobs if only is None or job[0] == only]
         if not jobs:
             return []
-        target = target or os.path.join(runtime.archivestore_root(), str(experiment.id_experiment))
+        target = target or os.path.join(stores.archivestore_root(), str(experiment.id_experiment))
         store = self.content_store()
         failures, done = [], []
         for path, blob_id, size, archive in jobs:
@@ -144,7 +144,7 @@ class Session:
                                       experiment.meta or _default_meta(experiment))
             replaced = self.index.save_experiment(record, refs, facts, if_exists)
         for old in replaced:
-            rmtree(os.path.join(runtime.archivestore_root(), str(old)), ignore_errors=True)
+            rmtree(os.path.join(stores.archivestore_root(), str(old)), ignore_errors=True)
 
     def _exists(self, experiment: Experiment) -> bool:
         return (self.index.get_experiment(name=experiment.name) is not None
@@ -153,7 +153,7 @@ class Session:
     def _store_archive(self, store: ContentStore, archive: ArchiveStore, lease: Lease) -> BlobFacts:
         """Archive a folder, or keep the blob of an ArchiveStore that was loaded."""
         if archive.src_dir is not None:
-            codec, level = runtime.codec_and_level()
+            codec, level = stores.codec_and_level()
             info = store.put_dir(archive.src_dir, archive.params.arc_dir, archive.params.include,
                                  archive.params.exclude, lease=lease, codec=codec, level=level,
                                  recorded=self.index.facts_hint)
@@ -171,7 +171,7 @@ class Session:
         """Remove the experiment's row and references, then its extraction folder. Blobs stay
         until `casstore gc` finds them unreferenced."""
         self.index.delete_experiment(experiment.id_experiment)
-        rmtree(os.path.join(runtime.archivestore_root(), str(experiment.id_experiment)), ignore_errors=True)
+        rmtree(os.path.join(stores.archivestore_root(), str(experiment.id_experiment)), ignore_errors=True)
 
     def verify(self, deep: bool = False) -> VerifyReport:
         """`casstore verify` on this project (docs/gc.md)."""
@@ -205,7 +205,7 @@ def parse_experiment_id(value: str) -> uuid.UUID:
 def field_roots(index: Index) -> Iterator[FieldRoot]:
     """The archive values of every experiment's fields, and of the serialized columns of its
     MLtraq run table (run-level archives a migration rewrote), decoded as a load decodes
-    them: the roots gc keeps and verify checks (casstore.cas.roots.FieldRoots). A value that
+    them: the roots gc keeps and verify checks (casstore.cas.live.roots.FieldRoots). A value that
     does not decode raises FieldsUnreadable: which blobs it names is unknown."""
     for id_experiment, name, fields, meta in index.iter_fields():
         where = f"experiment {name!r} ({id_experiment})"

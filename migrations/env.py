@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from casstore.cas.models import VERSION_TABLE, Base
+from casstore.cas.index.models import VERSION_TABLE, Base
 
 connection = context.config.attributes["connection"]
 context.configure(

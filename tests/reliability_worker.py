@@ -177,10 +177,10 @@ def cmd_io_extract(cfg: dict) -> None:
 
 
 def _gc_args(cfg: dict):
-    from casstore import runtime
+    from casstore import stores
 
     s = session(cfg)
-    return s.index, runtime.content_store()
+    return s.index, stores.content_store()
 
 
 def cmd_gc_once(cfg: dict) -> None:
@@ -245,7 +245,7 @@ def cmd_delete_one(cfg: dict) -> None:
 
 
 def cmd_migrate(cfg: dict) -> None:
-    from casstore.cas import migrate
+    from casstore.mltraq.migrate import run as migrate
 
     setup(cfg)
     plan = migrate.plan(f"sqlite:///{cfg['db']}", cfg["datastore"])
@@ -266,7 +266,7 @@ def cmd_fork_server(_cfg: dict) -> None:
 
     import alembic.runtime.migration  # noqa: F401  (what the children use, imported once here)
     import casstore.cas.gc  # noqa: F401
-    import casstore.cas.migrate  # noqa: F401
+    import casstore.mltraq.migrate.run  # noqa: F401
     import sqlalchemy.dialects.sqlite  # noqa: F401
     from casstore import ArchiveStore, create_session  # noqa: F401
 
@@ -352,10 +352,10 @@ class Project:
         return session(self.cfg())
 
     def store(self):
-        from casstore import runtime
+        from casstore import stores
 
         self.configure()
-        return runtime.content_store()
+        return stores.content_store()
 
     def blobs_dir(self) -> str:
         return os.path.join(self.datastore, "casstore", "blobs")
@@ -440,7 +440,7 @@ def tree(root) -> dict[bytes, tuple[str, bytes]]:
 def check_every_blob(store) -> int:
     """Every file under blobs/ is a complete blob whose content hashes to its id (no half
     blob is ever visible under an id) and nothing else lies there. Returns the count."""
-    from casstore.cas.blobs import parse_blob_key
+    from casstore.cas.backends.base import parse_blob_key
 
     root = os.path.join(store.blobs.root, "casstore", "blobs")
     n = 0

@@ -20,13 +20,13 @@ import pytest
 from helpers import deadline, file_tree, run_cli
 
 from casstore import create_session, options
-from casstore.cas.blobs import (FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, BlobStat, LocalBlobStore, blob_key, open_blobstore,
+from casstore.cas.backends.base import (FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, BlobStat, LocalBlobStore, blob_key, open_blobstore,
                                  trash_key)
 from casstore.cas.digest import digest_bytes
 from casstore.cas.gc import collect
-from casstore.cas.index import DATASTORE_KEY, Index
-from casstore.cas.leases import Lease
-from casstore.cas.registry import registered
+from casstore.cas.index.queries import DATASTORE_KEY, Index
+from casstore.cas.live.leases import Lease
+from casstore.cas.live.registry import registered
 from casstore.cas.verify import verify
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, LoadError, UnreadableObject
 from casstore.session import field_roots
@@ -591,7 +591,7 @@ class TestS3BlobStore(BlobStoreContract):
         return store
 
     def test_open_blobstore_routes_s3_urls(self, store, s3_bucket):
-        from casstore.cas.remote import FsspecBlobStore
+        from casstore.cas.backends.remote import FsspecBlobStore
 
         assert isinstance(store, FsspecBlobStore)
         assert store.url == f"s3://{s3_bucket}/team/ds"
@@ -748,9 +748,9 @@ class SessionContract:
         return db, url
 
     def _store(self, url):
-        from casstore import runtime
+        from casstore import stores
 
-        return runtime.content_store(url)
+        return stores.content_store(url)
 
     def test_persist_dedup_and_load(self, project, workdir):
         db, url = project

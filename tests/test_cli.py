@@ -24,8 +24,8 @@ import pytest
 from helpers import run_cli as run
 
 from casstore import create_session, options
-from casstore.cas.blobs import LocalBlobStore
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cli import main
 from casstore.storage.archivestore import ArchiveStore
 
@@ -601,7 +601,7 @@ def test_a_refused_database_file_is_left_byte_for_byte_as_it_was(project, workdi
 def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
     result = run("verify", *args(project), "--deep")
     assert "re-hashing" not in result.stderr  # not a terminal: no bar
-    monkeypatch.setattr("casstore.cli._stderr_is_terminal", lambda: True)
+    monkeypatch.setattr("casstore.cli.app._stderr_is_terminal", lambda: True)
     result = run("verify", *args(project), "--deep", "--json")
     assert "re-hashing" in result.stderr
     assert json.loads(result.stdout) == {"problems": [], "reclaimable": []}  # stdout stays pure JSON
@@ -624,7 +624,7 @@ def test_docs_examples_run(tmp_path):
 def test_run_level_references_are_listed_and_extracted(project, workdir):
     from sqlalchemy import insert
 
-    from casstore.cas.models import RefRow
+    from casstore.cas.index.models import RefRow
 
     rows = refs(project)
     baseline = next(r for r in rows if r["name"] == "baseline")

@@ -16,12 +16,12 @@ import pytest
 import zstandard
 from helpers import write
 
-import casstore.cas.tarball as tarball
-from casstore.cas.blobs import LocalBlobStore, blob_key
-from casstore.cas.contentstore import ContentStore
+import casstore.cas.tar.write as tarball
+from casstore.cas.backends.base import LocalBlobStore, blob_key
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.digest import digest_bytes
-from casstore.cas.statcache import StatCache
-from casstore.cas.tarball import scan, tar_bytes
+from casstore.cas.store.statcache import StatCache
+from casstore.cas.tar.write import scan, tar_bytes
 from casstore.errors import BlobNotFound, CorruptBlob, SourceChanged, SourceNotFound
 
 # ---------------------------------------------------------------------------------------
@@ -241,8 +241,8 @@ def test_file_rewritten_with_same_size_while_archived_raises_source_changed(ds, 
 
 _PUT_SCRIPT = """
 import sys
-from casstore.cas.blobs import LocalBlobStore
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.store.contentstore import ContentStore
 cs = ContentStore(LocalBlobStore(sys.argv[1]))
 with cs.lease() as lease:
     print(cs.put_dir(sys.argv[2], "data", lease=lease).blob_id)
@@ -509,7 +509,7 @@ def test_lease_is_also_taken_when_the_blob_already_exists(cs, ds, src):
 
 
 def _reader_for(ds, data: bytes, codec: str):
-    from casstore.cas.contentstore import VerifyingReader
+    from casstore.cas.store.contentstore import VerifyingReader
 
     blob_id = digest_bytes(data)
     raw = io.BytesIO(zstandard.ZstdCompressor().compress(data) if codec == "zstd" else data)
@@ -551,7 +551,7 @@ def test_readinto_mixed_with_read_still_verifies_and_a_wrong_id_fails(ds, codec)
 
 
 def test_readinto_stops_a_zstd_bomb_at_the_recorded_size(ds):
-    from casstore.cas.contentstore import VerifyingReader
+    from casstore.cas.store.contentstore import VerifyingReader
 
     inflated = bytes(64 * 2**20)
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zstandard.ZstdCompressor().compress(inflated)))
@@ -564,7 +564,7 @@ def test_readinto_stops_a_zstd_bomb_at_the_recorded_size(ds):
 
 
 def test_readinto_over_a_stream_without_readinto(ds):
-    from casstore.cas.contentstore import VerifyingReader
+    from casstore.cas.store.contentstore import VerifyingReader
 
     class ReadOnly:
         def __init__(self, data):
@@ -588,7 +588,7 @@ def test_readinto_over_a_stream_without_readinto(ds):
 
 
 def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monkeypatch):
-    from casstore.cas import blobs
+    from casstore.cas.backends import base as blobs
 
     kicks = []
     monkeypatch.setattr(blobs, "_libc_sync_file_range", lambda: lambda fd, off, n, flags: kicks.append((off, n, flags)))
@@ -611,7 +611,7 @@ def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monk
 
 @pytest.mark.parametrize("how", ["missing", "failing"])
 def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, how):
-    from casstore.cas import blobs
+    from casstore.cas.backends import base as blobs
 
     monkeypatch.setattr(blobs, "_libc_sync_file_range", (lambda: None) if how == "missing" else (lambda: lambda *a: -1))
     data = os.urandom(17 << 20)
@@ -623,7 +623,7 @@ def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, 
 
 
 def test_sync_file_range_is_found_on_linux():
-    from casstore.cas import blobs
+    from casstore.cas.backends import base as blobs
 
     if not sys.platform.startswith("linux"):
         assert blobs._libc_sync_file_range() is None

@@ -39,10 +39,10 @@ import pytest
 
 import reliability_worker as rw
 from casstore import ArchiveStore, options
-from casstore.cas import migrate
-from casstore.cas.blobs import is_torn_object
+from casstore.mltraq.migrate import run as migrate
+from casstore.cas.backends.base import is_torn_object
 from casstore.cas.gc import collect
-from casstore.cas.roots import leftovers
+from casstore.cas.live.roots import leftovers
 from casstore.cas.verify import verify
 from casstore.errors import ExperimentAlreadyExists, ExperimentNotFound
 from casstore.session import field_roots

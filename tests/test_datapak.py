@@ -1,4 +1,4 @@
-"""Tests of casstore.storage.datapak: MLtraq's DataPak field encoding."""
+"""Tests of casstore.mltraq.datapak: MLtraq's DataPak field encoding."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casstore.errors import InvalidInput, UnsupportedValue
-from casstore.storage import datapak
-from casstore.storage.datapak import KEY_MAGIC, Opaque, decode, dumps, encode, loads, safe_unpickle
+from casstore.mltraq import datapak
+from casstore.mltraq.datapak import KEY_MAGIC, Opaque, decode, dumps, encode, loads, safe_unpickle
 from casstore.utils.bunch import Bunch
 
 # Written by MLtraq 0.1.165 (DataPakSerializer.serialize, cloudpickle 3.1.3) for

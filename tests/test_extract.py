@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casstore.cas.extract import Extraction, TarStream, check_symlink, list_members, safe_name
+from casstore.cas.tar.read import Extraction, TarStream, check_symlink, list_members, safe_name
 from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
 
 # ---------------------------------------------------------------------------------------
@@ -489,7 +489,7 @@ def _with_checksum(block: bytes, value: int) -> bytes:
 
 
 def test_header_with_high_bytes_and_a_signed_checksum_is_accepted():
-    from casstore.cas.extract import _check_checksum
+    from casstore.cas.tar.read import _check_checksum
 
     block = bytearray(raw_block("caf\xe9-\xff.txt".encode("latin-1"), b"0", 0))
     block[148:156] = b" " * 8

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from casstore import ArchiveStore, Session, create_session
-from casstore.cas import migrate as migration
-from casstore.cas.blobs import LocalBlobStore
-from casstore.cas.contentstore import ContentStore
+from casstore.mltraq.migrate import run as migration
+from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.gc import collect
-from casstore.cas.index import Index
+from casstore.cas.index.queries import Index
 from casstore.cas.verify import verify
 from casstore.errors import FieldsUnreadable, InvalidInput
 from casstore.session import field_roots
-from casstore.storage import datapak
+from casstore.mltraq import datapak
 from helpers import make_folder, run_cli
 
 DB = "sqlite:///p.db"

@@ -30,19 +30,19 @@ from helpers import deadline
 from make_legacy_fixture import tree_record
 
 from casstore import create_session, options
-from casstore.cas import legacy
-from casstore.cas import migrate as migration
-from casstore.cas.blobs import LocalBlobStore
-from casstore.cas.contentstore import ContentStore
+from casstore.mltraq import legacy
+from casstore.mltraq.migrate import run as migration
+from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.digest import DigestSink
 from casstore.cas.gc import collect
-from casstore.cas.index import Index
-from casstore.cas.tarball import scan, tar_bytes
+from casstore.cas.index.queries import Index
+from casstore.cas.tar.write import scan, tar_bytes
 from casstore.cas.verify import verify
-from casstore.cli_migrate import migrate as migrate_command
+from casstore.cli.migrate import migrate as migrate_command
 from casstore.errors import InvalidInput
 from casstore.session import field_roots
-from casstore.storage import datapak
+from casstore.mltraq import datapak
 from casstore.storage.archivestore import ArchiveStore, ArchiveStoreIO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy"

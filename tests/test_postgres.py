@@ -17,11 +17,11 @@ from helpers import file_tree, run_cli
 from sqlalchemy.engine import make_url
 
 from casstore import create_session, options
-from casstore.cas.blobs import LocalBlobStore
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.gc import collect
-from casstore.cas.index import BlobFacts, ExperimentRecord, Index, Ref
-from casstore.cas.registry import register, registered, registry_url
+from casstore.cas.index.queries import BlobFacts, ExperimentRecord, Index, Ref
+from casstore.cas.live.registry import register, registered, registry_url
 from casstore.cas.verify import verify
 from casstore.errors import DatastoreError, ExperimentAlreadyExists
 from casstore.session import field_roots
@@ -180,7 +180,7 @@ def test_write_transactions_take_the_advisory_lock_on_postgresql(project):
         pytest.skip("SQLite queues writers with BEGIN IMMEDIATE")
     from sqlalchemy import text
 
-    from casstore.cas.engine import make_engine, write_transaction
+    from casstore.cas.index.engine import make_engine, write_transaction
 
     engine = make_engine(db)
     try:

@@ -1,4 +1,4 @@
-"""The registry of databases (casstore/cas/registry.py) and whom gc trusts (trust.py):
+"""The registry of databases (casstore/cas/live/registry.py) and whom gc trusts (trust.py):
 an entry that cannot be read, reached or trusted stops gc and verify, naming it; a project
 repairs its own entry; a server is reached only once the user confirmed it, and then only
 with the credentials configured for it (docs/gc.md, docs/teams.md)."""
@@ -19,10 +19,10 @@ import pytest
 from helpers import db_url, facts_outside, make_folder, run_cli
 
 from casstore import create_session, options
-from casstore.cas.blobs import LocalBlobStore
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.gc import collect
-from casstore.cas.registry import REGISTRY_FORMAT, entry_key, registry_url
+from casstore.cas.live.registry import REGISTRY_FORMAT, entry_key, registry_url
 from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 from casstore.session import field_roots
 from casstore.storage.archivestore import ArchiveStore
@@ -454,7 +454,7 @@ def test_only_a_server_of_ones_own_database_gets_ones_own_password():
     the server of the user's own database, same host, port and options, the user's own."""
     from sqlalchemy.engine import make_url
 
-    from casstore.cas.roots import _open_url
+    from casstore.cas.live.roots import _open_url
 
     own = make_url("postgresql+psycopg://casstore:pw@db.internal:5432/ml_runs")
     same = _open_url(make_url("postgresql+psycopg://casstore@db.internal:5432/other"), own)

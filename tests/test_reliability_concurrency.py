@@ -274,10 +274,10 @@ def test_writers_repairing_one_damaged_blob_at_once_with_gc_looping_all_succeed(
     no quarantined copy is a good one (docs/datastore.md, "Damaged blobs")."""
     import threading
 
-    from casstore.cas.blobs import blob_key
+    from casstore.cas.backends.base import blob_key
     from casstore.cas.digest import digest_bytes
     from casstore.cas.gc import collect
-    from casstore.cas.tarball import scan, tar_bytes
+    from casstore.cas.tar.write import scan, tar_bytes
 
     project = rw.Project(tmp_path / "p")
     src = str(tmp_path / "src")

@@ -20,7 +20,7 @@ import pytest
 import reliability_worker as rw
 from casstore import ArchiveStore, options
 from casstore.cas.gc import collect
-from casstore.cas.tarball import FILE, RECORD, header, padding
+from casstore.cas.tar.write import FILE, RECORD, header, padding
 from casstore.cas.verify import verify
 from casstore.session import field_roots
 
@@ -60,7 +60,7 @@ def loaded_tree(project, experiment) -> dict[bytes, bytes]:
 def check_new_blobs(store, seen: set) -> None:
     """Every blob file that appeared since the last call hashes to its id (blobs are
     immutable, so a file already checked needs no second look)."""
-    from casstore.cas.blobs import parse_blob_key
+    from casstore.cas.backends.base import parse_blob_key
 
     for dirpath, _dirs, files in os.walk(os.path.join(store.blobs.root, "casstore", "blobs")):
         for name in files:
@@ -170,7 +170,7 @@ def tiny_tar(name: bytes, data: bytes) -> bytes:
 def plant_blob(store, data: bytes) -> str:
     """Put a valid, unreferenced blob straight into its place (faster than ingesting
     hundreds, which fsyncs each one; the test is about gc, not ingest)."""
-    from casstore.cas.blobs import blob_key
+    from casstore.cas.backends.base import blob_key
     from casstore.cas.digest import digest_bytes
 
     blob_id = digest_bytes(data)
@@ -372,8 +372,8 @@ def migrated_state(project) -> dict:
     (or its load error), and the legacy side of the datastore (outside casstore/)."""
     import sqlite3
 
-    from casstore.cas import migrate
-    from casstore.cas.blobs import is_torn_object
+    from casstore.mltraq.migrate import run as migrate
+    from casstore.cas.backends.base import is_torn_object
 
     s = project.session()
     state: dict = {"refs left": [r.label for r in migrate.plan(project.url, project.datastore).refs]}
@@ -404,7 +404,7 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
     MLtraq project (after a random number of its stage events, plus a random delay). After each kill, no legacy TAR that a not-yet-migrated reference needs is
     gone. Running migrate again completes, and the end state (fields bytes, loaded trees,
     legacy files left) is the one of an uninterrupted migration, with verify clean."""
-    from casstore.cas import migrate
+    from casstore.mltraq.migrate import run as migrate
 
     if not os.path.isdir(LEGACY_FIXTURE):
         pytest.skip("no legacy fixture")

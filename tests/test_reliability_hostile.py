@@ -32,12 +32,12 @@ from helpers import deadline, facts_outside, file_tree, make_folder, run_casstor
 
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
-from casstore.cas.blobs import blob_key
-from casstore.cas.contentstore import BlobInfo
+from casstore.cas.backends.base import blob_key
+from casstore.cas.store.contentstore import BlobInfo
 from casstore.cas.damage import read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM, digest_bytes, hasher_id, new_hasher, parse_id
-from casstore.cas.roots import MAX_REF_BYTES
-from casstore.cas.tarball import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
+from casstore.cas.live.roots import MAX_REF_BYTES
+from casstore.cas.tar.write import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
                                   tar_bytes)
 from casstore.cas.verify import verify
 from casstore.errors import (CorruptBlob, CorruptReference, DatastoreError, InvalidInput, UnreadableObject,

@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import insert
 
 from casstore import ArchiveStore, create_session
-from casstore.cas.models import RefRow
+from casstore.cas.index.models import RefRow
 
 
 def _folder(name: str, content: str) -> str:

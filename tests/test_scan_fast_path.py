@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casstore.cas import tarball
-from casstore.cas.statcache import listing_key
-from casstore.cas.tarball import FILE, HARDLINK, SYMLINK, Entry, _scan_with_globs, check_arc_dir, scan, tar_bytes
+from casstore.cas.tar import write as tarball
+from casstore.cas.store.statcache import listing_key
+from casstore.cas.tar.write import FILE, HARDLINK, SYMLINK, Entry, _scan_with_globs, check_arc_dir, scan, tar_bytes
 from casstore.errors import InvalidInput, SourceNotFound
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -310,7 +310,7 @@ def test_symlink_to_a_file_outside_that_is_also_inside_is_a_separate_file(tmp_pa
 
 _COMPARE = """
 import json, sys
-from casstore.cas.tarball import scan, _scan_with_globs
+from casstore.cas.tar.write import scan, _scan_with_globs
 fast, reference = scan(sys.argv[1]), _scan_with_globs(sys.argv[1], ".")
 print(json.dumps({"same": fast == reference, "names": [e.name.decode() for e in fast]}))
 """

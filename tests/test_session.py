@@ -15,8 +15,8 @@ from helpers import blob_files, db_url, make_folder
 
 from casstore import (Archive, ArchiveStore, Bunch, Experiment, ExperimentAlreadyExists, ExperimentNotFound,
                       InvalidInput, Session, UnsupportedValue, create_session, options)
-from casstore.storage import datapak
-from casstore.storage.datapak import Opaque, safe_unpickle
+from casstore.mltraq import datapak
+from casstore.mltraq.datapak import Opaque, safe_unpickle
 
 
 @pytest.fixture(autouse=True)

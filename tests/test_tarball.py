@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from helpers import write
 
-from casstore.cas.blobs import LocalBlobStore, blob_key
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.backends.base import LocalBlobStore, blob_key
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.digest import digest_bytes
-from casstore.cas.extract import Extraction, list_members
-from casstore.cas import tarball
-from casstore.cas.tarball import FILE, HARDLINK, SYMLINK, header, scan, tar_bytes
+from casstore.cas.tar.read import Extraction, list_members
+from casstore.cas.tar import write as tarball
+from casstore.cas.tar.write import FILE, HARDLINK, SYMLINK, header, scan, tar_bytes
 from casstore.errors import InvalidInput
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_another_pythonhashseed_gives_the_same_bytes(tmp_path):
     src = tmp_path / "src"
     for i in range(60):
         write(str(src / f"d{i % 7}" / f"file-{i}.txt"), f"content {i}".encode(), 0o644)
-    script = ("import sys; from casstore.cas.tarball import scan, tar_bytes; "
+    script = ("import sys; from casstore.cas.tar.write import scan, tar_bytes; "
               "from casstore.cas.digest import digest_bytes; "
               "print(digest_bytes(tar_bytes(scan(sys.argv[1], 'data'))))")
     expected = digest_of(src, "data")

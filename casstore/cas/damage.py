@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from casstore.cas.blobs import INTERNAL, BlobStat, BlobStore
+from casstore.cas.backends.base import INTERNAL, BlobStat, BlobStore
 from casstore.cas.digest import id_or_none, parse_id
 from casstore.errors import UnreadableObject
 

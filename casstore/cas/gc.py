@@ -23,12 +23,12 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from casstore.cas.blobs import BlobStat
-from casstore.cas.contentstore import ContentStore
+from casstore.cas.backends.base import BlobStat
+from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
-from casstore.cas.index import Index
-from casstore.cas.leases import read_leases
-from casstore.cas.roots import FieldRoots, leftovers, live_blob_ids
+from casstore.cas.index.queries import Index
+from casstore.cas.live.leases import read_leases
+from casstore.cas.live.roots import FieldRoots, leftovers, live_blob_ids
 from casstore.errors import InvalidInput
 
 DEFAULT_GRACE_S = 3600.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from casstore.cas.contentstore import ContentStore
-from casstore.cas.index import Index
+from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.index.queries import Index
 
 
 @dataclass(frozen=True)

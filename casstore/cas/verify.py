@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from casstore.cas.blobs import CODEC_SUFFIX, BlobStat, ObjectStat
-from casstore.cas.contentstore import ContentStore, cheap_damage, rehash_damage
+from casstore.cas.backends.base import CODEC_SUFFIX, BlobStat, ObjectStat
+from casstore.cas.store.contentstore import ContentStore, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
-from casstore.cas.index import BlobFacts, Index, RefListing
-from casstore.cas.leases import read_leases
-from casstore.cas.roots import FieldRoot, FieldRoots, NamedRef, leftovers, live_blob_ids, named_refs
+from casstore.cas.index.queries import BlobFacts, Index, RefListing
+from casstore.cas.live.leases import read_leases
+from casstore.cas.live.roots import FieldRoot, FieldRoots, NamedRef, leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)

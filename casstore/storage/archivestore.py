@@ -17,12 +17,12 @@ from collections.abc import Iterable
 from shutil import rmtree
 from typing import Any, BinaryIO, Optional, Union
 
-from casstore import runtime
-from casstore.cas.contentstore import BlobInfo, no_space
+from casstore import stores
+from casstore.cas.store.contentstore import BlobInfo, no_space
 from casstore.cas.digest import parse_id
-from casstore.cas.extract import Extraction
-from casstore.cas.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
-from casstore.cas.tarball import check_arc_dir, scan, tar_bytes
+from casstore.cas.tar.read import Extraction
+from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
+from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
 from casstore.opts import file_url_to_path, options
@@ -122,7 +122,7 @@ class ArchiveStore:
 class _CheckedTarFile(tarfile.TarFile):
     """The TarFile of ArchiveStoreIO.open: it reads a temp copy of the archive whose digest
     was checked, and extracts with casstore's member validation (the Extraction of
-    casstore/cas/extract.py, as ArchiveStoreIO.extract), never with tarfile's own
+    casstore/cas/tar/read.py, as ArchiveStoreIO.extract), never with tarfile's own
     extraction code: its filters had bypasses until Python 3.11.13 (CVE-2025-4517 and
     siblings). The `filter` argument may name one of tarfile's filters, and is ignored:
     casstore's rules, at least as strict as "data", always apply."""
@@ -187,9 +187,9 @@ class ArchiveStoreIO:
         """Archive `src_dir` now and name it with a new reference in the datastore. The
         object returned is pinned to the blob it stored."""
         check_arc_dir(arc_dir)
-        prefix = runtime.checked_prefix("datastore.relative_path_prefix")
-        codec, level = runtime.codec_and_level()
-        store = runtime.content_store()
+        prefix = stores.checked_prefix("datastore.relative_path_prefix")
+        codec, level = stores.codec_and_level()
+        store = stores.content_store()
         key = f"{prefix.replace(os.sep, '/')}/{uuid.uuid4().hex}"
         with store.lease() as lease:
             info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level)
@@ -201,13 +201,13 @@ class ArchiveStoreIO:
         """The reference at `url`, as gc reads it (roots.parse_named_ref), refused unless it
         names a valid blob id (the pinned one, if pinned) with a valid size."""
         key = file_url_to_path(self.url).replace(os.sep, "/")
-        blobs = runtime.content_store().blobs
+        blobs = stores.content_store().blobs
         data = blobs.get_object(key, max_bytes=MAX_REF_BYTES)
         if data is None:
-            raise BlobNotFound(f"no archive at {self.url} in datastore {runtime.datastore_url()}")
+            raise BlobNotFound(f"no archive at {self.url} in datastore {stores.datastore_url()}")
         if blobs.through_symlink(key):
             raise UnreadableObject(f"{self.url} is reached through a symlinked folder of datastore "
-                                   f"{runtime.datastore_url()}, where gc never looks: its blob is not kept alive, "
+                                   f"{stores.datastore_url()}, where gc never looks: its blob is not kept alive, "
                                    "so it is not read (move the reference into a real folder)")
         ref = parse_named_ref(key, data)
         if ref is None:
@@ -229,18 +229,18 @@ class ArchiveStoreIO:
     def get_target(cls, target: Optional[str] = None) -> str:
         if target:
             return target
-        return runtime.archivestore_root() + os.sep + str(options().get("archivestore.relative_path_prefix"))
+        return stores.archivestore_root() + os.sep + str(options().get("archivestore.relative_path_prefix"))
 
     def extract(self, target: Optional[str] = None, members: Optional[list[str]] = None) -> ArchiveStoreIO:
         ref = self._ref()
-        runtime.content_store().extract(ref.blob_id, self.get_target(target), size=ref.size, members=members,
+        stores.content_store().extract(ref.blob_id, self.get_target(target), size=ref.size, members=members,
                                         recorded=ref.facts)
         return self
 
     def getnames(self, target: Optional[str] = None) -> list[str]:
         ref = self._ref()
         target = self.get_target(target)
-        members = runtime.content_store().members(ref.blob_id, ref.size, ref.facts)
+        members = stores.content_store().members(ref.blob_id, ref.size, ref.facts)
         return [os.path.normpath(target + os.sep + os.fsdecode(m.name)) for m in members]
 
     def open(self) -> tarfile.TarFile:
@@ -251,7 +251,7 @@ class ArchiveStoreIO:
         ref = self._ref()
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         try:
-            runtime.content_store().copy_checked(ref.blob_id, ref.size, spool, ref.facts)
+            stores.content_store().copy_checked(ref.blob_id, ref.size, spool, ref.facts)
             spool.seek(0)
             tar = _CheckedTarFile.open(fileobj=spool, mode="r:")
         except tarfile.TarError as exc:
@@ -266,7 +266,7 @@ class ArchiveStoreIO:
     @classmethod
     def delete(cls, relative_path_prefix: str) -> None:
         """Remove the extraction folder `<archivestore>/<relative_path_prefix>` (MLtraq's API)."""
-        rmtree(runtime.archivestore_root() + os.sep + relative_path_prefix, ignore_errors=True)
+        rmtree(stores.archivestore_root() + os.sep + relative_path_prefix, ignore_errors=True)
 
     def __repr__(self) -> str:
         pinned = "" if self._blob_id is None else f", blob_id={self._blob_id!r}"

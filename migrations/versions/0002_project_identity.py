@@ -2,7 +2,7 @@
 
 Registry entries name it (docs/datastore.md), so that a project is recognised whatever URL
 reaches its database. No table changes: this revision adds one row, so casstore applies it
-by itself at the first write that needs the identity (casstore/cas/schema.py).
+by itself at the first write that needs the identity (casstore/cas/index/schema.py).
 
 Revision ID: 0002
 Revises: 0001

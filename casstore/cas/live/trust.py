@@ -18,7 +18,7 @@ import uuid
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from casstore.cas.registry import registry_url, url_problem
+from casstore.cas.live.registry import registry_url, url_problem
 from casstore.errors import InvalidInput
 
 TRUST_FORMAT = "casstore-trust-1"

@@ -14,8 +14,8 @@ from importlib import resources
 
 from sqlalchemy import Connection, Engine, inspect
 
-from casstore.cas.engine import write_transaction
-from casstore.cas.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
+from casstore.cas.index.engine import write_transaction
+from casstore.cas.index.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
 from casstore.errors import InvalidInput, SchemaOutdated
 
 HEAD = "0002"

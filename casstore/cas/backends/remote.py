@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
-from casstore.cas.blobs import (BULK_PREFIXES, CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, DamageCheck, Ingest,
+from casstore.cas.backends.base import (BULK_PREFIXES, CODEC_SUFFIX, INTERNAL, BlobStat, BlobStore, DamageCheck, Ingest,
                                 ObjectStat, Outcome, blob_key, checked_blob_key, quarantine_key, trash_key,
                                 trash_key_blob)
 from casstore.errors import BlobNotFound, DatastoreError, UnreadableObject
@@ -141,7 +141,7 @@ class FsspecBlobStore(BlobStore):
     # -- the interface -----------------------------------------------------------------
 
     def exists(self) -> bool:
-        from casstore.cas.blobs import FORMAT_KEY
+        from casstore.cas.backends.base import FORMAT_KEY
 
         return self._head(FORMAT_KEY) is not None
 

@@ -797,6 +797,6 @@ def open_blobstore(url: str, storage_options: dict | None = None) -> BlobStore:
         from casstore.opts import file_url_to_path
 
         return LocalBlobStore(file_url_to_path(url))
-    from casstore.cas.remote import FsspecBlobStore
+    from casstore.cas.backends.remote import FsspecBlobStore
 
     return FsspecBlobStore(url, storage_options)

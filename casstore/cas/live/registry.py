@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from casstore.cas.blobs import INTERNAL, BlobStore, ObjectStat, is_torn_object
+from casstore.cas.backends.base import INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 
 REGISTRY_PREFIX = f"{INTERNAL}/registry"

@@ -14,13 +14,13 @@ from typing import Iterable, Protocol
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.blobs import CODEC_SUFFIX, INTERNAL, BlobStore, ObjectStat, is_torn_object
+from casstore.cas.backends.base import CODEC_SUFFIX, INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.cas.digest import parse_id
-from casstore.cas.engine import make_engine
-from casstore.cas.index import PROJECT_KEY, Index
-from casstore.cas.leases import leased_blob_ids
-from casstore.cas.registry import Entry, entries, registry_url
-from casstore.cas.trust import trusted_urls
+from casstore.cas.index.engine import make_engine
+from casstore.cas.index.queries import PROJECT_KEY, Index
+from casstore.cas.live.leases import leased_blob_ids
+from casstore.cas.live.registry import Entry, entries, registry_url
+from casstore.cas.live.trust import trusted_urls
 from casstore.errors import FieldsUnreadable, InvalidInput, UnreadableObject, UnresolvedRegistryEntry
 
 REF_FORMAT = "casstore-ref-1"

@@ -34,8 +34,8 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
-from casstore.cas.extract import Member, MemberRules, TarStream, safe_name
-from casstore.cas.tarball import BLOCK, CHUNK, FILE, HARDLINK, RECORD, SYMLINK, BufferedSink, Sink, header, padding
+from casstore.cas.tar.read import Member, MemberRules, TarStream, safe_name
+from casstore.cas.tar.write import BLOCK, CHUNK, FILE, HARDLINK, RECORD, SYMLINK, BufferedSink, Sink, header, padding
 from casstore.errors import CasStoreError, CorruptBlob, UnsafeArchive
 
 _FILE_KINDS = {b"0", b"\0", b"7"}

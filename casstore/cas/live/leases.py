@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from casstore.cas.blobs import INTERNAL, BlobStore
+from casstore.cas.backends.base import INTERNAL, BlobStore
 from casstore.errors import UnreadableObject
 
 LEASES_PREFIX = f"{INTERNAL}/leases"

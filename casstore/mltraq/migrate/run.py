@@ -50,18 +50,18 @@ from sqlalchemy import MetaData, Table, create_engine, delete, insert, inspect, 
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from casstore.cas.blobs import INTERNAL, LocalBlobStore, open_regular
-from casstore.cas.contentstore import CODECS, BlobInfo, ContentStore
+from casstore.cas.backends.base import INTERNAL, LocalBlobStore, open_regular
+from casstore.cas.store.contentstore import CODECS, BlobInfo, ContentStore
 from casstore.cas.digest import DigestSink
-from casstore.cas.engine import safe_url, write_transaction
-from casstore.cas.index import DATASTORE_KEY, Index
-from casstore.cas.leases import Lease
-from casstore.cas.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
-from casstore.cas.models import BlobRow, ExperimentRow, MetaRow, RefRow
-from casstore.cas.registry import register
-from casstore.cas.roots import MAX_REF_BYTES, RefFacts, named_ref_data, parse_named_ref
+from casstore.cas.index.engine import safe_url, write_transaction
+from casstore.cas.index.queries import DATASTORE_KEY, Index
+from casstore.cas.live.leases import Lease
+from casstore.mltraq.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
+from casstore.cas.index.models import BlobRow, ExperimentRow, MetaRow, RefRow
+from casstore.cas.live.registry import register
+from casstore.cas.live.roots import MAX_REF_BYTES, RefFacts, named_ref_data, parse_named_ref
 from casstore.errors import CasStoreError, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
-from casstore.storage import datapak
+from casstore.mltraq import datapak
 
 LEGACY_TAG = datapak.TAG_ARCHIVESTORE  # "mltraq.ArchiveStore-0"
 CASSTORE_TAG = "casstore.ArchiveStore-0"  # casstore.storage.archivestore.ARCHIVESTORE_TAG

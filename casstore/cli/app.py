@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from casstore import __version__
-from casstore.cas.engine import safe_url
+from casstore.cas.index.engine import safe_url
 from casstore.errors import (BlobNotFound, CasStoreError, CorruptBlob, DatastoreError, ExperimentNotFound,
                              InvalidInput, LoadError, SchemaOutdated)
 
@@ -77,7 +77,7 @@ def _open_engine(url: str, read_only: bool = True) -> Engine:
     """An engine on an existing database: a SQLite file that does not exist is refused
     rather than created (a typo in --db must not start an empty project). Read-only unless
     the command writes to the database: a file it refuses is left byte for byte as it was."""
-    from casstore.cas.engine import make_engine
+    from casstore.cas.index.engine import make_engine
 
     try:
         parsed = make_url(url)
@@ -99,8 +99,8 @@ def _open_engine(url: str, read_only: bool = True) -> Engine:
 def _open_index(url: str, read_only: bool = True):
     """The project's index; its tables are looked at read-only first, and the database is
     opened for writing (SQLite switched to WAL) only if `read_only` is False."""
-    from casstore.cas.index import Index
-    from casstore.cas.models import CASSTORE_TABLES
+    from casstore.cas.index.queries import Index
+    from casstore.cas.index.models import CASSTORE_TABLES
 
     engine = _open_engine(url)
     try:
@@ -156,19 +156,19 @@ class Project:
 
     def datastore_url(self) -> tuple[str, str]:
         """(url, where it came from)."""
-        from casstore import runtime
-        from casstore.cas.index import DATASTORE_KEY
+        from casstore import stores
+        from casstore.cas.index.queries import DATASTORE_KEY
 
         if self.datastore_arg:
             return self.datastore_arg, "--datastore"
         recorded = self.index.get_fact(DATASTORE_KEY)
         if recorded:
             return recorded, "recorded by the database"
-        return runtime.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
+        return stores.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
 
     def _open_store(self):
-        from casstore.cas.blobs import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES, LocalBlobStore, open_blobstore
-        from casstore.cas.contentstore import ContentStore
+        from casstore.cas.backends.base import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES, LocalBlobStore, open_blobstore
+        from casstore.cas.store.contentstore import ContentStore
         from casstore.opts import options
 
         url, source = self.datastore_url()
@@ -479,7 +479,7 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
 
     EXPERIMENT is a name or an id. Files already in the target are overwritten, others left.
     If some fields fail, the others are still extracted and the exit code is 1."""
-    from casstore import runtime
+    from casstore import stores
     from casstore.experiment import archive_fields
     from casstore.session import Session
 
@@ -493,7 +493,7 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
         if field is not None and field not in available:
             raise Failure(f"experiment {record.name!r} has no archive field {field!r} "
                           f"(archive fields: {', '.join(available) or 'none'})", EXIT_UNUSABLE)
-        target = os.path.abspath(target or os.path.join(runtime.archivestore_root(), str(record.id_experiment)))
+        target = os.path.abspath(target or os.path.join(stores.archivestore_root(), str(record.id_experiment)))
         wanted = [field] if field is not None else available
         failed: list[dict[str, str]] = []
         try:
@@ -583,8 +583,8 @@ def registry(project: Project, forget: str | None, trust: str | None, revoke: st
     if trust is not None or revoke is not None or trusted:
         _registry_trust(project, trust, revoke)
         return
-    from casstore.cas.registry import forget as forget_entry
-    from casstore.cas.registry import entry_key, read_registry, registry_url
+    from casstore.cas.live.registry import forget as forget_entry
+    from casstore.cas.live.registry import entry_key, read_registry, registry_url
 
     blobs = project.store.blobs
     mine = registry_url(project.index.engine.url)
@@ -601,7 +601,7 @@ def registry(project: Project, forget: str | None, trust: str | None, revoke: st
 
 
 def _print_registry(project: Project, registry: Any, mine: str | None, forgotten: list[str]) -> None:
-    from casstore.cas.trust import trusted_urls
+    from casstore.cas.live.trust import trusted_urls
 
     entries, broken = registry
     confirmed = trusted_urls()
@@ -636,8 +636,8 @@ def _registry_note(row: dict[str, Any]) -> str:
 
 def _registry_trust(project: Project, trust: str | None, revoke: str | None) -> None:
     """--trust, --revoke and --trusted: the user's own list, outside the datastore."""
-    from casstore.cas import trust as confirmations
-    from casstore.cas.registry import read_registry
+    from casstore.cas.live import trust as confirmations
+    from casstore.cas.live.registry import read_registry
 
     done: dict[str, Any] = {}
     if trust is not None:
@@ -699,7 +699,7 @@ def db_command(read_only: bool) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def _revision(engine: Engine) -> str | None:
     """The database's casstore schema revision; exit 3 if the database cannot be read."""
-    from casstore.cas.schema import current_revision
+    from casstore.cas.index.schema import current_revision
 
     try:
         with engine.connect() as conn:
@@ -715,7 +715,7 @@ def db_current(engine: Engine, as_json: bool) -> None:
     """The schema revision of casstore's tables in the database, and the one this casstore needs.
 
     --datastore is accepted and not used."""
-    from casstore.cas.schema import HEAD
+    from casstore.cas.index.schema import HEAD
 
     current = _revision(engine)
     if as_json:
@@ -731,7 +731,7 @@ def db_upgrade(engine: Engine, as_json: bool) -> None:
     """Bring casstore's tables to the revision this casstore needs (back the database up first).
 
     --datastore is accepted and not used."""
-    from casstore.cas.schema import HEAD, known_revisions, upgrade
+    from casstore.cas.index.schema import HEAD, known_revisions, upgrade
 
     before = _revision(engine)
     if before is not None and before not in known_revisions():
@@ -747,7 +747,7 @@ def db_upgrade(engine: Engine, as_json: bool) -> None:
         click.echo(f"upgraded {before or 'none'} -> {after}")
 
 
-from casstore.cli_migrate import migrate as _migrate  # noqa: E402
+from casstore.cli.migrate import migrate as _migrate  # noqa: E402
 
 main.add_command(_migrate)
 

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
-from casstore.cas.tarball import BLOCK, CHUNK, DIRECTORY, FILE, HARDLINK, SYMLINK
+from casstore.cas.tar.write import BLOCK, CHUNK, DIRECTORY, FILE, HARDLINK, SYMLINK
 from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
 
 MAX_LONG_NAME = 64 * 1024

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import threading
 
-from casstore.cas.blobs import BlobStore, open_blobstore
-from casstore.cas.contentstore import UNSIZED_LIMIT, ContentStore, check_codec
-from casstore.cas.statcache import StatCache
+from casstore.cas.backends.base import BlobStore, open_blobstore
+from casstore.cas.store.contentstore import UNSIZED_LIMIT, ContentStore, check_codec
+from casstore.cas.store.statcache import StatCache
 from casstore.errors import InvalidInput
 from casstore.opts import file_url_to_path, options
 

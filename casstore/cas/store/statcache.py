@@ -19,7 +19,7 @@ import threading
 
 import xxhash
 
-from casstore.cas.tarball import FORMAT_NAME, Entry
+from casstore.cas.tar.write import FORMAT_NAME, Entry
 
 log = logging.getLogger(__name__)
 

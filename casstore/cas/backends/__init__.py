@@ -1,0 +1,1 @@
+"""Blob stores: the abstract store, its ingest, and one module per backend."""

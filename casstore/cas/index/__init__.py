@@ -1,0 +1,1 @@
+"""The SQL index: engines, models, schema, and the queries casstore runs."""

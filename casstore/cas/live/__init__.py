@@ -1,0 +1,1 @@
+"""What keeps blobs alive: leases, the registry of projects, trust, roots and named references."""

@@ -1,0 +1,1 @@
+"""The content store: folders in, canonical TAR blobs under their digests out."""

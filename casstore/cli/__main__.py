@@ -1,0 +1,5 @@
+"""`python -m casstore.cli`."""
+
+from casstore.cli.app import main
+
+main()

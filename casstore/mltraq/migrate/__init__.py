@@ -1,0 +1,1 @@
+"""Migrate an MLtraq 0.1.165 project in place."""
