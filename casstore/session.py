@@ -15,10 +15,11 @@ from shutil import rmtree
 from typing import Any, Iterator, Optional
 
 from casstore import stores
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import parse_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
-from casstore.cas.index.queries import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
+from casstore.cas.index.facts import BlobFacts, facts_of
+from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
 from casstore.mltraq.migrate.run import run_hex, runs_meta
 from casstore.cas.live.registry import register
@@ -31,6 +32,7 @@ from casstore.opts import DEFAULT_VALUES, options
 from casstore.mltraq import datapak
 from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
 from casstore.utils.bunch import Bunch
+from casstore.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +160,14 @@ class Session:
                                  archive.params.exclude, lease=lease, codec=codec, level=level,
                                  recorded=self.index.facts_hint)
             archive.stored(info)
-            return BlobFacts(info.blob_id, info.size, info.stored_size, info.codec)
+            return info
         lease.add(archive.blob_id)
         found = store.blobs.find_leased(archive.blob_id)
         if found is None:
             raise BlobNotFound(f"blob {archive.blob_id} of this experiment is not in the datastore {store.blobs.url}")
         known = self.index.facts_hint(archive.blob_id)
         size = known.size if known else archive.size
-        return BlobFacts(archive.blob_id, size, found.stored_size, found.codec)
+        return facts_of(found, size)
 
     def delete_experiment(self, experiment: Experiment) -> None:
         """Remove the experiment's row and references, then its extraction folder. Blobs stay
@@ -235,8 +237,6 @@ def _already_exists(experiment: Experiment) -> CasStoreError:
 
 
 def _default_meta(experiment: Experiment) -> bytes:
-    from casstore import __version__
-
     meta = Bunch(runs=Bunch(count=0, table_name=f"experiment_{experiment.name}",
                             columns=Bunch(types={}, serialized=[], non_serialized=[])),
                  version=Bunch(casstore=__version__))

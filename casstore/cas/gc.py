@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from casstore.cas.backends.base import BlobStat
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
 from casstore.cas.index.queries import Index
 from casstore.cas.live.leases import read_leases

@@ -18,7 +18,8 @@ from shutil import rmtree
 from typing import Any, BinaryIO, Optional, Union
 
 from casstore import stores
-from casstore.cas.store.contentstore import BlobInfo, no_space
+from casstore.cas.index.facts import BlobFacts
+from casstore.cas.store.no_space import no_space
 from casstore.cas.digest import parse_id
 from casstore.cas.tar.read import Extraction
 from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
@@ -103,7 +104,7 @@ class ArchiveStore:
     def src_dir(self) -> Optional[str]:
         return self.params.get("src_dir")
 
-    def stored(self, info: BlobInfo) -> None:
+    def stored(self, info: BlobFacts) -> None:
         self.blob_id = info.blob_id
         self.size = info.size
 
