@@ -12,11 +12,11 @@ import os
 import re
 import uuid
 from shutil import rmtree
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from casstore import stores
 from casstore.cas.store.content_store import ContentStore
-from casstore.cas.digest import parse_id
+from casstore.cas.digest import checked_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 IF_EXISTS = ("fail", "replace")
 _UUID_TEXT = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
+DECODERS: dict[str, Callable[[Any], Any]] = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
 
 
 class Session:
@@ -102,6 +102,7 @@ class Session:
         """Extract the experiment's archives (or field `only`) into `target` (default
         `<archivestore>/<experiment id>`): its archive fields, then the archives its runs
         reference (MLtraq extracts those into the same folder). Returns the fields done."""
+        jobs: list[tuple[str, Optional[str], Optional[int], Optional[ArchiveStore]]]
         jobs = [(p, a.blob_id, a.size, a) for p, a in archive_fields(experiment.fields)]
         jobs += [(f"runs[{r.id_run}].{r.field}", r.blob_id, self._size_of(r.blob_id), None)
                  for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
@@ -113,7 +114,8 @@ class Session:
         failures, done = [], []
         for path, blob_id, size, archive in jobs:
             try:
-                store.extract(blob_id, target, size=size, recorded=self.index.facts_hint(blob_id))
+                blob = checked_id(blob_id)
+                store.extract(blob, target, size=size, recorded=self.index.facts_hint(blob))
             except (CasStoreError, OSError) as exc:
                 failures.append(FieldFailure(str(experiment.id_experiment), path, str(blob_id), exc))
                 continue
@@ -140,7 +142,7 @@ class Session:
             facts = [self._store_archive(store, archive, lease) for _, archive in archives]
             if archives:
                 register(store.blobs, self.index.engine.url, self.index.project_id())
-            refs = [Ref(path, a.blob_id, a.params.arc_dir) for path, a in archives]
+            refs = [Ref(path, f.blob_id, a.params.arc_dir) for (path, a), f in zip(archives, facts)]
             record = ExperimentRecord(experiment.id_experiment, experiment.name,
                                       datapak.dumps(experiment.fields, path="fields"),
                                       experiment.meta or _default_meta(experiment))
@@ -161,11 +163,12 @@ class Session:
                                  recorded=self.index.facts_hint)
             archive.stored(info)
             return info
-        lease.add(archive.blob_id)
-        found = store.blobs.find_leased(archive.blob_id)
+        blob_id = checked_id(archive.blob_id)
+        lease.add(blob_id)
+        found = store.blobs.find_leased(blob_id)
         if found is None:
-            raise BlobNotFound(f"blob {archive.blob_id} of this experiment is not in the datastore {store.blobs.url}")
-        known = self.index.facts_hint(archive.blob_id)
+            raise BlobNotFound(f"blob {blob_id} of this experiment is not in the datastore {store.blobs.url}")
+        known = self.index.facts_hint(blob_id)
         size = known.size if known else archive.size
         return facts_of(found, size)
 
@@ -188,7 +191,7 @@ class Session:
         installed, as MLtraq returns, else a list of Bunch with the same keys."""
         rows = [Bunch(id_experiment=i, name=n) for i, n in self.index.list_experiments()]
         try:
-            import pandas as pd
+            import pandas as pd  # type: ignore[import-untyped]  # no stubs installed; optional dependency
         except ImportError:
             return rows
         return pd.DataFrame(rows, columns=["id_experiment", "name"])
@@ -222,12 +225,11 @@ def field_roots(index: Index) -> Iterator[FieldRoot]:
 
 def _roots_of(experiment: str, id_run: str, data: bytes, prefix: str, where: str) -> list[FieldRoot]:
     try:
-        found = list(archive_fields(datapak.loads(data, DECODERS), prefix))
-        for _, archive in found:
-            parse_id(archive.blob_id)
+        found = [(path, checked_id(archive.blob_id))
+                 for path, archive in archive_fields(datapak.loads(data, DECODERS), prefix)]
     except (CasStoreError, KeyError, TypeError, ValueError) as exc:
         raise FieldsUnreadable(f"{where} do not decode ({exc}): which blobs they name is unknown") from exc
-    return [FieldRoot(experiment, id_run, path, archive.blob_id) for path, archive in found]
+    return [FieldRoot(experiment, id_run, path, blob_id) for path, blob_id in found]
 
 
 

@@ -221,14 +221,15 @@ class Index:
         rows = [{"blob_id": b.blob_id, "size": b.size, "stored_size": b.stored_size, "codec": b.codec,
                  "created": time.time()} for b in {b.blob_id: b for b in blobs}.values()]
         if self._sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            lite = sqlite_insert(BlobRow)
+            conn.execute(lite.on_conflict_do_update(index_elements=["blob_id"], set_=_new_facts(lite.excluded)), rows)
         else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        statement = dialect_insert(BlobRow)
-        conn.execute(statement.on_conflict_do_update(
-            index_elements=["blob_id"],
-            set_={"size": func.coalesce(statement.excluded.size, BlobRow.size),
-                  "stored_size": statement.excluded.stored_size, "codec": statement.excluded.codec}), rows)
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            pg = pg_insert(BlobRow)
+            conn.execute(pg.on_conflict_do_update(index_elements=["blob_id"], set_=_new_facts(pg.excluded)), rows)
 
     def forget_blob_facts(self, blob_ids: list[str]) -> None:
         """Drop the facts of deleted blobs that no reference of this database names."""
@@ -313,6 +314,13 @@ class Index:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _new_facts(excluded: Any) -> dict[str, Any]:
+    """What an upsert of facts rows writes over a row already there: its size stays where
+    the new facts have none, the stored copy's facts follow the new copy."""
+    return {"size": func.coalesce(excluded.size, BlobRow.size), "stored_size": excluded.stored_size,
+            "codec": excluded.codec}
 
 
 def _orphaned() -> Any:

@@ -119,8 +119,10 @@ def read_registry(blobs: BlobStore) -> tuple[list[Entry], list[BrokenEntry]]:
             broken.append(BrokenEntry(key, f"{obj.size} bytes, more than an entry's {MAX_ENTRY_BYTES}"))
             continue
         found = _read_entry(blobs, key)
-        if found is not None:  # None: forgotten since the listing
-            (entries if isinstance(found, Entry) else broken).append(found)
+        if isinstance(found, Entry):
+            entries.append(found)
+        elif found is not None:  # None: forgotten since the listing
+            broken.append(found)
     return sorted(entries, key=lambda e: (e.url, e.key)), sorted(broken, key=lambda b: b.key)
 
 

@@ -231,7 +231,7 @@ def _open_url(parsed: URL, own: URL) -> URL:
     return parsed.update_query_dict({"password": ""})
 
 
-def _server(url: URL) -> tuple:
+def _server(url: URL) -> tuple[str | None, int | None, list[tuple[str, str | tuple[str, ...]]]]:
     return url.host, url.port, sorted(url.query.items())
 
 

@@ -73,7 +73,7 @@ class ContentStore:
         started_ns = time.time_ns()
         facts = self.put_tar_stream(functools.partial(write_tar, entries), lease=lease, codec=codec, level=level,
                                     progress=progress, recorded=recorded, source="the folder")
-        if self.statcache:
+        if self.statcache and facts.size is not None:  # a write always knows the size
             self.statcache.put(key, facts.blob_id, facts.size, entries, started_ns)
         return facts
 
@@ -168,7 +168,7 @@ class ContentStore:
             reader.verify()
             return extraction.publish()
 
-    def copy_checked(self, blob_id: str, size: int, out: BinaryIO, recorded: StoredFacts | None = None) -> None:
+    def copy_checked(self, blob_id: str, size: int, out: Sink, recorded: StoredFacts | None = None) -> None:
         """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
         the way: when this returns, `out` holds bytes that match the id and read as a TAR.
         On CorruptBlob or UnsafeArchive the caller must discard `out`."""

@@ -7,12 +7,12 @@ datastore.max_unsized_bytes)."""
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import zstandard
 
 from casstore.cas.digest import hasher_id, new_hasher, parse_id
-from casstore.cas.tar.write import CHUNK
+from casstore.cas.tar.write import CHUNK, Sink
 from casstore.errors import CorruptBlob
 
 UNSIZED_LIMIT = 1 << 30  # default of option datastore.max_unsized_bytes
@@ -88,7 +88,7 @@ class VerifyingReader:
 class Tee:
     """A stream that copies what is read from `source` into `out`."""
 
-    def __init__(self, source: VerifyingReader, out: BinaryIO):
+    def __init__(self, source: VerifyingReader, out: Sink):
         self._source = source
         self._out = out
 
