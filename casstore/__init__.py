@@ -4,9 +4,7 @@ MLtraq's archive API (ArchiveStore, ArchiveStoreIO, Archive) on a store where a 
 kept once, as a canonical TAR under its content digest, whatever experiment, field or
 project attaches it. Switch from MLtraq by replacing `mltraq` with `casstore` in imports."""
 
-__version__ = "0.1.0"
-
-from casstore.errors import (  # noqa: E402
+from casstore.errors import (
     BlobNotFound,
     CasStoreError,
     CorruptBlob,
@@ -18,11 +16,12 @@ from casstore.errors import (  # noqa: E402
     UnsafeArchive,
     UnsupportedValue,
 )
-from casstore.experiment import Experiment  # noqa: E402
-from casstore.opts import options  # noqa: E402
-from casstore.session import Session, create_session  # noqa: E402
-from casstore.storage.archivestore import Archive, ArchiveStore, ArchiveStoreIO  # noqa: E402
-from casstore.utils.bunch import Bunch  # noqa: E402
+from casstore.experiment import Experiment
+from casstore.opts import options
+from casstore.session import Session, create_session
+from casstore.storage.archivestore import Archive, ArchiveStore, ArchiveStoreIO
+from casstore.utils.bunch import Bunch
+from casstore.version import __version__
 
 __all__ = [
     "Archive",

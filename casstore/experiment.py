@@ -1,17 +1,15 @@
 """Experiments as MLtraq has them: an id, a name, and fields kept in a Bunch.
 
-Thin: persisting, loading and deleting are the session's work (session.py)."""
+Thin: persisting, loading and deleting are the session's work (session.py), which this
+module knows only as the three methods an experiment calls (`SessionLike`)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 from casstore.storage.archivestore import ArchiveStore
 from casstore.utils.bunch import Bunch
-
-if TYPE_CHECKING:
-    from casstore.session import Session
 
 _HASH_ALPHABET = "123456789ACEFHJKLMNPRTUVWXY"
 
@@ -25,12 +23,23 @@ def hash_uuid(value: uuid.UUID) -> str:
     return (result + "000000")[:6].lower()
 
 
+class SessionLike(Protocol):
+    """What an experiment asks of its session (casstore.session.Session has these)."""
+
+    def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None: ...
+
+    def load_experiment(self, name: Optional[str] = None,
+                        id_experiment: Optional[uuid.UUID | str] = None) -> Experiment: ...
+
+    def delete_experiment(self, experiment: Experiment) -> None: ...
+
+
 class Experiment:
     """An experiment bound to a session."""
 
     __slots__ = ("session", "id_experiment", "name", "fields", "meta")
 
-    def __init__(self, session: Session, id_experiment: Optional[uuid.UUID] = None,
+    def __init__(self, session: SessionLike, id_experiment: Optional[uuid.UUID] = None,
                  name: Optional[str] = None, fields: Optional[dict] = None, meta: Optional[bytes] = None):
         self.session = session
         self.id_experiment = id_experiment or uuid.uuid4()

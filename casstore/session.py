@@ -12,13 +12,14 @@ import os
 import re
 import uuid
 from shutil import rmtree
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from casstore import stores
-from casstore.cas.store.contentstore import ContentStore
-from casstore.cas.digest import parse_id
+from casstore.cas.store.content_store import ContentStore
+from casstore.cas.digest import checked_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
-from casstore.cas.index.queries import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
+from casstore.cas.index.facts import BlobFacts, facts_of
+from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
 from casstore.mltraq.migrate.run import run_hex, runs_meta
 from casstore.cas.live.registry import register
@@ -31,12 +32,13 @@ from casstore.opts import DEFAULT_VALUES, options
 from casstore.mltraq import datapak
 from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
 from casstore.utils.bunch import Bunch
+from casstore.version import __version__
 
 log = logging.getLogger(__name__)
 
 IF_EXISTS = ("fail", "replace")
 _UUID_TEXT = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-DECODERS = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
+DECODERS: dict[str, Callable[[Any], Any]] = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
 
 
 class Session:
@@ -100,6 +102,7 @@ class Session:
         """Extract the experiment's archives (or field `only`) into `target` (default
         `<archivestore>/<experiment id>`): its archive fields, then the archives its runs
         reference (MLtraq extracts those into the same folder). Returns the fields done."""
+        jobs: list[tuple[str, Optional[str], Optional[int], Optional[ArchiveStore]]]
         jobs = [(p, a.blob_id, a.size, a) for p, a in archive_fields(experiment.fields)]
         jobs += [(f"runs[{r.id_run}].{r.field}", r.blob_id, self._size_of(r.blob_id), None)
                  for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
@@ -111,7 +114,8 @@ class Session:
         failures, done = [], []
         for path, blob_id, size, archive in jobs:
             try:
-                store.extract(blob_id, target, size=size, recorded=self.index.facts_hint(blob_id))
+                blob = checked_id(blob_id)
+                store.extract(blob, target, size=size, recorded=self.index.facts_hint(blob))
             except (CasStoreError, OSError) as exc:
                 failures.append(FieldFailure(str(experiment.id_experiment), path, str(blob_id), exc))
                 continue
@@ -138,7 +142,7 @@ class Session:
             facts = [self._store_archive(store, archive, lease) for _, archive in archives]
             if archives:
                 register(store.blobs, self.index.engine.url, self.index.project_id())
-            refs = [Ref(path, a.blob_id, a.params.arc_dir) for path, a in archives]
+            refs = [Ref(path, f.blob_id, a.params.arc_dir) for (path, a), f in zip(archives, facts)]
             record = ExperimentRecord(experiment.id_experiment, experiment.name,
                                       datapak.dumps(experiment.fields, path="fields"),
                                       experiment.meta or _default_meta(experiment))
@@ -158,14 +162,15 @@ class Session:
                                  archive.params.exclude, lease=lease, codec=codec, level=level,
                                  recorded=self.index.facts_hint)
             archive.stored(info)
-            return BlobFacts(info.blob_id, info.size, info.stored_size, info.codec)
-        lease.add(archive.blob_id)
-        found = store.blobs.find_leased(archive.blob_id)
+            return info
+        blob_id = checked_id(archive.blob_id)
+        lease.add(blob_id)
+        found = store.blobs.find_leased(blob_id)
         if found is None:
-            raise BlobNotFound(f"blob {archive.blob_id} of this experiment is not in the datastore {store.blobs.url}")
-        known = self.index.facts_hint(archive.blob_id)
+            raise BlobNotFound(f"blob {blob_id} of this experiment is not in the datastore {store.blobs.url}")
+        known = self.index.facts_hint(blob_id)
         size = known.size if known else archive.size
-        return BlobFacts(archive.blob_id, size, found.stored_size, found.codec)
+        return facts_of(found, size)
 
     def delete_experiment(self, experiment: Experiment) -> None:
         """Remove the experiment's row and references, then its extraction folder. Blobs stay
@@ -186,7 +191,7 @@ class Session:
         installed, as MLtraq returns, else a list of Bunch with the same keys."""
         rows = [Bunch(id_experiment=i, name=n) for i, n in self.index.list_experiments()]
         try:
-            import pandas as pd
+            import pandas as pd  # type: ignore[import-untyped]  # no stubs installed; optional dependency
         except ImportError:
             return rows
         return pd.DataFrame(rows, columns=["id_experiment", "name"])
@@ -220,12 +225,11 @@ def field_roots(index: Index) -> Iterator[FieldRoot]:
 
 def _roots_of(experiment: str, id_run: str, data: bytes, prefix: str, where: str) -> list[FieldRoot]:
     try:
-        found = list(archive_fields(datapak.loads(data, DECODERS), prefix))
-        for _, archive in found:
-            parse_id(archive.blob_id)
+        found = [(path, checked_id(archive.blob_id))
+                 for path, archive in archive_fields(datapak.loads(data, DECODERS), prefix)]
     except (CasStoreError, KeyError, TypeError, ValueError) as exc:
         raise FieldsUnreadable(f"{where} do not decode ({exc}): which blobs they name is unknown") from exc
-    return [FieldRoot(experiment, id_run, path, archive.blob_id) for path, archive in found]
+    return [FieldRoot(experiment, id_run, path, blob_id) for path, blob_id in found]
 
 
 
@@ -235,8 +239,6 @@ def _already_exists(experiment: Experiment) -> CasStoreError:
 
 
 def _default_meta(experiment: Experiment) -> bytes:
-    from casstore import __version__
-
     meta = Bunch(runs=Bunch(count=0, table_name=f"experiment_{experiment.name}",
                             columns=Bunch(types={}, serialized=[], non_serialized=[])),
                  version=Bunch(casstore=__version__))

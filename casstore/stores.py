@@ -9,7 +9,9 @@ import os
 import threading
 
 from casstore.cas.backends.base import BlobStore, open_blobstore
-from casstore.cas.store.contentstore import UNSIZED_LIMIT, ContentStore, check_codec
+from casstore.cas.store.codecs import check_codec
+from casstore.cas.store.content_store import ContentStore
+from casstore.cas.store.reader import UNSIZED_LIMIT
 from casstore.cas.store.statcache import StatCache
 from casstore.errors import InvalidInput
 from casstore.opts import file_url_to_path, options

@@ -25,7 +25,7 @@ from helpers import run_cli as run
 
 from casstore import create_session, options
 from casstore.cas.backends.base import LocalBlobStore
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cli import main
 from casstore.storage.archivestore import ArchiveStore
 

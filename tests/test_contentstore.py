@@ -18,7 +18,7 @@ from helpers import write
 
 import casstore.cas.tar.write as tarball
 from casstore.cas.backends.base import LocalBlobStore, blob_key
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.store.statcache import StatCache
 from casstore.cas.tar.write import scan, tar_bytes
@@ -242,7 +242,7 @@ def test_file_rewritten_with_same_size_while_archived_raises_source_changed(ds, 
 _PUT_SCRIPT = """
 import sys
 from casstore.cas.backends.base import LocalBlobStore
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 cs = ContentStore(LocalBlobStore(sys.argv[1]))
 with cs.lease() as lease:
     print(cs.put_dir(sys.argv[2], "data", lease=lease).blob_id)
@@ -509,7 +509,7 @@ def test_lease_is_also_taken_when_the_blob_already_exists(cs, ds, src):
 
 
 def _reader_for(ds, data: bytes, codec: str):
-    from casstore.cas.store.contentstore import VerifyingReader
+    from casstore.cas.store.reader import VerifyingReader
 
     blob_id = digest_bytes(data)
     raw = io.BytesIO(zstandard.ZstdCompressor().compress(data) if codec == "zstd" else data)
@@ -551,7 +551,7 @@ def test_readinto_mixed_with_read_still_verifies_and_a_wrong_id_fails(ds, codec)
 
 
 def test_readinto_stops_a_zstd_bomb_at_the_recorded_size(ds):
-    from casstore.cas.store.contentstore import VerifyingReader
+    from casstore.cas.store.reader import VerifyingReader
 
     inflated = bytes(64 * 2**20)
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zstandard.ZstdCompressor().compress(inflated)))
@@ -564,7 +564,7 @@ def test_readinto_stops_a_zstd_bomb_at_the_recorded_size(ds):
 
 
 def test_readinto_over_a_stream_without_readinto(ds):
-    from casstore.cas.store.contentstore import VerifyingReader
+    from casstore.cas.store.reader import VerifyingReader
 
     class ReadOnly:
         def __init__(self, data):

@@ -33,7 +33,7 @@ from casstore import create_session, options
 from casstore.mltraq import legacy
 from casstore.mltraq.migrate import run as migration
 from casstore.cas.backends.base import LocalBlobStore
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import DigestSink
 from casstore.cas.gc import collect
 from casstore.cas.index.queries import Index

@@ -18,9 +18,10 @@ from sqlalchemy.engine import make_url
 
 from casstore import create_session, options
 from casstore.cas.backends.base import LocalBlobStore
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.gc import collect
-from casstore.cas.index.queries import BlobFacts, ExperimentRecord, Index, Ref
+from casstore.cas.index.facts import BlobFacts
+from casstore.cas.index.queries import ExperimentRecord, Index, Ref
 from casstore.cas.live.registry import register, registered, registry_url
 from casstore.cas.verify import verify
 from casstore.errors import DatastoreError, ExperimentAlreadyExists

@@ -20,7 +20,7 @@ from helpers import db_url, facts_outside, make_folder, run_cli
 
 from casstore import create_session, options
 from casstore.cas.backends.base import LocalBlobStore
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.live.registry import REGISTRY_FORMAT, entry_key, registry_url
 from casstore.errors import UnreadableObject, UnresolvedRegistryEntry

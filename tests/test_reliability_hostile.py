@@ -33,7 +33,7 @@ from helpers import deadline, facts_outside, file_tree, make_folder, run_casstor
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
 from casstore.cas.backends.base import blob_key
-from casstore.cas.store.contentstore import BlobInfo
+from casstore.cas.index.facts import BlobFacts
 from casstore.cas.damage import read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM, digest_bytes, hasher_id, new_hasher, parse_id
 from casstore.cas.live.roots import MAX_REF_BYTES
@@ -353,7 +353,7 @@ def write_named_ref(victim: Victim, blob_id: object, key: str | None = None, **f
     return f"file:///{key}"
 
 
-def forge(victim: Victim, tar: bytes) -> BlobInfo:
+def forge(victim: Victim, tar: bytes) -> BlobFacts:
     """Store TAR bytes under their own digest (the blob checks out)."""
     with victim.store.lease() as lease:
         return victim.store.put_tar_bytes(tar, lease=lease)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from helpers import write
 
 from casstore.cas.backends.base import LocalBlobStore, blob_key
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.tar.read import Extraction, list_members
 from casstore.cas.tar import write as tarball

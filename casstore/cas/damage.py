@@ -4,7 +4,7 @@ A load or `verify --deep` that finds a blob's content not matching its id (or it
 stream not decompressing) writes `casstore/damaged/<algo>/<hex>.json` in the datastore, so
 every project sharing it knows. The next writer that holds those bytes re-reads the stored
 copy, and if the read confirms the damage, moves the copy into the quarantine and publishes
-its own (contentstore.py); then it drops the record. A record is only a reason to read: a
+its own (store/ingest.py); then it drops the record. A record is only a reason to read: a
 false or stale one (written by anyone who can write the datastore) costs one re-hash and
 never replaces a copy that reads correctly."""
 

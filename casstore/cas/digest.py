@@ -44,13 +44,21 @@ def hasher_id(hasher: Hasher, algorithm: str = DEFAULT_ALGORITHM) -> str:
     return format_id(algorithm, hasher.hexdigest())
 
 
-def parse_id(blob_id: str) -> tuple[str, str]:
+def parse_id(blob_id: object) -> tuple[str, str]:
     """Split and validate a blob id, matched whole (a trailing newline is not part of an id);
     InvalidInput if it is not one."""
     match = _ID_RE.fullmatch(blob_id) if isinstance(blob_id, str) else None
     if match is None or len(match.group(2)) != _HEX_LENGTH[match.group(1)]:
         raise InvalidInput(f"not a blob id: {blob_id!r} (expected e.g. 'xxh128:' + 32 hex digits)")
     return match.group(1), match.group(2)
+
+
+def checked_id(value: object) -> str:
+    """`value` if it is a blob id (a value read from a field or a reference may be anything);
+    InvalidInput if not."""
+    parse_id(value)
+    assert isinstance(value, str)  # parse_id accepts only a str
+    return value
 
 
 def id_or_none(algorithm: str, hexdigest: str) -> str | None:

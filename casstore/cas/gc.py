@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from casstore.cas.backends.base import BlobStat
-from casstore.cas.store.contentstore import ContentStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
 from casstore.cas.index.queries import Index
 from casstore.cas.live.leases import read_leases
@@ -112,13 +112,14 @@ def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat],
 def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
     blobs = store.blobs
     min_age = max(grace_s, MIN_LEFTOVER_AGE_S)
-    stale = [Deleted(None, o.key, o.size, "leftover") for o in leftovers(blobs) if now - o.mtime >= min_age]
-    leases = [Deleted(None, lease.key, 0, "expired_lease") for lease in read_leases(blobs) if lease.expired(now)]
+    stale = [o for o in leftovers(blobs) if now - o.mtime >= min_age]
+    expired = [lease.key for lease in read_leases(blobs) if lease.expired(now)]
+    leases = [Deleted(None, key, 0, "expired_lease") for key in expired]
     if dry_run:
-        return stale + leases
-    for item in leases:
-        blobs.delete_object(item.path)
-    return [item for item in stale if blobs.delete_leftover(item.path)] + leases
+        return [Deleted(None, o.key, o.size, "leftover") for o in stale] + leases
+    for key in expired:
+        blobs.delete_object(key)
+    return [Deleted(None, o.key, o.size, "leftover") for o in stale if blobs.delete_leftover(o.key)] + leases
 
 
 def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
@@ -127,11 +128,11 @@ def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: flo
     has no stored copy (the listing of step 2; a record younger than the grace period may
     be about a blob published since)."""
     blobs = store.blobs
-    items = [Deleted(None, q.key, q.size, "quarantined") for q in blobs.iter_quarantine() if now - q.moved >= grace_s]
-    items += [Deleted(None, o.key, o.size, "damage_record") for o in blobs.list_objects(DAMAGE_PREFIX)
+    found = [(q.key, q.size, "quarantined") for q in blobs.iter_quarantine() if now - q.moved >= grace_s]
+    found += [(o.key, o.size, "damage_record") for o in blobs.list_objects(DAMAGE_PREFIX)
               if (blob_id := parse_damage_key(o.key)) is not None and blob_id not in stored
               and now - o.mtime >= grace_s]
     if not dry_run:
-        for item in items:
-            blobs.delete_object(item.path)
-    return items
+        for key, _size, _kind in found:
+            blobs.delete_object(key)
+    return [Deleted(None, key, size, kind) for key, size, kind in found]

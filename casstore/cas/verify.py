@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from casstore.cas.backends.base import CODEC_SUFFIX, BlobStat, ObjectStat
-from casstore.cas.store.contentstore import ContentStore, cheap_damage, rehash_damage
+from casstore.cas.store.content_store import ContentStore
+from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
-from casstore.cas.index.queries import BlobFacts, Index, RefListing
+from casstore.cas.index.facts import BlobFacts, facts_of
+from casstore.cas.index.queries import Index, RefListing
 from casstore.cas.live.leases import read_leases
-from casstore.cas.live.roots import FieldRoot, FieldRoots, NamedRef, leftovers, live_blob_ids, named_refs
+from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids, named_refs
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         if named.problem is not None:
             refused.setdefault(named.blob_id, f"named reference {named.key} {named.problem}; ArchiveStoreIO refuses it")
         if named.blob_id not in facts and named.size is not None:
-            _named_facts(facts, named, copies.get(named.blob_id))
+            _named_facts(facts, named.blob_id, named.size, named.facts, copies.get(named.blob_id))
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
@@ -113,16 +115,17 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     return report
 
 
-def _named_facts(facts: dict[str, BlobFacts], named: NamedRef, found: list[BlobStat] | None) -> None:
+def _named_facts(facts: dict[str, BlobFacts], blob_id: str, size: int, named: StoredFacts | None,
+                 found: list[BlobStat] | None) -> None:
     """The facts of a blob only a named reference (with a size) names, from the copy readers
     read: the one the reference records (codec and stored size, since issue 11) if it is
     there, else the first one, as readers fall back to it (a repair by a writer with another
     codec or level leaves the reference's facts stale, not the blob damaged)."""
-    recorded = [c for c in found or [] if named.facts is not None
-                and (c.codec, c.stored_size) == (named.facts.codec, named.facts.stored_size)]
-    copy = (recorded or found or [None])[0]
-    if copy is not None:
-        facts[named.blob_id] = BlobFacts(named.blob_id, named.size, copy.stored_size, copy.codec)
+    recorded = [c for c in found or [] if named is not None
+                and (c.codec, c.stored_size) == (named.codec, named.stored_size)]
+    copies = recorded or found
+    if copies:
+        facts[blob_id] = facts_of(copies[0], size)
 
 
 def _label(id_run: str, field: str) -> str:

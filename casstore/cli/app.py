@@ -168,7 +168,7 @@ class Project:
 
     def _open_store(self):
         from casstore.cas.backends.base import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES, LocalBlobStore, open_blobstore
-        from casstore.cas.store.contentstore import ContentStore
+        from casstore.cas.store.content_store import ContentStore
         from casstore.opts import options
 
         url, source = self.datastore_url()

@@ -15,10 +15,11 @@ import tempfile
 import uuid
 from collections.abc import Iterable
 from shutil import rmtree
-from typing import Any, BinaryIO, Optional, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
 
 from casstore import stores
-from casstore.cas.store.contentstore import BlobInfo, no_space
+from casstore.cas.index.facts import BlobFacts
+from casstore.cas.store.no_space import no_space
 from casstore.cas.digest import parse_id
 from casstore.cas.tar.read import Extraction
 from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
@@ -32,6 +33,9 @@ ARCHIVE_TAG = "mltraq.Archive-0"
 ARCHIVESTORE_TAG = "casstore.ArchiveStore-0"
 SPOOL_IN_MEMORY = 8 << 20  # open(): archives up to this size are checked into memory, larger into a temp file
 TARFILE_FILTERS = ("data", "tar", "fully_trusted")
+
+if TYPE_CHECKING:
+    from _typeshed import StrOrBytesPath
 
 Patterns = Union[str, list[str]]
 
@@ -47,6 +51,7 @@ class Archive:
     """An in-memory canonical TAR, stored inline in the database."""
 
     __slots__ = ("data",)
+    data: bytes
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Archive:
@@ -103,7 +108,7 @@ class ArchiveStore:
     def src_dir(self) -> Optional[str]:
         return self.params.get("src_dir")
 
-    def stored(self, info: BlobInfo) -> None:
+    def stored(self, info: BlobFacts) -> None:
         self.blob_id = info.blob_id
         self.size = info.size
 
@@ -129,14 +134,14 @@ class _CheckedTarFile(tarfile.TarFile):
 
     spool: Any = None
 
-    def extractall(self, path: str = ".", members: Optional[Iterable[Union[str, tarfile.TarInfo]]] = None, *,
+    def extractall(self, path: StrOrBytesPath = ".", members: Optional[Iterable[Union[str, tarfile.TarInfo]]] = None, *,
                    numeric_owner: bool = False, filter: Any = None) -> None:
         names = None if members is None else [self._name(m) for m in members]
-        self._extract(path, names, filter)
+        self._extract(os.fsdecode(path), names, filter)
 
-    def extract(self, member: Union[str, tarfile.TarInfo], path: str = "", set_attrs: bool = True, *,
+    def extract(self, member: Union[str, tarfile.TarInfo], path: StrOrBytesPath = "", set_attrs: bool = True, *,
                 numeric_owner: bool = False, filter: Any = None) -> None:
-        self._extract(path or ".", [self._name(member)], filter)
+        self._extract(os.fsdecode(path) or ".", [self._name(member)], filter)
 
     def _extract_member(self, *args: Any, **kwargs: Any) -> None:
         raise UnsafeArchive("this TarFile extracts only through extract() and extractall(), with casstore's checks")
@@ -193,6 +198,7 @@ class ArchiveStoreIO:
         key = f"{prefix.replace(os.sep, '/')}/{uuid.uuid4().hex}"
         with store.lease() as lease:
             info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level)
+            assert info.size is not None  # a write knows the size of what it wrote
             facts = RefFacts(info.stored_size, info.codec)
             store.blobs.put_object(key, named_ref_data(info.blob_id, info.size, facts, arc_dir))
         return cls(f"file:///{key}", blob_id=info.blob_id)
@@ -220,10 +226,16 @@ class ArchiveStoreIO:
             raise CorruptReference(f"named reference {self.url} {ref.problem}")
         return ref
 
+    def _blob(self) -> tuple[str, int, Optional[RefFacts]]:
+        """The blob id, size and stored-copy facts of the reference at `url` (`_ref`)."""
+        ref = self._ref()
+        assert ref.blob_id is not None and ref.size is not None  # else the reference has a problem
+        return ref.blob_id, ref.size, ref.facts
+
     @property
     def blob_id(self) -> str:
         """The blob this archive reads: the pinned one, else the one its reference names."""
-        return self._blob_id or self._ref().blob_id
+        return self._blob_id or self._blob()[0]
 
     @classmethod
     def get_target(cls, target: Optional[str] = None) -> str:
@@ -232,15 +244,15 @@ class ArchiveStoreIO:
         return stores.archivestore_root() + os.sep + str(options().get("archivestore.relative_path_prefix"))
 
     def extract(self, target: Optional[str] = None, members: Optional[list[str]] = None) -> ArchiveStoreIO:
-        ref = self._ref()
-        stores.content_store().extract(ref.blob_id, self.get_target(target), size=ref.size, members=members,
-                                        recorded=ref.facts)
+        blob_id, size, facts = self._blob()
+        stores.content_store().extract(blob_id, self.get_target(target), size=size, members=members,
+                                        recorded=facts)
         return self
 
     def getnames(self, target: Optional[str] = None) -> list[str]:
-        ref = self._ref()
+        blob_id, size, facts = self._blob()
         target = self.get_target(target)
-        members = stores.content_store().members(ref.blob_id, ref.size, ref.facts)
+        members = stores.content_store().members(blob_id, size, facts)
         return [os.path.normpath(target + os.sep + os.fsdecode(m.name)) for m in members]
 
     def open(self) -> tarfile.TarFile:
@@ -248,15 +260,15 @@ class ArchiveStoreIO:
         first: in memory up to 8 MiB, beyond in a file of the system temp folder (TMPDIR),
         which needs room for the uncompressed archive. Its extract() and extractall()
         validate members as ArchiveStoreIO.extract does."""
-        ref = self._ref()
+        blob_id, size, facts = self._blob()
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         try:
-            stores.content_store().copy_checked(ref.blob_id, ref.size, spool, ref.facts)
+            stores.content_store().copy_checked(blob_id, size, spool, facts)
             spool.seek(0)
             tar = _CheckedTarFile.open(fileobj=spool, mode="r:")
         except tarfile.TarError as exc:
             spool.close()
-            raise CorruptBlob(f"blob {ref.blob_id} does not read as a TAR: {exc}") from exc
+            raise CorruptBlob(f"blob {blob_id} does not read as a TAR: {exc}") from exc
         except BaseException:
             spool.close()
             raise

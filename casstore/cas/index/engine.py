@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from casstore.errors import DatabaseFailure, InvalidInput
@@ -40,37 +42,68 @@ def safe_url(url: str) -> str:
         return url
 
 
-def make_engine(url: str, read_only: bool = False) -> Engine:
+@dataclass(frozen=True, slots=True)
+class SqliteFile:
+    """Where a SQLite URL keeps its database. `path` is the URL's database as written: a
+    relative path stays relative, "" or ":memory:" is in memory, a `file:` URI stays a URI."""
+
+    path: str
+    memory: bool  # "", ":memory:" or `?mode=memory`: nothing another process can see
+
+    @property
+    def uri(self) -> bool:
+        """`path` is a `file:` URI: SQLite parses it, casstore does not look for the file."""
+        return self.path.startswith("file:")
+
+    def exists(self) -> bool:
+        """A regular file (symlinks followed) is at `path`; False in memory and for a URI."""
+        return not self.memory and not self.uri and os.path.isfile(self.path)
+
+
+def sqlite_file(url: str | URL) -> SqliteFile | None:
+    """What the SQLite URL `url` names; None if it is another database's URL or no database
+    URL at all (callers that must refuse an unparsable URL parse it with make_url first)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    path = parsed.database or ""
+    return SqliteFile(path, path in ("", ":memory:") or str(parsed.query.get("mode", "")) == "memory")
+
+
+def make_engine(url: str | URL, read_only: bool = False) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
 
     `read_only` (SQLite): the engine never writes the file, not even to switch it to WAL."""
     try:
         parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite":
+        target = sqlite_file(parsed)
+        if target is None:
             return _server_engine(url)
     except ArgumentError as exc:
         raise InvalidInput(f"not a database URL: {url!r}") from exc
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise InvalidInput(f"no driver for database URL {parsed.render_as_string(hide_password=True)!r}: {exc} "
                            "(PostgreSQL: pip install 'casstore[postgres]')") from exc
-    database = parsed.database or ""
-    memory = database in ("", ":memory:")
-    if read_only and not memory and not database.startswith("file:"):
-        engine = create_engine(url, creator=lambda: _connect_read_only(os.path.abspath(database)))
+    if read_only and not target.memory and not target.uri:
+        path = os.path.abspath(target.path)
+        engine = create_engine(url, creator=lambda: _connect_read_only(path))
     else:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         dbapi_conn.isolation_level = None
         if read_only:
             dbapi_conn.execute("PRAGMA query_only=ON")
-        elif not memory:
-            _use_wal(dbapi_conn, database)
+        elif not target.memory:
+            _use_wal(dbapi_conn, target.path)
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -82,18 +115,18 @@ def is_read_only(engine: Engine) -> bool:
     return bool(engine.get_execution_options().get(READ_ONLY_OPTION, False))
 
 
-def _server_engine(url: str) -> Engine:
+def _server_engine(url: str | URL) -> Engine:
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "postgresql":
         @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # noqa: ANN001
+        def _on_begin(conn: Connection) -> None:
             if conn.get_execution_options().get(WRITE_OPTION, False):
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})")
 
     return engine
 
 
-def write_transaction(engine: Engine):  # noqa: ANN201
+def write_transaction(engine: Engine) -> AbstractContextManager[Connection]:
     """A transaction that will write: on SQLite it takes the write lock at BEGIN (waiting on
     the busy timeout), so it can never fail later on a lock upgrade."""
     return engine.execution_options(**{WRITE_OPTION: True}).begin()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, LargeBinary, String, Uuid
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, LargeBinary, String, Table, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 VERSION_TABLE = "casstore_alembic_version"
@@ -69,4 +69,9 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(String(4096), nullable=False)
 
 
-CASSTORE_TABLES = [BlobRow.__table__, RefRow.__table__, MetaRow.__table__]
+def table(row: type[Base]) -> Table:
+    """The Table of a model (declarative typing says only FromClause of `__table__`)."""
+    return Base.metadata.tables[row.__tablename__]
+
+
+CASSTORE_TABLES = [table(BlobRow), table(RefRow), table(MetaRow)]

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, insert, inspect, or_, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from casstore.cas.backends.base import CODEC_SUFFIX
-from casstore.cas.index.engine import is_read_only, make_engine, write_transaction
+from casstore.cas.index.engine import is_read_only, make_engine, sqlite_file, write_transaction
+from casstore.cas.index.facts import BlobFacts, checked_facts
 from casstore.cas.index.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.index.schema import check_schema, ensure_schema, upgrade
 from casstore.errors import DamagedIndex, DatabaseFailure, ExperimentAlreadyExists, InvalidInput
@@ -42,35 +41,6 @@ def _checked(engine: Engine, check: Callable[[Engine], None]) -> Engine:
         engine.dispose()
         raise
     return engine
-
-
-def _sqlite_file(url: str) -> str | None:
-    """The path of the existing SQLite file `url` names, else None."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None
-    path = parsed.database or ""
-    return path if parsed.get_backend_name() == "sqlite" and os.path.isfile(path) else None
-
-
-@dataclass(frozen=True, slots=True)
-class BlobFacts:
-    blob_id: str
-    size: int
-    stored_size: int
-    codec: str
-
-
-def checked_facts(blob_id: str, size: Any, stored_size: Any, codec: Any) -> BlobFacts:
-    """The facts of a `casstore_blobs` row; DamagedIndex if another tool wrote what no
-    writer of casstore does (SQLite stores 'big' in an integer column as it is)."""
-    for name, value in (("size", size), ("stored_size", stored_size)):
-        if type(value) is not int or value < 0:
-            raise DamagedIndex(f"casstore_blobs row of {blob_id} has {name} {value!r}, not a byte count")
-    if codec not in CODEC_SUFFIX:
-        raise DamagedIndex(f"casstore_blobs row of {blob_id} has the unknown codec {codec!r}")
-    return BlobFacts(blob_id, size, stored_size, codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +88,8 @@ class Index:
         database gets its tables. `read_only` never writes: the schema must be in force. A
         SQLite file this process may not write is opened read-only too (`read_only` tells):
         loads work, a write fails."""
-        path = _sqlite_file(url)
+        found = sqlite_file(url)
+        path = found.path if found is not None and found.exists() else None
         if read_only or (path is not None and not os.access(path, os.W_OK)):
             return cls(_checked(make_engine(url, read_only=True), check_schema))
         if path is not None:
@@ -250,14 +221,15 @@ class Index:
         rows = [{"blob_id": b.blob_id, "size": b.size, "stored_size": b.stored_size, "codec": b.codec,
                  "created": time.time()} for b in {b.blob_id: b for b in blobs}.values()]
         if self._sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            lite = sqlite_insert(BlobRow)
+            conn.execute(lite.on_conflict_do_update(index_elements=["blob_id"], set_=_new_facts(lite.excluded)), rows)
         else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        statement = dialect_insert(BlobRow)
-        conn.execute(statement.on_conflict_do_update(
-            index_elements=["blob_id"],
-            set_={"size": func.coalesce(statement.excluded.size, BlobRow.size),
-                  "stored_size": statement.excluded.stored_size, "codec": statement.excluded.codec}), rows)
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            pg = pg_insert(BlobRow)
+            conn.execute(pg.on_conflict_do_update(index_elements=["blob_id"], set_=_new_facts(pg.excluded)), rows)
 
     def forget_blob_facts(self, blob_ids: list[str]) -> None:
         """Drop the facts of deleted blobs that no reference of this database names."""
@@ -342,6 +314,13 @@ class Index:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _new_facts(excluded: Any) -> dict[str, Any]:
+    """What an upsert of facts rows writes over a row already there: its size stays where
+    the new facts have none, the stored copy's facts follow the new copy."""
+    return {"size": func.coalesce(excluded.size, BlobRow.size), "stored_size": excluded.stored_size,
+            "codec": excluded.codec}
 
 
 def _orphaned() -> Any:

@@ -11,19 +11,23 @@ decides what opens by reading only, so a database casstore refuses is left as it
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect
 
 from casstore.cas.index.engine import write_transaction
-from casstore.cas.index.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow
+from casstore.cas.index.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow, table
 from casstore.errors import InvalidInput, SchemaOutdated
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 HEAD = "0002"
 # Revisions opened as they are: their tables are HEAD's (0001 lacks only the project identity).
 COMPATIBLE = frozenset({"0001", HEAD})
 
 
-def _alembic_config(connection: Connection):
+def _alembic_config(connection: Connection) -> Config:
     from alembic.config import Config
 
     config = Config()
@@ -64,11 +68,11 @@ def ensure_schema(engine: Engine) -> None:
     with write_transaction(engine) as connection:
         revision, has_tables, _ = _state(connection)
         if revision is None and not has_tables:
-            ExperimentRow.__table__.create(connection, checkfirst=True)
+            table(ExperimentRow).create(connection, checkfirst=True)
             _upgrade(connection, "head")
             return
         if revision in COMPATIBLE:
-            ExperimentRow.__table__.create(connection, checkfirst=True)
+            table(ExperimentRow).create(connection, checkfirst=True)
             return
     _refuse(revision)
 

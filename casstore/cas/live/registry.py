@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from casstore.cas.backends.base import INTERNAL, BlobStore, ObjectStat, is_torn_object
+from casstore.cas.index.engine import sqlite_file
 from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 
 REGISTRY_PREFIX = f"{INTERNAL}/registry"
@@ -63,10 +64,11 @@ class BrokenEntry:
 def registry_url(url: str | URL) -> str | None:
     """The URL gc will use to reopen a database, or None for an in-memory one."""
     parsed = make_url(url) if isinstance(url, str) else url
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:") or str(parsed.query.get("mode", "")) == "memory":
+    found = sqlite_file(parsed)
+    if found is not None:
+        if found.memory:
             return None
-        parsed = parsed.set(database=os.path.abspath(parsed.database))
+        parsed = parsed.set(database=os.path.abspath(found.path))
     return parsed.render_as_string(hide_password=True).replace(":***@", "@")
 
 
@@ -117,8 +119,10 @@ def read_registry(blobs: BlobStore) -> tuple[list[Entry], list[BrokenEntry]]:
             broken.append(BrokenEntry(key, f"{obj.size} bytes, more than an entry's {MAX_ENTRY_BYTES}"))
             continue
         found = _read_entry(blobs, key)
-        if found is not None:  # None: forgotten since the listing
-            (entries if isinstance(found, Entry) else broken).append(found)
+        if isinstance(found, Entry):
+            entries.append(found)
+        elif found is not None:  # None: forgotten since the listing
+            broken.append(found)
     return sorted(entries, key=lambda e: (e.url, e.key)), sorted(broken, key=lambda b: b.key)
 
 
@@ -203,7 +207,8 @@ def url_problem(url: object) -> str | None:
         return f"its url is not of {' or '.join(BACKENDS)}"
     if parsed.password is not None or "password" in parsed.query:
         return "its url holds a password"
-    if parsed.get_backend_name() == "sqlite" and (parsed.query or not os.path.isabs(parsed.database or "")):
+    found = sqlite_file(parsed)
+    if found is not None and (parsed.query or not os.path.isabs(found.path)):
         return "its url is not an absolute SQLite file path"
     if registry_url(parsed) != url:
         return "its url is not written as casstore writes it"

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from casstore.cas.backends.base import CODEC_SUFFIX, INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.cas.digest import parse_id
-from casstore.cas.index.engine import make_engine
+from casstore.cas.index.engine import make_engine, sqlite_file
 from casstore.cas.index.queries import PROJECT_KEY, Index
 from casstore.cas.live.leases import leased_blob_ids
 from casstore.cas.live.registry import Entry, entries, registry_url
@@ -183,9 +183,9 @@ def _read_other(entry: Entry, own: URL, field_roots: FieldRoots) -> set[str]:
     password but those configured for it (`_open_url`): an entry proves nothing about who
     wrote it, so it must not make casstore send credentials anywhere (docs/teams.md)."""
     url, forget = entry.url, f"casstore registry --forget {entry.key}"
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        _check_sqlite_file(entry, parsed.database or "")
+    parsed, found = make_url(url), sqlite_file(url)
+    if found is not None:
+        _check_sqlite_file(entry, found.path)
     elif url not in trusted_urls():
         raise UnresolvedRegistryEntry(
             entry.key, f"registry entry {entry.key} names the server database {url}, which you have not confirmed: "
@@ -231,7 +231,7 @@ def _open_url(parsed: URL, own: URL) -> URL:
     return parsed.update_query_dict({"password": ""})
 
 
-def _server(url: URL) -> tuple:
+def _server(url: URL) -> tuple[str | None, int | None, list[tuple[str, str | tuple[str, ...]]]]:
     return url.host, url.port, sorted(url.query.items())
 
 

@@ -73,6 +73,7 @@ def server_url(url: str) -> str:
     problem = url_problem(normalized)
     if problem is not None:
         raise InvalidInput(f"{url} cannot be confirmed: {problem.removeprefix('its url ')}")
+    assert normalized is not None  # only an in-memory SQLite URL has none, refused above
     return normalized
 
 

@@ -51,7 +51,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from casstore.cas.backends.base import INTERNAL, LocalBlobStore, open_regular
-from casstore.cas.store.contentstore import CODECS, BlobInfo, ContentStore
+from casstore.cas.index.facts import BlobFacts as BlobInfo
+from casstore.cas.store.codecs import CODECS
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.engine import safe_url, write_transaction
 from casstore.cas.index.queries import DATASTORE_KEY, Index

@@ -1,0 +1,42 @@
+"""What casstore knows of a blob: its id, its size (the canonical TAR's bytes), and the copy
+stored under the id (its stored size and codec). The index keeps these in `casstore_blobs`;
+a write returns them for the caller to record; verify compares them with the datastore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from casstore.cas.backends.base import CODEC_SUFFIX, BlobStat
+from casstore.errors import DamagedIndex
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFacts:
+    """The facts of one blob. `size` is None only where a persist keeps a blob it knows no
+    size of (an archive read back without one, and no row for it): the row keeps its size,
+    and a new row cannot be written without one. `new` says whether the write that returned
+    these facts published the copy (False for facts read back from the index); it is not
+    compared."""
+
+    blob_id: str
+    size: int | None
+    stored_size: int
+    codec: str
+    new: bool = field(default=False, compare=False)
+
+
+def facts_of(copy: BlobStat, size: int | None, new: bool = False) -> BlobFacts:
+    """The facts of a stored copy whose canonical TAR has `size` bytes."""
+    return BlobFacts(copy.blob_id, size, copy.stored_size, copy.codec, new)
+
+
+def checked_facts(blob_id: str, size: Any, stored_size: Any, codec: Any) -> BlobFacts:
+    """The facts of a `casstore_blobs` row; DamagedIndex if another tool wrote what no
+    writer of casstore does (SQLite stores 'big' in an integer column as it is)."""
+    for name, value in (("size", size), ("stored_size", stored_size)):
+        if type(value) is not int or value < 0:
+            raise DamagedIndex(f"casstore_blobs row of {blob_id} has {name} {value!r}, not a byte count")
+    if codec not in CODEC_SUFFIX:
+        raise DamagedIndex(f"casstore_blobs row of {blob_id} has the unknown codec {codec!r}")
+    return BlobFacts(blob_id, size, stored_size, codec)

@@ -1,0 +1,204 @@
+"""The content store: folders in, canonical TAR blobs under their digests, folders out.
+
+Write path: scan the folder; if the stat cache knows the listing and the blob is there, done
+without reading a byte; otherwise the folder's TAR is written into the blob store (ingest.py),
+as any canonical TAR stream a caller writes is (`put_tar_stream`). Read path: blob id ->
+stream of canonical TAR bytes, hashed as it is read and checked against the id before
+anything is published into the target (reader.py). A read that finds damage records it for
+the next writer (damage.py); a writer checks the copy it finds before trusting it
+(copy_checks.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from typing import BinaryIO, Iterator, Sequence, cast
+
+from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.damage import read_damage, record_damage
+from casstore.cas.digest import DEFAULT_ALGORITHM
+from casstore.cas.index.facts import BlobFacts, facts_of
+from casstore.cas.live.leases import Lease
+from casstore.cas.store.codecs import check_codec, decompressed
+from casstore.cas.store.copy_checks import Recorded, StoredFacts, cheap_damage, disagrees, matches_facts
+from casstore.cas.store.ingest import Progress, TarIngest, TarWriter
+from casstore.cas.store.no_space import no_space
+from casstore.cas.store.reader import UNSIZED_LIMIT, Tee, VerifyingReader, prefer_digest_error
+from casstore.cas.store.statcache import StatCache, listing_key
+from casstore.cas.tar.read import Extraction, Member, list_members
+from casstore.cas.tar.write import CHUNK, Sink, scan, write_tar
+from casstore.errors import CasStoreError, CorruptBlob, UnsafeArchive
+
+log = logging.getLogger(__name__)
+
+PROVEN_BY_THE_BYTES = ("digest", "unreadable")  # the CorruptBlob reasons a read records as damage
+
+
+class ContentStore:
+    """Archives folders into blobs and extracts blobs, over one BlobStore."""
+
+    def __init__(self, blobs: BlobStore, statcache: StatCache | None = None,
+                 algorithm: str = DEFAULT_ALGORITHM):
+        self.blobs = blobs
+        self.statcache = statcache
+        self.algorithm = algorithm
+        self.unsized_limit = UNSIZED_LIMIT
+        self._format_checked = False
+
+    def lease(self) -> Lease:
+        return Lease(self.blobs)
+
+    def _ready_for_writes(self) -> None:
+        if not self._format_checked:
+            self.blobs.ensure_format()
+            self._format_checked = True
+
+    # writing
+
+    def put_dir(self, src_dir: str, arc_dir: str = ".", include: str | list[str] = "**",
+                exclude: str | list[str] | None = None, *, lease: Lease, codec: str = "none",
+                level: int = 3, progress: Progress | None = None, recorded: Recorded | None = None) -> BlobFacts:
+        """Store the canonical archive of a folder; the blob id is added to `lease`.
+        `recorded` gives the facts the caller's index holds for a blob id, if any: a copy
+        found under the id that disagrees with them is re-hashed before it is trusted."""
+        check_codec(codec, level)
+        self._ready_for_writes()
+        entries = scan(src_dir, arc_dir, include, exclude)
+        key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
+        cached = self._cached(key, lease, recorded)
+        if cached is not None:
+            return cached
+        started_ns = time.time_ns()
+        facts = self.put_tar_stream(functools.partial(write_tar, entries), lease=lease, codec=codec, level=level,
+                                    progress=progress, recorded=recorded, source="the folder")
+        if self.statcache and facts.size is not None:  # a write always knows the size
+            self.statcache.put(key, facts.blob_id, facts.size, entries, started_ns)
+        return facts
+
+    def put_tar_stream(self, write: TarWriter, *, lease: Lease, codec: str = "none", level: int = 3,
+                       progress: Progress | None = None, recorded: Recorded | None = None,
+                       source: str = "the TAR stream") -> BlobFacts:
+        """Store the canonical TAR that `write(sinks, progress)` writes into every sink and
+        whose size it returns (ingest.TarWriter); the blob id is added to `lease` before
+        anything is published. `write` is called once, or for zstd twice (hashed first,
+        compressed only if new): the two passes must write the same bytes, else
+        SourceChanged ("<source> changed while it was archived"). A copy already under the id
+        is checked before it is trusted, and re-hashed if `recorded` disagrees with it."""
+        check_codec(codec, level)
+        self._ready_for_writes()
+        ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, source)
+        return ingest.zstd(write, level, progress) if codec == "zstd" else ingest.plain(write, progress)
+
+    def put_tar_bytes(self, data: bytes, *, lease: Lease) -> BlobFacts:
+        """Store TAR bytes that are already canonical (used by tests)."""
+
+        def write(sinks: Sequence[Sink], _progress: Progress | None) -> int:
+            for sink in sinks:
+                sink.write(data)
+            return len(data)
+
+        return self.put_tar_stream(write, lease=lease, source="the TAR bytes")
+
+    def _cached(self, key: str, lease: Lease, recorded: Recorded | None) -> BlobFacts | None:
+        """The blob of a stat-cache hit, if the copy stored passes the cheap checks and no
+        damage is recorded or suspected for it; else None, and the folder is archived (the
+        write path then checks, and repairs, with the bytes in hand)."""
+        hit = self.statcache.get(key) if self.statcache else None
+        if hit is None:
+            return None
+        lease.add(hit[0])
+        found = self.blobs.find(hit[0])
+        if found is None or read_damage(self.blobs, hit[0]) is not None or disagrees(found, recorded):
+            return None
+        try:
+            f, found = self.blobs.open_copy(hit[0], found.codec)
+        except (CorruptBlob, FileNotFoundError):
+            return None
+        with f:
+            if cheap_damage(f, found, hit[1], None) is not None:
+                return None
+        return facts_of(found, hit[1])
+
+    # reading
+
+    @contextlib.contextmanager
+    def open_tar(self, blob_id: str, size: int | None = None,
+                 recorded: StoredFacts | None = None) -> Iterator[VerifyingReader]:
+        """The blob's canonical TAR bytes (decompressed), hashed as they are read (without a
+        recorded `size`, at most `unsized_limit` bytes). Of two
+        stored copies, the one that matches `size` and the index's `recorded` facts is read.
+        A CorruptBlob met while reading is recorded in the datastore for the next writer."""
+        f, found = self.blobs.open_blob(blob_id, functools.partial(matches_facts, size=size, recorded=recorded))
+        with f:
+            try:
+                if found.codec == "zstd":
+                    with decompressed(f, CHUNK) as raw:
+                        yield VerifyingReader(raw, blob_id, size, self.unsized_limit)
+                else:
+                    yield VerifyingReader(f, blob_id, size, self.unsized_limit)
+            except CorruptBlob as exc:
+                self._note_damage(found, exc)
+                raise
+
+    def _note_damage(self, copy: BlobStat, exc: CorruptBlob) -> None:
+        """Record what a read found in the bytes themselves (a digest mismatch, a zstd stream
+        or TAR headers that do not parse), never a size that differs from the reader's
+        expectation: that may come from a named reference anyone can write or another
+        project's stale facts, and a record makes every project's verify report the blob.
+        A datastore that takes no writes (read-only) only loses the hint."""
+        if exc.reason not in PROVEN_BY_THE_BYTES:
+            return
+        try:
+            record_damage(self.blobs, copy, exc.reason, str(exc))
+        except (OSError, CasStoreError) as error:
+            log.warning("could not record the damage of %s: %s", copy.blob_id, error)
+
+    def extract(self, blob_id: str, target: str, *, size: int | None = None,
+                members: list[str] | None = None, recorded: StoredFacts | None = None) -> list[str]:
+        """Extract a blob into `target`, only after its digest checked out."""
+        with no_space(f"into {target}"), self.open_tar(blob_id, size, recorded) as reader, \
+                Extraction(target, members) as extraction:
+            try:
+                extraction.stage(_stream(reader))
+            except (CorruptBlob, UnsafeArchive) as exc:
+                prefer_digest_error(reader, exc)
+                raise
+            reader.verify()
+            return extraction.publish()
+
+    def copy_checked(self, blob_id: str, size: int, out: Sink, recorded: StoredFacts | None = None) -> None:
+        """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
+        the way: when this returns, `out` holds bytes that match the id and read as a TAR.
+        On CorruptBlob or UnsafeArchive the caller must discard `out`."""
+        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size, recorded) as reader:
+            try:
+                list_members(_stream(Tee(reader, out)))
+            except (CorruptBlob, UnsafeArchive) as exc:
+                prefer_digest_error(reader, exc)
+                raise
+            reader.verify()
+
+    def members(self, blob_id: str, size: int | None = None, recorded: StoredFacts | None = None) -> list[Member]:
+        """The blob's members, once its digest checked out (listing reads it to the end)."""
+        with self.open_tar(blob_id, size, recorded) as reader:
+            try:
+                found = list_members(_stream(reader))
+            except (CorruptBlob, UnsafeArchive) as exc:
+                prefer_digest_error(reader, exc)
+                raise
+            reader.verify()
+            return found
+
+    def check(self, blob_id: str, size: int | None = None) -> int:
+        """Re-hash a blob; CorruptBlob if it does not match. Returns its size."""
+        with self.open_tar(blob_id, size) as reader:
+            list_members(_stream(reader))
+            reader.verify()
+            return reader.count
+
+
+def _stream(reader: VerifyingReader | Tee) -> BinaryIO:
+    """`reader` for the TAR reader, which is typed for a file but only calls read()."""
+    return cast(BinaryIO, reader)
