@@ -23,7 +23,8 @@ from casstore.cas.store.contentstore import ContentStore, cheap_damage, rehash_d
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index.queries import BlobFacts, Index, RefListing
 from casstore.cas.live.leases import read_leases
-from casstore.cas.live.roots import FieldRoot, FieldRoots, NamedRef, leftovers, live_blob_ids, named_refs
+from casstore.cas.live.refs import NamedRef, named_refs
+from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)

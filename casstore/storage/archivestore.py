@@ -21,7 +21,7 @@ from casstore import stores
 from casstore.cas.store.contentstore import BlobInfo, no_space
 from casstore.cas.digest import parse_id
 from casstore.cas.tar.read import Extraction
-from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
+from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
 from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
@@ -198,7 +198,7 @@ class ArchiveStoreIO:
         return cls(f"file:///{key}", blob_id=info.blob_id)
 
     def _ref(self) -> NamedRef:
-        """The reference at `url`, as gc reads it (roots.parse_named_ref), refused unless it
+        """The reference at `url`, as gc reads it (refs.parse_named_ref), refused unless it
         names a valid blob id (the pinned one, if pinned) with a valid size."""
         key = file_url_to_path(self.url).replace(os.sep, "/")
         blobs = stores.content_store().blobs

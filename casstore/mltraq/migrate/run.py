@@ -59,7 +59,7 @@ from casstore.cas.live.leases import Lease
 from casstore.mltraq.legacy import LegacyArchiveError, canonical_members, read_members, write_canonical
 from casstore.cas.index.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.live.registry import register
-from casstore.cas.live.roots import MAX_REF_BYTES, RefFacts, named_ref_data, parse_named_ref
+from casstore.cas.live.refs import MAX_REF_BYTES, RefFacts, named_ref_data, parse_named_ref
 from casstore.errors import CasStoreError, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
 from casstore.mltraq import datapak
 
