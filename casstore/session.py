@@ -20,7 +20,7 @@ from casstore.cas.digest import parse_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
 from casstore.cas.index.queries import DATASTORE_KEY, BlobFacts, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
-from casstore.mltraq.migrate.run import run_hex, runs_meta
+from casstore.mltraq.runs import run_hex, runs_meta
 from casstore.cas.live.registry import register
 from casstore.cas.live.roots import FieldRoot
 from casstore.cas.verify import VerifyReport, verify

@@ -31,7 +31,8 @@ from make_legacy_fixture import tree_record
 
 from casstore import create_session, options
 from casstore.mltraq import legacy
-from casstore.mltraq.migrate import run as migration
+from casstore.mltraq import migrate as migration
+from casstore.mltraq.migrate import executor, rewrite
 from casstore.cas.backends.base import LocalBlobStore
 from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.digest import DigestSink
@@ -223,7 +224,7 @@ def test_other_values_in_rewritten_fields_keep_their_bytes(project):
         old_value, new_value = (datapak.safe_unpickle(x)["value"] for x in (old, new))
         assert list(new_value) == list(old_value)
         # numpy, pandas, DataStore, Archive, uuid, plain values: same types, same raw bytes.
-        assert {k for k in old_value if not migration._same(new_value[k], old_value[k])} == archives[name]
+        assert {k for k in old_value if not rewrite.same(new_value[k], old_value[k])} == archives[name]
         # Sets of str are pickled in the writing process's hash order: kept in that order.
         assert set_order(new) == set_order(old)
     old_nested = datapak.safe_unpickle(before["alpha"])["value"]["nested"]["value"]
@@ -486,7 +487,7 @@ def test_values_casstore_does_not_decode_persist_back_unchanged(project):
     s = create_session(project.url)
     before = datapak.safe_unpickle(project.fields("alpha"))
     s.load_experiment("alpha").persist(if_exists="replace")
-    assert migration._same(datapak.safe_unpickle(project.fields("alpha")), before)
+    assert rewrite.same(datapak.safe_unpickle(project.fields("alpha")), before)
 
 
 def test_replacing_a_migrated_experiment_keeps_its_run_table_and_references(project):
@@ -575,7 +576,7 @@ def test_legacy_tars_stay_when_the_commit_fails(project, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(migration._Run, "_commit", fail)
+    monkeypatch.setattr(executor._Run, "_commit", fail)
     with pytest.raises(RuntimeError):
         project.migrate()
     assert all(p.exists() for p in alpha)

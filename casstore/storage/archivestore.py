@@ -23,13 +23,14 @@ from casstore.cas.digest import parse_id
 from casstore.cas.tar.read import Extraction
 from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
 from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
+from casstore.mltraq import datapak
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
 from casstore.opts import file_url_to_path, options
 from casstore.utils.bunch import Bunch
 
 ARCHIVE_TAG = "mltraq.Archive-0"
-ARCHIVESTORE_TAG = "casstore.ArchiveStore-0"
+ARCHIVESTORE_TAG = datapak.TAG_CASSTORE_ARCHIVESTORE
 SPOOL_IN_MEMORY = 8 << 20  # open(): archives up to this size are checked into memory, larger into a temp file
 TARFILE_FILTERS = ("data", "tar", "fully_trusted")
 
