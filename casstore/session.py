@@ -21,7 +21,7 @@ from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
-from casstore.mltraq.migrate.run import run_hex, runs_meta
+from casstore.mltraq.runs import run_hex, runs_meta
 from casstore.cas.live.registry import register
 from casstore.cas.live.roots import FieldRoot
 from casstore.cas.verify import VerifyReport, verify

@@ -245,7 +245,7 @@ def cmd_delete_one(cfg: dict) -> None:
 
 
 def cmd_migrate(cfg: dict) -> None:
-    from casstore.mltraq.migrate import run as migrate
+    from casstore.mltraq import migrate
 
     setup(cfg)
     plan = migrate.plan(f"sqlite:///{cfg['db']}", cfg["datastore"])
@@ -266,7 +266,7 @@ def cmd_fork_server(_cfg: dict) -> None:
 
     import alembic.runtime.migration  # noqa: F401  (what the children use, imported once here)
     import casstore.cas.gc  # noqa: F401
-    import casstore.mltraq.migrate.run  # noqa: F401
+    import casstore.mltraq.migrate  # noqa: F401
     import sqlalchemy.dialects.sqlite  # noqa: F401
     from casstore import ArchiveStore, create_session  # noqa: F401
 

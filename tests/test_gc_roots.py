@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from casstore import ArchiveStore, Session, create_session
-from casstore.mltraq.migrate import run as migration
+from casstore.mltraq import migrate as migration
 from casstore.cas.backends.base import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.gc import collect

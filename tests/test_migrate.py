@@ -31,10 +31,11 @@ from make_legacy_fixture import tree_record
 
 from casstore import create_session, options
 from casstore.mltraq import legacy
-from casstore.mltraq.migrate import run as migration
+from casstore.mltraq import migrate as migration
+from casstore.mltraq.migrate import executor, rewrite
 from casstore.cas.backends.base import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
-from casstore.cas.digest import DigestSink
+from casstore.cas.digest import DigestSink, digest_bytes
 from casstore.cas.gc import collect
 from casstore.cas.index.queries import Index
 from casstore.cas.tar.write import scan, tar_bytes
@@ -223,7 +224,7 @@ def test_other_values_in_rewritten_fields_keep_their_bytes(project):
         old_value, new_value = (datapak.safe_unpickle(x)["value"] for x in (old, new))
         assert list(new_value) == list(old_value)
         # numpy, pandas, DataStore, Archive, uuid, plain values: same types, same raw bytes.
-        assert {k for k in old_value if not migration._same(new_value[k], old_value[k])} == archives[name]
+        assert {k for k in old_value if not rewrite.same(new_value[k], old_value[k])} == archives[name]
         # Sets of str are pickled in the writing process's hash order: kept in that order.
         assert set_order(new) == set_order(old)
     old_nested = datapak.safe_unpickle(before["alpha"])["value"]["nested"]["value"]
@@ -486,7 +487,7 @@ def test_values_casstore_does_not_decode_persist_back_unchanged(project):
     s = create_session(project.url)
     before = datapak.safe_unpickle(project.fields("alpha"))
     s.load_experiment("alpha").persist(if_exists="replace")
-    assert migration._same(datapak.safe_unpickle(project.fields("alpha")), before)
+    assert rewrite.same(datapak.safe_unpickle(project.fields("alpha")), before)
 
 
 def test_replacing_a_migrated_experiment_keeps_its_run_table_and_references(project):
@@ -575,7 +576,7 @@ def test_legacy_tars_stay_when_the_commit_fails(project, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(migration._Run, "_commit", fail)
+    monkeypatch.setattr(executor._Run, "_commit", fail)
     with pytest.raises(RuntimeError):
         project.migrate()
     assert all(p.exists() for p in alpha)
@@ -667,23 +668,24 @@ def test_a_legacy_tar_replaced_by_a_fifo_or_symlink_is_reported_unread(project, 
     assert project.fields("gamma") == gamma and os.path.lexists(path)
 
 
-def test_a_blob_that_does_not_verify_is_not_referenced_and_the_legacy_tar_stays(project):
+def test_a_damaged_copy_under_the_id_is_quarantined_and_migrate_publishes_the_good_bytes(project):
     path = project.legacy_path("beta", "data")
     digest = DigestSink()
     with open(path, "rb") as f:
         legacy.canonicalize(f, [digest])
-    algo, hexdigest = digest.blob_id().split(":")
+    blob_id = digest.blob_id()
+    algo, hexdigest = blob_id.split(":")
     corrupt = project.datastore / "casstore" / "blobs" / algo / hexdigest[:2] / f"{hexdigest[2:]}.tar"
     corrupt.parent.mkdir(parents=True)
     corrupt.write_bytes(b"\0" * 10240)  # already "there" under that id, but damaged
     (project.datastore / "casstore" / "FORMAT").write_bytes(b"casstore-datastore 1\n")
-    beta = project.fields("beta")
     report = project.migrate()
-    failed = {(f.experiment, f.field) for f in report.failures}
-    assert failed >= {("alpha", "data"), ("beta", "data"), ("gamma", "data")}
-    assert path.exists()
-    assert project.value("beta", "data") == datapak.safe_unpickle(beta)["value"]["data"]
-    assert project.value("beta", "hidden")["DATAPAK-0"] == CASSTORE
+    assert {(f.experiment, f.field) for f in report.failures} == {("unsafe", "bad")}  # the fixture's hostile TAR
+    assert not path.exists()
+    assert digest_bytes(corrupt.read_bytes()) == blob_id
+    quarantine = project.datastore / "casstore" / "quarantine"
+    assert [p.read_bytes() for p in quarantine.rglob("*") if p.is_file()] == [b"\0" * 10240]
+    assert project.value("beta", "data")["DATAPAK-0"] == CASSTORE
 
 
 def test_a_value_changed_since_the_plan_is_left_for_the_next_run(project):

@@ -372,7 +372,7 @@ def migrated_state(project) -> dict:
     (or its load error), and the legacy side of the datastore (outside casstore/)."""
     import sqlite3
 
-    from casstore.mltraq.migrate import run as migrate
+    from casstore.mltraq import migrate
     from casstore.cas.backends.base import is_torn_object
 
     s = project.session()
@@ -404,7 +404,7 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
     MLtraq project (after a random number of its stage events, plus a random delay). After each kill, no legacy TAR that a not-yet-migrated reference needs is
     gone. Running migrate again completes, and the end state (fields bytes, loaded trees,
     legacy files left) is the one of an uninterrupted migration, with verify clean."""
-    from casstore.mltraq.migrate import run as migrate
+    from casstore.mltraq import migrate
 
     if not os.path.isdir(LEGACY_FIXTURE):
         pytest.skip("no legacy fixture")

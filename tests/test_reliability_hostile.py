@@ -36,7 +36,7 @@ from casstore.cas.backends.base import blob_key
 from casstore.cas.index.facts import BlobFacts
 from casstore.cas.damage import read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM, digest_bytes, hasher_id, new_hasher, parse_id
-from casstore.cas.live.roots import MAX_REF_BYTES
+from casstore.cas.live.refs import MAX_REF_BYTES
 from casstore.cas.tar.write import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
                                   tar_bytes)
 from casstore.cas.verify import verify
@@ -524,7 +524,7 @@ def respelled(data: bytes, spelling: str) -> bytes:
 def test_gc_keeps_the_blob_of_a_named_reference_spelled_with_leading_whitespace_or_a_bom(tmp_path, spelling):
     """Was: gc took for a reference only a file starting with `{`, the reader anything
     json.loads reads: gc deleted the blob of a reference that extracted fine. One parser
-    (roots.parse_named_ref) now decides for both."""
+    (refs.parse_named_ref) now decides for both."""
     victim = Victim(tmp_path)
     archive = ArchiveStoreIO.create(src_dir=str(tmp_path / "src-data"), arc_dir="data")
     path = ref_path(victim, archive.url)

@@ -25,7 +25,8 @@ from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, descr
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing
 from casstore.cas.live.leases import read_leases
-from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids, named_refs
+from casstore.cas.live.refs import NamedRef, named_refs
+from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,7 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, as_json: 
     deleted. Safe to run again: a finished migration is a no-op, an interrupted one
     resumes. Exit 1 if some references could not be migrated (they are listed and left as
     they were). See docs/migration.md."""
-    from casstore.mltraq.migrate import run as library
+    from casstore.mltraq import migrate as library
 
     try:
         plan = library.plan(db, datastore)

@@ -45,6 +45,8 @@ TAG_BUNCH = "mltraq.Bunch-0"
 TAG_UUID = "uuid.UUID-0"
 TAG_ARCHIVE = "mltraq.Archive-0"
 TAG_ARCHIVESTORE = "mltraq.ArchiveStore-0"
+TAG_DATASTORE = "mltraq.DataStore-0"
+TAG_CASSTORE_ARCHIVESTORE = "casstore.ArchiveStore-0"  # casstore's reference to a blob (storage/archivestore.py)
 
 PICKLE_PROTOCOL = 5
 COMPRESSION_PREFIX = b"C01"

@@ -22,15 +22,16 @@ from casstore.cas.index.facts import BlobFacts
 from casstore.cas.store.no_space import no_space
 from casstore.cas.digest import parse_id
 from casstore.cas.tar.read import Extraction
-from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
+from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
 from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
+from casstore.mltraq import datapak
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
 from casstore.opts import file_url_to_path, options
 from casstore.utils.bunch import Bunch
 
 ARCHIVE_TAG = "mltraq.Archive-0"
-ARCHIVESTORE_TAG = "casstore.ArchiveStore-0"
+ARCHIVESTORE_TAG = datapak.TAG_CASSTORE_ARCHIVESTORE
 SPOOL_IN_MEMORY = 8 << 20  # open(): archives up to this size are checked into memory, larger into a temp file
 TARFILE_FILTERS = ("data", "tar", "fully_trusted")
 
@@ -204,7 +205,7 @@ class ArchiveStoreIO:
         return cls(f"file:///{key}", blob_id=info.blob_id)
 
     def _ref(self) -> NamedRef:
-        """The reference at `url`, as gc reads it (roots.parse_named_ref), refused unless it
+        """The reference at `url`, as gc reads it (refs.parse_named_ref), refused unless it
         names a valid blob id (the pinned one, if pinned) with a valid size."""
         key = file_url_to_path(self.url).replace(os.sep, "/")
         blobs = stores.content_store().blobs

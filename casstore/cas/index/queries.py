@@ -111,10 +111,26 @@ class Index:
         with self.engine.connect() as conn:
             return conn.scalar(select(MetaRow.value).where(MetaRow.key == key))
 
-    def set_fact(self, key: str, value: str) -> None:
+    def set_fact(self, key: str, value: str, conn: Connection | None = None) -> None:
+        """In the caller's write transaction `conn` if given, else in one of its own."""
+        if conn is None:
+            with write_transaction(self.engine) as own:
+                self.set_fact(key, value, own)
+            return
+        conn.execute(delete(MetaRow).where(MetaRow.key == key))
+        conn.execute(insert(MetaRow).values(key=key, value=value))
+
+    def facts_with_prefix(self, prefix: str, conn: Connection) -> dict[str, str]:
+        """The facts whose key starts with `prefix`, read on the caller's `conn` (none if the
+        database has no casstore tables: it may be a plain MLtraq one)."""
+        if not inspect(conn).has_table(MetaRow.__tablename__):
+            return {}
+        rows = conn.execute(select(MetaRow.key, MetaRow.value).where(MetaRow.key.startswith(prefix)))
+        return {row[0]: row[1] for row in rows}
+
+    def forget_facts(self, keys: list[str]) -> None:
         with write_transaction(self.engine) as conn:
-            conn.execute(delete(MetaRow).where(MetaRow.key == key))
-            conn.execute(insert(MetaRow).values(key=key, value=value))
+            conn.execute(delete(MetaRow).where(MetaRow.key.in_(keys)))
 
     def project_id(self) -> str:
         """This project's identity, created once. A database at schema 0001 gets it here, at
@@ -260,6 +276,25 @@ class Index:
             conn.execute(delete(RefRow).where(RefRow.id_experiment == id_experiment))
             result = conn.execute(delete(ExperimentRow).where(ExperimentRow.id_experiment == id_experiment))
             return result.rowcount > 0
+
+    def put_refs(self, conn: Connection, id_experiment: uuid.UUID, refs: list[Ref]) -> None:
+        """Each of `refs` as the one reference row of its (run, field), in the caller's write
+        transaction `conn` (the migration's, which rewrites MLtraq's rows in it)."""
+        for r in refs:
+            conn.execute(delete(RefRow).where(RefRow.id_experiment == id_experiment, RefRow.id_run == r.id_run,
+                                              RefRow.field == r.field))
+            conn.execute(insert(RefRow).values(id_experiment=id_experiment, id_run=r.id_run, field=r.field,
+                                               blob_id=r.blob_id, arc_dir=r.arc_dir))
+
+    def add_blob_facts(self, conn: Connection, blobs: list[BlobFacts]) -> None:
+        """A facts row for each of `blobs` that has none (an existing row is left as it is), in
+        the caller's write transaction `conn`."""
+        wanted = {b.blob_id: b for b in blobs}
+        known = set(conn.scalars(select(BlobRow.blob_id).where(BlobRow.blob_id.in_(list(wanted)))))
+        for b in sorted(wanted.values(), key=lambda b: b.blob_id):
+            if b.blob_id not in known:
+                conn.execute(insert(BlobRow).values(blob_id=b.blob_id, size=b.size, stored_size=b.stored_size,
+                                                    codec=b.codec, created=time.time()))
 
     # references and blobs
 

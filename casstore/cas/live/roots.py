@@ -1,11 +1,9 @@
 """What keeps a blob alive: references in every database registered with the datastore (the
 reference rows and the archive values of the fields), named references (ArchiveStoreIO) in
-the datastore, and leases of writes in progress."""
+the datastore (their format: refs.py), and leases of writes in progress."""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -14,18 +12,14 @@ from typing import Iterable, Protocol
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.backends.base import CODEC_SUFFIX, INTERNAL, BlobStore, ObjectStat, is_torn_object
-from casstore.cas.digest import parse_id
+from casstore.cas.backends.base import INTERNAL, BlobStore, ObjectStat, is_torn_object
 from casstore.cas.index.engine import make_engine, sqlite_file
 from casstore.cas.index.queries import PROJECT_KEY, Index
 from casstore.cas.live.leases import leased_blob_ids
+from casstore.cas.live.refs import named_refs
 from casstore.cas.live.registry import Entry, entries, registry_url
 from casstore.cas.live.trust import trusted_urls
-from casstore.errors import FieldsUnreadable, InvalidInput, UnreadableObject, UnresolvedRegistryEntry
-
-REF_FORMAT = "casstore-ref-1"
-MAX_REF_BYTES = 4096
-log = logging.getLogger(__name__)
+from casstore.errors import FieldsUnreadable, UnresolvedRegistryEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,105 +40,6 @@ class FieldRoots(Protocol):
     rather than deleting what that row may name."""
 
     def __call__(self, index: Index) -> Iterable[FieldRoot]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RefFacts:
-    """What a named reference records of the stored copy its writer found or wrote (as a
-    `casstore_blobs` row does: contentstore.StoredFacts): readers prefer the copy that
-    matches, verify checks the one it describes."""
-
-    stored_size: int
-    codec: str
-
-
-@dataclass(frozen=True, slots=True)
-class NamedRef:
-    """A named reference as parse_named_ref read it. gc keeps `blob_id` alive whatever
-    `problem` says; a reader refuses a reference with a `problem` (why it cannot be read
-    safely: no valid blob id, no valid size, facts that are not facts)."""
-
-    key: str
-    blob_id: str | None  # None: `blob` is not a string (it names nothing gc could keep)
-    size: int | None
-    facts: RefFacts | None = None
-    problem: str | None = None
-
-
-def parse_named_ref(key: str, data: bytes) -> NamedRef | None:
-    """The named reference that object `key` holds, None if it holds none (a file of the
-    user's, a legacy TAR, an object of casstore's own folder, a torn temp file, a key no
-    listing gives: `a//b`, `./a`, `/a`). The one parser of references: ArchiveStoreIO reads
-    exactly what this accepts without a `problem`, and gc counts every reference it returns
-    as a root, so that gc never deletes a blob a reader can reach through a reference."""
-    parts = key.split("/")
-    if key.startswith(f"{INTERNAL}/") or is_torn_object(key) or len(data) > MAX_REF_BYTES \
-            or any(part in ("", ".", "..") for part in parts):  # a listing gives every key in this form
-        return None
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: brackets nested deeper than the parser goes
-        return None
-    if not isinstance(body, dict) or body.get("format") != REF_FORMAT:
-        return None
-    blob, size = body.get("blob"), body.get("size")
-    facts, facts_problem = _ref_facts(body)
-    problem = (None if _is_blob_id(blob) else f"names no valid blob id: {blob!r}") \
-        or (None if ref_size(size) is not None else
-            f"records no valid size ({size!r}): nothing would bound the read of its blob") \
-        or facts_problem
-    return NamedRef(key, blob if isinstance(blob, str) else None, ref_size(size), facts, problem)
-
-
-def _is_blob_id(value: object) -> bool:
-    try:
-        parse_id(value)  # type: ignore[arg-type]
-    except InvalidInput:
-        return False
-    return True
-
-
-def _ref_facts(body: dict) -> tuple[RefFacts | None, str | None]:
-    """The optional `codec` and `stored_size` of a reference (written since issue 11): both
-    or neither, each valid; with the problem if not."""
-    if "codec" not in body and "stored_size" not in body:
-        return None, None
-    codec, stored_size = body.get("codec"), body.get("stored_size")
-    if codec not in CODEC_SUFFIX or ref_size(stored_size) is None:
-        return None, (f"records no valid stored copy (codec {codec!r}, stored_size {stored_size!r}): "
-                      "it does not say which copy of its blob to read")
-    return RefFacts(stored_size, codec), None  # type: ignore[arg-type]
-
-
-def named_ref_data(blob_id: str, size: int, facts: RefFacts, arc_dir: str | None) -> bytes:
-    """The bytes of a new named reference (docs/datastore.md), as parse_named_ref reads them."""
-    return json.dumps({"format": REF_FORMAT, "blob": blob_id, "size": size, "codec": facts.codec,
-                       "stored_size": facts.stored_size, "arc_dir": arc_dir}).encode()
-
-
-def named_refs(blobs: BlobStore) -> list[NamedRef]:
-    """Every named reference in the datastore (parse_named_ref), those with a problem too.
-    Only regular files of at most MAX_REF_BYTES are read; one that is not (any more) is
-    skipped, and no reader reads it either (get_object refuses it)."""
-    found = []
-    for obj in blobs.list_small_objects():
-        if obj.key.startswith(f"{INTERNAL}/") or obj.size > MAX_REF_BYTES or is_torn_object(obj.key):
-            continue
-        try:
-            data = blobs.get_object(obj.key, max_bytes=MAX_REF_BYTES) or b""
-        except UnreadableObject as exc:
-            log.warning("not a named reference, skipped: %s", exc)
-            continue
-        ref = parse_named_ref(obj.key, data)
-        if ref is not None:
-            found.append(ref)
-    return found
-
-
-def ref_size(value: object) -> int | None:
-    """The `size` of a named reference if it is one (a non-negative integer), else None:
-    a reference without a valid size bounds no read."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def leftovers(blobs: BlobStore) -> list[ObjectStat]:

@@ -1,0 +1,43 @@
+"""MLtraq's runs: the table an experiment's meta names for them, and how a run id is spelled
+in casstore's reference rows. Read by the session (the field roots of run tables) and by the
+migration (the run-level references it rewrites)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from casstore.errors import CasStoreError
+from casstore.mltraq import datapak
+
+
+def runs_meta(meta: bytes | None) -> tuple[str, list[str]] | None:
+    """(run table name, serialized columns) from an experiment's meta, None if unreadable."""
+    if meta is None:
+        return None
+    try:
+        plain = datapak.safe_unpickle(bytes(meta))
+        runs = _bunch(_bunch(plain).get("runs"))
+        columns = _bunch(runs.get("columns"))
+        table_name, serialized = runs.get("table_name"), columns.get("serialized", [])
+    except (CasStoreError, AttributeError):
+        return None
+    if type(table_name) is not str or not isinstance(serialized, (list, tuple, set)):
+        return None
+    return table_name, sorted(c for c in serialized if type(c) is str)
+
+
+def _bunch(value: Any) -> dict[Any, Any]:
+    """The dict inside a DataPak Bunch (or a plain dict); AttributeError if it is neither."""
+    if type(value) is dict and value.get(datapak.KEY_MAGIC) == datapak.TAG_BUNCH:
+        value = value.get(datapak.KEY_VALUE)
+    if type(value) is not dict:
+        raise AttributeError("not a Bunch")
+    return value
+
+
+def run_hex(raw: Any) -> str:
+    """A run id as `casstore_refs.id_run` holds it: 32 hex digits."""
+    if isinstance(raw, uuid.UUID):
+        return raw.hex
+    return str(raw).replace("-", "").lower()
