@@ -12,7 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casstore.cas.tar.read import Extraction, TarStream, check_symlink, list_members, safe_name
+from casstore.cas.tar.extract import Extraction
+from casstore.cas.tar.read import TarStream, list_members
+from casstore.cas.tar.rules import check_symlink, safe_name
 from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
 
 # ---------------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from typing import Any, BinaryIO, Optional, Union
 from casstore import stores
 from casstore.cas.store.contentstore import BlobInfo, no_space
 from casstore.cas.digest import parse_id
-from casstore.cas.tar.read import Extraction
+from casstore.cas.tar.extract import Extraction
 from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
-from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
+from casstore.cas.tar.scan import check_arc_dir, scan
+from casstore.cas.tar.write import tar_bytes
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
 from casstore.opts import file_url_to_path, options
@@ -122,7 +123,7 @@ class ArchiveStore:
 class _CheckedTarFile(tarfile.TarFile):
     """The TarFile of ArchiveStoreIO.open: it reads a temp copy of the archive whose digest
     was checked, and extracts with casstore's member validation (the Extraction of
-    casstore/cas/tar/read.py, as ArchiveStoreIO.extract), never with tarfile's own
+    casstore/cas/tar/extract.py, as ArchiveStoreIO.extract), never with tarfile's own
     extraction code: its filters had bypasses until Python 3.11.13 (CVE-2025-4517 and
     siblings). The `filter` argument may name one of tarfile's filters, and is ignored:
     casstore's rules, at least as strict as "data", always apply."""

@@ -29,10 +29,13 @@ import zstandard
 from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest
 from casstore.cas.damage import DamageRecord, clear_damage, describes, read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM, DigestSink, digest_bytes, hasher_id, new_hasher, parse_id
-from casstore.cas.tar.read import CHUNK, Extraction, Member, _check_checksum, list_members
+from casstore.cas.tar.extract import Extraction
+from casstore.cas.tar.header import BLOCK, CHUNK, Member
+from casstore.cas.tar.read import _check_checksum, list_members
 from casstore.cas.live.leases import Lease
 from casstore.cas.store.statcache import StatCache, listing_key
-from casstore.cas.tar.write import BLOCK, Entry, scan, write_tar
+from casstore.cas.tar.scan import Entry, scan
+from casstore.cas.tar.write import write_tar
 from casstore.errors import CasStoreError, CorruptBlob, InvalidInput, NoSpace, SourceChanged, UnsafeArchive
 
 log = logging.getLogger(__name__)
