@@ -470,22 +470,17 @@ def test_fifo_is_skipped(tmp_path):
     assert [m.name for m in read_tar(archive(root))] == ["a.txt"]
 
 
-def test_hidden_files_and_folders_are_skipped_by_default(tmp_path):
+@pytest.mark.parametrize("include, expected", [
+    ("**", ["a.txt"]),
+    (["**", ".*", "**/.*", ".*/**"], [".git/config", ".hidden", "a.txt", "sub/.env"]),
+], ids=["skipped_by_default", "included_when_patterns_name_them"])
+def test_hidden_files_and_folders(tmp_path, include, expected):
     root = tmp_path / "src"
     write(str(root / "a.txt"))
     write(str(root / ".hidden"))
     write(str(root / ".git/config"))
     write(str(root / "sub/.env"))
-    assert [m.name for m in read_tar(archive(root))] == ["a.txt"]
-
-
-def test_hidden_files_are_included_when_patterns_name_them(tmp_path):
-    root = tmp_path / "src"
-    write(str(root / "a.txt"))
-    write(str(root / ".hidden"))
-    write(str(root / ".git/config"))
-    names = [m.name for m in read_tar(archive(root, include=["**", ".*", "**/.*", ".*/**"]))]
-    assert names == [".git/config", ".hidden", "a.txt"]
+    assert [m.name for m in read_tar(archive(root, include=include))] == expected
 
 
 def test_exclude_patterns_leave_files_out(tmp_path):
