@@ -21,7 +21,8 @@ from casstore.cas.backends.base import LocalBlobStore, blob_key
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.store.statcache import StatCache
-from casstore.cas.tar.write import scan, tar_bytes
+from casstore.cas.tar.scan import scan
+from casstore.cas.tar.write import tar_bytes
 from casstore.errors import BlobNotFound, CorruptBlob, SourceChanged, SourceNotFound
 
 # ---------------------------------------------------------------------------------------

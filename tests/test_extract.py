@@ -12,7 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casstore.cas.tar.read import Extraction, TarStream, check_symlink, list_members, safe_name
+from casstore.cas.tar.extract import Extraction
+from casstore.cas.tar.read import TarStream, list_members
+from casstore.cas.tar.rules import check_symlink, safe_name
 from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
 
 # ---------------------------------------------------------------------------------------
@@ -177,19 +179,15 @@ def test_member_written_through_a_symlink_to_dot_is_refused(area):
     assert_refused(area, tar_of(symlink("l", "."), file_("l/x", b"through")), UnsafeArchive)
 
 
-def test_symlink_pointing_out_through_another_symlink_member_is_refused(area):
+@pytest.mark.parametrize("links", [
     # 'l -> .' stays inside, and 'l/..' looks like '.' once normalized as text; but on
     # disk 'esc' resolves through 'l' (the target itself) to the target's parent.
-    stream = tar_of(symlink("l", "."), symlink("esc", "l/.."))
-    before = snapshot(area)
-    with pytest.raises(UnsafeArchive):
-        extract(area / "target", stream)
-    assert snapshot(area) == before
-
-
-def test_symlink_pointing_out_through_a_nested_symlink_member_is_refused(area):
+    [("l", "."), ("esc", "l/..")],
     # a/b/c -> ../.. is the target itself; d -> a/b/c/.. is its parent.
-    stream = tar_of(symlink("a/b/c", "../.."), symlink("d", "a/b/c/.."))
+    [("a/b/c", "../.."), ("d", "a/b/c/..")],
+], ids=["through_another_symlink_member", "through_a_nested_symlink_member"])
+def test_symlink_pointing_out_through_a_symlink_member_is_refused(area, links):
+    stream = tar_of(*(symlink(name, target) for name, target in links))
     before = snapshot(area)
     with pytest.raises(UnsafeArchive):
         extract(area / "target", stream)

@@ -38,7 +38,8 @@ from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import DigestSink, digest_bytes
 from casstore.cas.gc import collect
 from casstore.cas.index.queries import Index
-from casstore.cas.tar.write import scan, tar_bytes
+from casstore.cas.tar.scan import scan
+from casstore.cas.tar.write import tar_bytes
 from casstore.cas.verify import verify
 from casstore.cli.migrate import migrate as migrate_command
 from casstore.errors import InvalidInput

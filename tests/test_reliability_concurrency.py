@@ -277,7 +277,8 @@ def test_writers_repairing_one_damaged_blob_at_once_with_gc_looping_all_succeed(
     from casstore.cas.backends.base import blob_key
     from casstore.cas.digest import digest_bytes
     from casstore.cas.gc import collect
-    from casstore.cas.tar.write import scan, tar_bytes
+    from casstore.cas.tar.scan import scan
+    from casstore.cas.tar.write import tar_bytes
 
     project = rw.Project(tmp_path / "p")
     src = str(tmp_path / "src")

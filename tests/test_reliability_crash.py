@@ -20,7 +20,7 @@ import pytest
 import reliability_worker as rw
 from casstore import ArchiveStore, options
 from casstore.cas.gc import collect
-from casstore.cas.tar.write import FILE, RECORD, header, padding
+from casstore.cas.tar.header import FILE, RECORD, header, padding
 from casstore.cas.verify import verify
 from casstore.session import field_roots
 

@@ -37,8 +37,9 @@ from casstore.cas.index.facts import BlobFacts
 from casstore.cas.damage import read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM, digest_bytes, hasher_id, new_hasher, parse_id
 from casstore.cas.live.refs import MAX_REF_BYTES
-from casstore.cas.tar.write import (DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding, scan,
-                                  tar_bytes)
+from casstore.cas.tar.header import DIRECTORY, FILE, HARDLINK, LONGLINK, RECORD, SYMLINK, _block, header, padding
+from casstore.cas.tar.scan import scan
+from casstore.cas.tar.write import tar_bytes
 from casstore.cas.verify import verify
 from casstore.errors import (CorruptBlob, CorruptReference, DatastoreError, InvalidInput, UnreadableObject,
                              UnsafeArchive)

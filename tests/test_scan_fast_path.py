@@ -1,5 +1,5 @@
-"""`tarball.scan`'s fast path (one `os.scandir` walk, used for the default `include="**"`)
-gives exactly the entries of the `utils.fs.globs` path (`glob("**")`, `os.path.isfile`, one
+"""`scan`'s fast path (one `os.scandir` walk, used for the default `include="**"`)
+gives exactly the entries of the `match.globs` path (`glob("**")`, `os.path.isfile`, one
 `lstat` per file), which stays the reference and serves every other `include`.
 
 Compared: every field of every entry (name, kind, mode, size, link name, source path, the
@@ -22,9 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casstore.cas.tar import write as tarball
+from casstore.cas.tar import scan as scanning
 from casstore.cas.store.statcache import listing_key
-from casstore.cas.tar.write import FILE, HARDLINK, SYMLINK, Entry, _scan_with_globs, check_arc_dir, scan, tar_bytes
+from casstore.cas.tar.header import FILE, HARDLINK, SYMLINK
+from casstore.cas.tar.scan import Entry, _scan_with_globs, check_arc_dir, scan
+from casstore.cas.tar.write import tar_bytes
 from casstore.errors import InvalidInput, SourceNotFound
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -310,7 +312,7 @@ def test_symlink_to_a_file_outside_that_is_also_inside_is_a_separate_file(tmp_pa
 
 _COMPARE = """
 import json, sys
-from casstore.cas.tar.write import scan, _scan_with_globs
+from casstore.cas.tar.scan import scan, _scan_with_globs
 fast, reference = scan(sys.argv[1]), _scan_with_globs(sys.argv[1], ".")
 print(json.dumps({"same": fast == reference, "names": [e.name.decode() for e in fast]}))
 """
@@ -399,8 +401,8 @@ def test_errors_are_the_same_as_the_globs_path(tmp_path):
 
 def test_default_include_spellings_take_the_fast_path_and_others_the_globs_path(tree, monkeypatch):
     calls = []
-    real = tarball._walk
-    monkeypatch.setattr(tarball, "_walk", lambda *a: calls.append(1) or real(*a))
+    real = scanning._walk
+    monkeypatch.setattr(scanning, "_walk", lambda *a: calls.append(1) or real(*a))
     expected = scan(str(tree))
     for include in ("**", ["**"], ("**",)):
         assert scan(str(tree), ".", include) == expected

@@ -21,9 +21,12 @@ from helpers import write
 from casstore.cas.backends.base import LocalBlobStore, blob_key
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
-from casstore.cas.tar.read import Extraction, list_members
-from casstore.cas.tar import write as tarball
-from casstore.cas.tar.write import FILE, HARDLINK, SYMLINK, header, scan, tar_bytes
+from casstore.cas.tar import header as tar_header
+from casstore.cas.tar.extract import Extraction
+from casstore.cas.tar.header import FILE, HARDLINK, SYMLINK, header
+from casstore.cas.tar.read import list_members
+from casstore.cas.tar.scan import scan
+from casstore.cas.tar.write import tar_bytes, write_tar
 from casstore.errors import InvalidInput
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +195,7 @@ def test_another_pythonhashseed_gives_the_same_bytes(tmp_path):
     src = tmp_path / "src"
     for i in range(60):
         write(str(src / f"d{i % 7}" / f"file-{i}.txt"), f"content {i}".encode(), 0o644)
-    script = ("import sys; from casstore.cas.tar.write import scan, tar_bytes; "
+    script = ("import sys; from casstore.cas.tar.scan import scan; from casstore.cas.tar.write import tar_bytes; "
               "from casstore.cas.digest import digest_bytes; "
               "print(digest_bytes(tar_bytes(scan(sys.argv[1], 'data'))))")
     expected = digest_of(src, "data")
@@ -467,22 +470,17 @@ def test_fifo_is_skipped(tmp_path):
     assert [m.name for m in read_tar(archive(root))] == ["a.txt"]
 
 
-def test_hidden_files_and_folders_are_skipped_by_default(tmp_path):
+@pytest.mark.parametrize("include, expected", [
+    ("**", ["a.txt"]),
+    (["**", ".*", "**/.*", ".*/**"], [".git/config", ".hidden", "a.txt", "sub/.env"]),
+], ids=["skipped_by_default", "included_when_patterns_name_them"])
+def test_hidden_files_and_folders(tmp_path, include, expected):
     root = tmp_path / "src"
     write(str(root / "a.txt"))
     write(str(root / ".hidden"))
     write(str(root / ".git/config"))
     write(str(root / "sub/.env"))
-    assert [m.name for m in read_tar(archive(root))] == ["a.txt"]
-
-
-def test_hidden_files_are_included_when_patterns_name_them(tmp_path):
-    root = tmp_path / "src"
-    write(str(root / "a.txt"))
-    write(str(root / ".hidden"))
-    write(str(root / ".git/config"))
-    names = [m.name for m in read_tar(archive(root, include=["**", ".*", "**/.*", ".*/**"]))]
-    assert names == [".git/config", ".hidden", "a.txt"]
+    assert [m.name for m in read_tar(archive(root, include=include))] == expected
 
 
 def test_exclude_patterns_leave_files_out(tmp_path):
@@ -542,13 +540,13 @@ def test_header_checksum_is_valid_for_tarfile():
 
 
 def reference_header(name: bytes, kind: bytes, mode: int, size: int, linkname: bytes = b"") -> bytes:
-    """`header` as it was before the template: every block by `tarball._block`."""
+    """`header` as it was before the template: every block by `header._block`."""
     prefix = b""
     if len(linkname) > 100:
-        prefix += tarball._long_record(b"K", linkname)
+        prefix += tar_header._long_record(b"K", linkname)
     if len(name) > 100:
-        prefix += tarball._long_record(b"L", name)
-    return prefix + tarball._block(name[:100], kind, mode, size, linkname[:100], tarball.OWNER)
+        prefix += tar_header._long_record(b"L", name)
+    return prefix + tar_header._block(name[:100], kind, mode, size, linkname[:100], tar_header.OWNER)
 
 
 NAME_BYTES = st.binary(min_size=1, max_size=260).filter(lambda b: b"\0" not in b)
@@ -573,7 +571,7 @@ def test_header_is_the_reference_bytes_and_tarfile_parses_it(name, kind, mode, s
     assert os.fsencode(info.linkname) == linkname[:100]
     if len(name) > 100 or len(linkname) > 100:  # GNU long records: tarfile reads the whole names
         data = b"" if kind != FILE or size > 4096 else bytes(size)
-        stream = block + data + tarball.padding(len(data)) + bytes(1024)
+        stream = block + data + tar_header.padding(len(data)) + bytes(1024)
         if len(data) == size:
             with tarfile.open(fileobj=io.BytesIO(stream), format=tarfile.GNU_FORMAT,
                               encoding="utf-8", errors="surrogateescape") as tf:
@@ -596,13 +594,13 @@ def reference_tar(entries) -> bytes:
             with open(e.path, "rb") as f:
                 data = f.read()
             assert len(data) == e.size
-            out += data + tarball.padding(len(data))
+            out += data + tar_header.padding(len(data))
     out += bytes(1024)
     out += bytes(-len(out) % 10240)
     return bytes(out)
 
 
-CHUNK = tarball.CHUNK
+CHUNK = tar_header.CHUNK
 EDGE_SIZES = st.sampled_from([0, 1, 511, 512, 513, 1024, 10239, 10240, 10241, CHUNK - 1, CHUNK, CHUNK + 1,
                               2 * CHUNK, 2 * CHUNK + 100, 3000])
 
@@ -619,7 +617,7 @@ def test_write_tar_gives_the_reference_bytes_and_blob_ids(sizes, tree, codec):
         expected = reference_tar(entries)
         progress = []
         sink = io.BytesIO()
-        assert tarball.write_tar(entries, [sink], progress.append) == len(expected)
+        assert write_tar(entries, [sink], progress.append) == len(expected)
         assert sink.getvalue() == expected
         assert sum(progress) == sum(e.size for e in entries if e.kind == FILE)
         store = ContentStore(LocalBlobStore(os.path.join(tmp, "ds")))
@@ -639,12 +637,12 @@ def test_write_tar_sends_few_large_writes_to_the_sinks(tmp_path):
         def write(self, data):
             writes.append(len(data))
 
-    total = tarball.write_tar(scan(str(root)), [Sink()])
+    total = write_tar(scan(str(root)), [Sink()])
     assert sum(writes) == total
-    assert len(writes) <= total // tarball.CHUNK + 2
+    assert len(writes) <= total // tar_header.CHUNK + 2
 
 
-@pytest.mark.parametrize("size", [0, 10, 512, tarball.CHUNK, tarball.CHUNK + 1])
+@pytest.mark.parametrize("size", [0, 10, 512, tar_header.CHUNK, tar_header.CHUNK + 1])
 @pytest.mark.parametrize("change", ["grow", "shrink", "vanish", "touch"])
 def test_file_changed_between_scan_and_write_raises_source_changed(tmp_path, size, change):
     from casstore.errors import SourceChanged
@@ -664,4 +662,4 @@ def test_file_changed_between_scan_and_write_raises_source_changed(tmp_path, siz
     else:
         os.utime(path, (2000, 2000))
     with pytest.raises(SourceChanged):
-        tarball.write_tar(entries, [io.BytesIO()])
+        write_tar(entries, [io.BytesIO()])

@@ -8,18 +8,18 @@ it into the canonical stream of the same content:
 
 1. `read_members` reads the headers only (names, kinds, modes, link targets, where each
    file's data starts) and checks the members in their canonical order with the
-   extractor's own rules (extract.MemberRules): what is checked is what will be extracted;
+   extractor's own rules (tar.rules.MemberRules): what is checked is what will be extracted;
 2. `canonical_members` sorts them bytewise by name, makes the first name of each hardlink
    group in that order the file and points the others at it, and normalizes the modes;
-3. `write_canonical` streams the headers (tarball.header: mode & 0o777, mtime 0, root
-   owner) and the data (seeking to each offset) into the sinks, with the end blocks and
-   record padding of tarball.write_tar.
+3. `write_canonical` streams the headers (tar.header.header: mode & 0o777, mtime 0, root
+   owner) and the data (seeking to each offset) into the sinks, ended as tar.write.write_tar
+   ends its archives (tar.write.finish).
 
 The blob id therefore depends only on the content: the same folder archived by MLtraq in
 two processes gives one blob.
 
 What is refused (`LegacyArchiveError`): anything casstore's extractor would refuse, checked
-by the extractor's code (extract.MemberRules, and extract.TarStream for the headers), so
+by the extractor's code (tar.rules.MemberRules, and tar.read.TarStream for the headers), so
 that a migrated experiment always loads. A symlink that is absolute or climbs out of the
 archive is the one such member MLtraq itself writes; MLtraq's own load refused it too
 (tarfile's `data` filter), so that experiment never loaded. Rewriting the member (dropping
@@ -30,16 +30,20 @@ refuses what it cannot canonicalize: member types other than file, hardlink and 
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Union
 
-from casstore.cas.tar.read import Member, MemberRules, TarStream, safe_name
-from casstore.cas.tar.write import BLOCK, CHUNK, FILE, HARDLINK, RECORD, SYMLINK, BufferedSink, Sink, header, padding
+from casstore.cas.tar.header import BLOCK, CHUNK, FILE, FILE_KINDS, HARDLINK, SYMLINK, Member, header, padding
+from casstore.cas.tar.read import TarStream
+from casstore.cas.tar.rules import MemberRules, safe_name
+from casstore.cas.tar.write import BufferedSink, Sink, finish
 from casstore.errors import CasStoreError, CorruptBlob, UnsafeArchive
 
-_FILE_KINDS = {b"0", b"\0", b"7"}
 SYMLINK_MODE = 0o777
+LegacyFile = Union[io.BufferedReader, io.BytesIO]
+"""A legacy TAR open for pass 2: seekable, with `readinto` (a file opened "rb", or bytes)."""
 
 
 class LegacyArchiveError(CasStoreError, ValueError):
@@ -47,14 +51,13 @@ class LegacyArchiveError(CasStoreError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class LegacyMember:
-    """One member of a legacy TAR: `offset` is where a file's data starts in the file."""
+class LegacyMember(Member):
+    """A member of a legacy TAR, and `offset`, where a file's data starts in the file.
 
-    name: bytes
-    kind: bytes
-    mode: int
-    size: int = 0
-    linkname: bytes = b""
+    A Member (the tar room's record, judged by the same MemberRules) plus the one fact the
+    second pass needs that a stream reader cannot give: the canonical order differs from
+    the file's, so each file's data is read by seeking to its offset."""
+
     offset: int = 0
 
 
@@ -69,7 +72,7 @@ def read_members(f: BinaryIO) -> list[LegacyMember]:
     try:
         for m in _HeaderStream(f):
             offset = f.tell()
-            if m.kind in _FILE_KINDS and offset + m.size > end:
+            if m.kind in FILE_KINDS and offset + m.size > end:
                 raise LegacyArchiveError(f"TAR truncated inside member {os.fsdecode(m.name)!r}")
             members.append(_member(m, offset))
     except (CorruptBlob, UnsafeArchive) as exc:
@@ -95,7 +98,7 @@ def _member(m: Member, offset: int) -> LegacyMember:
         name = os.fsencode(safe_name(m.name))
     except UnsafeArchive as exc:
         raise LegacyArchiveError(str(exc)) from exc
-    if m.kind in _FILE_KINDS:
+    if m.kind in FILE_KINDS:
         return LegacyMember(name, FILE, m.mode & 0o777, m.size, b"", offset)
     if m.kind == HARDLINK:
         try:
@@ -124,7 +127,7 @@ def _check(members: list[LegacyMember]) -> None:
     rules = MemberRules()
     try:
         for m in canonical_members(members):
-            rules.check(Member(m.name, m.kind, m.mode, m.size, m.linkname))
+            rules.check(m)
         rules.check_links()
     except UnsafeArchive as exc:
         raise LegacyArchiveError(f"{exc}: casstore's extractor would refuse it, so this reference is left "
@@ -169,7 +172,7 @@ def canonical_members(members: Iterable[LegacyMember]) -> list[LegacyMember]:
     return out
 
 
-def write_canonical(f: BinaryIO, members: list[LegacyMember], sinks: Iterable[Sink]) -> int:
+def write_canonical(f: LegacyFile, members: list[LegacyMember], sinks: Iterable[Sink]) -> int:
     """Pass 2: stream the canonical TAR of `members` (from `canonical_members`), reading
     file data from `f` at each member's offset; returns the bytes written."""
     out = BufferedSink(sinks)
@@ -188,13 +191,10 @@ def write_canonical(f: BinaryIO, members: list[LegacyMember], sinks: Iterable[Si
             out.write(view[:n])
             remaining -= n
         out.write(padding(m.size))
-    out.write(b"\0" * (2 * BLOCK))
-    out.write(b"\0" * (-out.count % RECORD))
-    out.flush()
-    return out.count
+    return finish(out)
 
 
-def canonicalize(f: BinaryIO, sinks: Iterable[Sink]) -> int:
+def canonicalize(f: LegacyFile, sinks: Iterable[Sink]) -> int:
     """Both passes: the canonical TAR of the legacy TAR in `f`, into `sinks`."""
     return write_canonical(f, canonical_members(read_members(f)), sinks)
 

@@ -21,9 +21,10 @@ from casstore import stores
 from casstore.cas.index.facts import BlobFacts
 from casstore.cas.store.no_space import no_space
 from casstore.cas.digest import parse_id
-from casstore.cas.tar.read import Extraction
+from casstore.cas.tar.extract import Extraction
 from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
-from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
+from casstore.cas.tar.scan import check_arc_dir, scan
+from casstore.cas.tar.write import tar_bytes
 from casstore.mltraq import datapak
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
@@ -128,7 +129,7 @@ class ArchiveStore:
 class _CheckedTarFile(tarfile.TarFile):
     """The TarFile of ArchiveStoreIO.open: it reads a temp copy of the archive whose digest
     was checked, and extracts with casstore's member validation (the Extraction of
-    casstore/cas/tar/read.py, as ArchiveStoreIO.extract), never with tarfile's own
+    casstore/cas/tar/extract.py, as ArchiveStoreIO.extract), never with tarfile's own
     extraction code: its filters had bypasses until Python 3.11.13 (CVE-2025-4517 and
     siblings). The `filter` argument may name one of tarfile's filters, and is ignored:
     casstore's rules, at least as strict as "data", always apply."""

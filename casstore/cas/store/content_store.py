@@ -27,8 +27,11 @@ from casstore.cas.store.ingest import Progress, TarIngest, TarWriter
 from casstore.cas.store.no_space import no_space
 from casstore.cas.store.reader import UNSIZED_LIMIT, Tee, VerifyingReader, prefer_digest_error
 from casstore.cas.store.statcache import StatCache, listing_key
-from casstore.cas.tar.read import Extraction, Member, list_members
-from casstore.cas.tar.write import CHUNK, Sink, scan, write_tar
+from casstore.cas.tar.extract import Extraction
+from casstore.cas.tar.header import CHUNK, Member
+from casstore.cas.tar.read import list_members
+from casstore.cas.tar.scan import scan
+from casstore.cas.tar.write import Sink, write_tar
 from casstore.errors import CasStoreError, CorruptBlob, UnsafeArchive
 
 log = logging.getLogger(__name__)

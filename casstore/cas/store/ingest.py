@@ -21,7 +21,8 @@ from casstore.cas.digest import DigestSink
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.live.leases import Lease
 from casstore.cas.store.copy_checks import Recorded, cheap_damage, disagrees, rehash_damage
-from casstore.cas.tar.write import BLOCK, Sink
+from casstore.cas.tar.header import BLOCK
+from casstore.cas.tar.write import Sink
 from casstore.errors import SourceChanged
 
 log = logging.getLogger(__name__)

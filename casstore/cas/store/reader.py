@@ -12,7 +12,8 @@ from typing import Protocol
 import zstandard
 
 from casstore.cas.digest import hasher_id, new_hasher, parse_id
-from casstore.cas.tar.write import CHUNK, Sink
+from casstore.cas.tar.header import CHUNK
+from casstore.cas.tar.write import Sink
 from casstore.errors import CorruptBlob
 
 UNSIZED_LIMIT = 1 << 30  # default of option datastore.max_unsized_bytes

@@ -19,7 +19,8 @@ import threading
 
 import xxhash
 
-from casstore.cas.tar.write import FORMAT_NAME, Entry
+from casstore.cas.tar.header import FORMAT_NAME
+from casstore.cas.tar.scan import Entry
 
 log = logging.getLogger(__name__)
 

@@ -1,44 +1,29 @@
-"""Read TAR streams and extract them safely.
+"""Read a TAR stream member by member, bounded: `TarStream` yields each member's header
+fields (a `header.Member`) and copies a file's data on request, never holding more than one
+piece of it.
 
-Every member is validated here, by casstore, before anything is written to the target:
-tarfile's `data` filter had bypasses until Python 3.11.13 (CVE-2025-4517 and siblings).
-Extraction is staged: members are written into a hidden folder inside the target, the
-caller checks the blob's digest, and only then are they renamed into place. A corrupt or
-hostile blob therefore leaves the target as it was."""
+Everything a hostile stream could use to make the reader misbehave is bounded or refused
+here (CorruptBlob, UnsafeArchive): numbers are octal or GNU base-256 only, checksums must
+match, GNU long names and PAX headers have a size limit, PAX records must parse whole.
+It reads ustar, GNU and PAX headers, so the legacy MLtraq TARs too (casstore/mltraq/legacy.py).
+Whether a member may be extracted is `rules.py`'s question."""
 
 from __future__ import annotations
 
 import os
-import posixpath
 import re
-import shutil
-import tempfile
-from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
-from casstore.cas.tar.write import BLOCK, CHUNK, DIRECTORY, FILE, HARDLINK, SYMLINK
-from casstore.errors import CorruptBlob, TargetConflict, UnsafeArchive
+from casstore.cas.tar.header import BLOCK, CHUNK, FILE_KINDS, Member
+from casstore.errors import CorruptBlob, UnsafeArchive
 
 MAX_LONG_NAME = 64 * 1024
 MAX_PAX_HEADER = 1 << 20
-_FILE_KINDS = {b"0", b"\0", b"7"}
 _SKIP_KINDS = {b"g"}
 _OCTAL = re.compile(rb"[0-7]*")
 _MAX_DIGITS = 20  # a decimal number in a PAX header: 20 digits reach 10**20 bytes
 _DECIMAL = re.compile(rb"[0-9]{1,%d}" % _MAX_DIGITS)
-NAME_MAX = 255  # bytes of one path component (Linux)
-PATH_MAX = 4096  # bytes of a path with its terminating NUL (Linux): also a symlink's target
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A member as read from a TAR header (names are raw bytes)."""
-
-    name: bytes
-    kind: bytes
-    mode: int
-    size: int
-    linkname: bytes
+_NO_BUFFER = memoryview(b"")  # what an empty member needs
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
@@ -119,7 +104,7 @@ class TarStream:
     """Iterates the members of a TAR stream; `copy_data` must follow a FILE member,
     otherwise its data is skipped."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._pending = 0
         self._buffer: memoryview | None = None
@@ -149,7 +134,7 @@ class TarStream:
             member = self._member(block, kind, size, long_name, long_link, pax)
             long_name = long_link = None
             pax = {}
-            self._pending = member.size if member.kind in _FILE_KINDS else 0
+            self._pending = member.size if member.kind in FILE_KINDS else 0
             yield member
 
     def _member(self, block: bytes, kind: bytes, size: int, long_name: bytes | None,
@@ -180,9 +165,7 @@ class TarStream:
             self._copy_data_by_read(member, fd)
             return
         remaining = member.size
-        buffer = self._buffer
-        if buffer is None and remaining:
-            buffer = self._buffer = memoryview(bytearray(CHUNK))
+        buffer = self._chunk_buffer() if remaining else _NO_BUFFER
         while remaining:
             n = readinto(buffer[:min(remaining, CHUNK)])
             if not n:
@@ -193,6 +176,12 @@ class TarStream:
             remaining -= n
         _read_exact(self._stream, -member.size % BLOCK)
         self._pending = 0
+
+    def _chunk_buffer(self) -> memoryview:
+        """This stream's read buffer of CHUNK bytes, allocated on first use."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(CHUNK))
+        return self._buffer
 
     def _copy_data_by_read(self, member: Member, fd: int) -> None:
         remaining = member.size
@@ -219,309 +208,5 @@ class TarStream:
 
 
 def list_members(stream: BinaryIO) -> list[Member]:
+    """Every member of the stream, read to its end (so that a hashing reader sees it all)."""
     return list(TarStream(stream))
-
-
-def safe_name(raw: bytes, what: str = "member") -> str:
-    """A member name as a relative path that stays inside the target, or UnsafeArchive."""
-    name = os.fsdecode(raw)
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or "\0" in name or name.startswith("/") or ".." in parts:
-        raise UnsafeArchive(f"{what} name {name!r} is empty, absolute or climbs out of the target")
-    return "/".join(parts)
-
-
-def check_symlink(name: str, raw_target: bytes) -> str:
-    target = os.fsdecode(raw_target)
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-    if (not target or "\0" in target or posixpath.isabs(target)
-            or resolved == ".." or resolved.startswith("../")):
-        raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the target")
-    if len(raw_target) >= PATH_MAX:
-        raise UnsafeArchive(f"symlink {name!r} has a target of {len(raw_target)} bytes: the file system takes "
-                            f"at most {PATH_MAX - 1}")
-    return target
-
-
-def check_name_length(name: str, name_max: int = NAME_MAX, under: str = "") -> None:
-    """UnsafeArchive if the file system would refuse member `name` (below folder `under`):
-    a component over `name_max` bytes, or a whole path of PATH_MAX bytes or more."""
-    raw = os.fsencode(name)
-    longest = max(raw.split(b"/"), key=len)
-    if len(longest) > name_max:
-        raise UnsafeArchive(f"member {_short(name)!r} has a name component of {len(longest)} bytes: the file "
-                            f"system takes at most {name_max}")
-    full = len(os.fsencode(os.path.join(under, name))) if under else len(raw)
-    if full >= PATH_MAX:
-        where = f" in {under!r}" if under else ""
-        raise UnsafeArchive(f"member {_short(name)!r} would be a path of {full} bytes{where}: the file system "
-                            f"takes at most {PATH_MAX - 1}")
-
-
-def _short(name: str) -> str:
-    return name if len(name) <= 80 else name[:80] + "..."
-
-
-class MemberRules:
-    """What every member must satisfy to be extracted, checked member by member in archive
-    order, then for the symlinks once all are known: the one implementation of the rules,
-    used by Extraction and by migration (legacy.py), so that a migrated archive always
-    extracts. Raises UnsafeArchive, before anything is written to a target.
-
-    Refused: names that are empty, absolute, climb out, hold NUL or that the file system
-    would refuse (NAME_MAX, PATH_MAX); members written through a symlink member; a path
-    that is both a folder and a file or symlink (a folder member, or the parent of another
-    member); symlinks pointing out, lexically or through other links; hardlinks to anything
-    but an earlier file member; member types other than file, hardlink, symlink, folder."""
-
-    def __init__(self) -> None:
-        self.links: dict[str, str] = {}  # symlink member -> its target, as they will land
-        self._files: set[str] = set()  # names a hardlink may point to
-        self._leaves: set[str] = set()  # files and symlinks
-        self._dirs: set[str] = set()  # folder members and the parents of every member
-
-    def check(self, member: Member) -> tuple[str, str]:
-        """The member's safe name, and its link (symlink target or hardlink's file), or "".
-
-        State is updated only for a member that passes: the rules track what will land."""
-        name = safe_name(member.name)
-        check_name_length(name)
-        if member.kind not in _FILE_KINDS and member.kind not in (SYMLINK, HARDLINK, DIRECTORY):
-            raise UnsafeArchive(f"member {name!r} has type {member.kind!r}: only files, links and folders are "
-                                "extracted")
-        self._refuse_through_symlink(name)
-        self._refuse_file_folder_clash(name, member.kind == DIRECTORY)
-        link = ""
-        if member.kind == SYMLINK:
-            link = check_symlink(name, member.linkname)
-        elif member.kind == HARDLINK:
-            link = safe_name(member.linkname, "hardlink target")
-            if link not in self._files:
-                raise UnsafeArchive(f"hardlink {name!r} -> {link!r} does not name a file of the archive")
-        self._record(name, member.kind, link)
-        return name, link
-
-    def check_links(self, disk_link: Callable[[str], str | None] = lambda rel: None) -> None:
-        """Refuse a symlink that leads out of the target (or loops) through the archive's other
-        links and, when `disk_link` reads them, those already in the target."""
-        for name, target in self.links.items():
-            if _escapes(name, target, self.links, disk_link):
-                raise UnsafeArchive(f"symlink {name!r} -> {target!r} leads out of the target through other links")
-
-    def _refuse_through_symlink(self, name: str) -> None:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self.links:
-                raise UnsafeArchive(f"member {name!r} would be written through symlink {'/'.join(parts[:i])!r}")
-
-    def _refuse_file_folder_clash(self, name: str, is_dir: bool) -> None:
-        """A member below a file member, or a file where a folder is (or the other way
-        round), cannot both land."""
-        parts = name.split("/")
-        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        clash = next((p for p in parents if p in self._leaves), None)
-        if clash is None and name in (self._leaves if is_dir else self._dirs):
-            clash = name
-        if clash is not None:
-            raise UnsafeArchive(f"member {name!r} clashes with {clash!r}: one is a file or symlink, the other a folder")
-
-    def _record(self, name: str, kind: bytes, link: str) -> None:
-        parts = name.split("/")
-        self._dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-        if kind == DIRECTORY:
-            self._dirs.add(name)
-            return
-        self._leaves.add(name)
-        if kind == SYMLINK:
-            self.links[name] = link
-            self._files.discard(name)
-        else:
-            self.links.pop(name, None)
-            self._files.add(name)
-
-
-def _escapes(name: str, target: str, links: dict[str, str], disk_link: Callable[[str], str | None]) -> bool:
-    """Whether `name -> target`, resolved through `links` and `disk_link`, leaves the target
-    (or loops)."""
-    parts = name.split("/")[:-1] + target.split("/")
-    stack: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not stack:
-                return True
-            stack.pop()
-            continue
-        stack.append(part)
-        link = links.get("/".join(stack)) or disk_link("/".join(stack))
-        if link is not None:
-            hops += 1
-            if hops > 40 or link.startswith("/"):
-                return True
-            stack.pop()
-            parts = link.split("/") + parts
-    return False
-
-
-STAGING_PREFIX = ".casstore-extract-"
-
-
-def _remove_abandoned_staging(target: str) -> None:
-    """Remove staging folders that killed extractions left in `target` (their process is
-    gone). Folders of live processes, this one's included, are left alone."""
-    for name in os.listdir(target):
-        if not name.startswith(STAGING_PREFIX):
-            continue
-        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            shutil.rmtree(os.path.join(target, name), ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class _Staged:
-    name: str
-    kind: bytes
-    staged: str = ""
-    link: str = ""
-
-
-class Extraction:
-    """Stage an archive into a hidden folder inside `target`, then publish it by renames.
-
-    Every member passes MemberRules while it is staged; publish checks what only the target
-    can tell (its files, folders and symlinks, the length of the full paths) for every member
-    before the first rename, so that a refused archive leaves the target as it was.
-    Use as a context manager: the staging folder is always removed on exit."""
-
-    def __init__(self, target: str, members: list[str] | None = None):
-        self.target = os.path.abspath(target)
-        self.selected = None if members is None else {safe_name(os.fsencode(m)) for m in members}
-        self._staging = ""
-        self._items: list[_Staged] = []
-        self._files: dict[str, str] = {}
-        self._rules = MemberRules()
-
-    def __enter__(self) -> Extraction:
-        os.makedirs(self.target, exist_ok=True)
-        _remove_abandoned_staging(self.target)
-        self._staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.target)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self._staging, ignore_errors=True)
-
-    def stage(self, stream: BinaryIO) -> None:
-        """Validate every member and write it into the staging folder."""
-        reader = TarStream(stream)
-        for member in reader:
-            name, link = self._rules.check(member)
-            if member.kind in _FILE_KINDS:
-                self._stage_file(reader, member, name)
-            elif member.kind == SYMLINK:
-                self._stage_symlink(name, link)
-            elif member.kind == HARDLINK:
-                self._stage_hardlink(name, link)
-            else:
-                self._items.append(_Staged(name, DIRECTORY))
-
-    def _stage_path(self) -> str:
-        return os.path.join(self._staging, str(len(self._items)))
-
-    def _stage_file(self, reader: TarStream, member: Member, name: str) -> None:
-        path = self._stage_path()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            reader.copy_data(member, fd)
-            os.fchmod(fd, member.mode & 0o777)
-        finally:
-            os.close(fd)
-        self._files[name] = path
-        self._items.append(_Staged(name, FILE, path))
-
-    def _stage_symlink(self, name: str, target: str) -> None:
-        path = self._stage_path()
-        os.symlink(target, path)
-        self._items.append(_Staged(name, SYMLINK, path, target))
-
-    def _stage_hardlink(self, name: str, link: str) -> None:
-        path = self._stage_path()
-        os.link(self._files[link], path)
-        self._files[name] = path
-        self._items.append(_Staged(name, HARDLINK, path, link))
-
-    def publish(self) -> list[str]:
-        """Move the staged members into the target; return their paths, target-relative.
-
-        Symlinks are checked again first, now that every member is known: a link can only
-        be judged with the other links of the archive (and of the target) it goes through."""
-        self._rules.check_links(self._disk_link)
-        chosen = [i for i in self._items if self.selected is None or i.name in self.selected]
-        self._check_target(chosen)
-        done: list[str] = []
-        checked: set[str] = set()
-        for item in chosen:
-            self._make_parents(item.name, checked)
-            if item.kind == DIRECTORY:
-                self._make_dir(item.name, checked)
-            else:
-                self._replace(item.staged, os.path.join(self.target, item.name))
-            done.append(item.name)
-        return done
-
-    def _disk_link(self, rel: str) -> str | None:
-        path = os.path.join(self.target, rel)
-        return os.readlink(path) if os.path.islink(path) else None
-
-    def _check_target(self, items: list[_Staged]) -> None:
-        """Refuse, before anything moves, members that the target's files or folders block,
-        and paths the target's file system would refuse."""
-        limit = os.pathconf(self.target, "PC_NAME_MAX")
-        name_max = limit if 0 < limit < NAME_MAX else NAME_MAX
-        for item in items:
-            check_name_length(item.name, name_max, self.target)
-        parents = {"/".join(i.name.split("/")[:k]) for i in items for k in range(1, i.name.count("/") + 1)}
-        folders = parents | {i.name for i in items if i.kind == DIRECTORY}
-        for rel in sorted(folders):
-            path = os.path.join(self.target, rel)
-            if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
-                raise TargetConflict(f"cannot extract into {path!r}: it is a file or a symlink")
-        for item in items:
-            path = os.path.join(self.target, item.name)
-            if item.kind != DIRECTORY and os.path.isdir(path) and not os.path.islink(path):
-                raise TargetConflict(f"cannot extract {path!r}: a folder is in the way")
-
-    def _replace(self, src: str, final: str) -> None:
-        try:
-            os.replace(src, final)
-        except IsADirectoryError as exc:
-            raise TargetConflict(f"cannot extract {final!r}: a folder is in the way") from exc
-
-    def _make_parents(self, name: str, checked: set[str]) -> None:
-        parts = name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            self._make_dir("/".join(parts[:i]), checked)
-
-    def _make_dir(self, rel: str, checked: set[str]) -> None:
-        """Create one folder of the target, refusing to go through a symlink or a file."""
-        if rel in checked:
-            return
-        path = os.path.join(self.target, rel)
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            if os.path.islink(path) or not os.path.isdir(path):
-                raise TargetConflict(f"cannot extract into {path!r}: it is a file or a symlink") from None
-        checked.add(rel)
