@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import threading
 
-from casstore.cas.backends.base import BlobStore, open_blobstore
+from casstore.cas.backends.base import BlobStore
+from casstore.cas.backends.factory import open_blobstore
 from casstore.cas.store.contentstore import UNSIZED_LIMIT, ContentStore, check_codec
 from casstore.cas.store.statcache import StatCache
 from casstore.errors import InvalidInput
-from casstore.opts import file_url_to_path, options
+from casstore.cas.backends.urls import file_url_to_path
+from casstore.opts import options
 
 _stores: dict[tuple, ContentStore] = {}
 _lock = threading.Lock()

@@ -32,7 +32,7 @@ from make_legacy_fixture import tree_record
 from casstore import create_session, options
 from casstore.mltraq import legacy
 from casstore.mltraq.migrate import run as migration
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.contentstore import ContentStore
 from casstore.cas.digest import DigestSink
 from casstore.cas.gc import collect

@@ -25,7 +25,8 @@ from casstore.cas.live.roots import MAX_REF_BYTES, NamedRef, RefFacts, named_ref
 from casstore.cas.tar.write import check_arc_dir, scan, tar_bytes
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
-from casstore.opts import file_url_to_path, options
+from casstore.cas.backends.urls import file_url_to_path
+from casstore.opts import options
 from casstore.utils.bunch import Bunch
 
 ARCHIVE_TAG = "mltraq.Archive-0"

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from casstore.cas.backends.base import CODEC_SUFFIX
+from casstore.cas.backends.layout import CODEC_SUFFIX
 from casstore.cas.index.engine import is_read_only, make_engine, write_transaction
 from casstore.cas.index.models import BlobRow, ExperimentRow, MetaRow, RefRow
 from casstore.cas.index.schema import check_schema, ensure_schema, upgrade

@@ -14,7 +14,8 @@ from typing import Iterable, Protocol
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.backends.base import CODEC_SUFFIX, INTERNAL, BlobStore, ObjectStat, is_torn_object
+from casstore.cas.backends.base import BlobStore, ObjectStat
+from casstore.cas.backends.layout import CODEC_SUFFIX, INTERNAL, is_torn_object
 from casstore.cas.digest import parse_id
 from casstore.cas.index.engine import make_engine
 from casstore.cas.index.queries import PROJECT_KEY, Index

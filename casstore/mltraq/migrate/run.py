@@ -50,7 +50,9 @@ from sqlalchemy import MetaData, Table, create_engine, delete, insert, inspect, 
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from casstore.cas.backends.base import INTERNAL, LocalBlobStore, open_regular
+from casstore.cas.backends.layout import INTERNAL
+from casstore.cas.backends.local import LocalBlobStore
+from casstore.cas.backends.localfs import open_regular
 from casstore.cas.store.contentstore import CODECS, BlobInfo, ContentStore
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.engine import safe_url, write_transaction
@@ -181,7 +183,7 @@ def datastore_path(datastore: str) -> str:
     if not isinstance(datastore, str) or not datastore:
         raise InvalidInput("give the datastore folder (--datastore PATH)")
     if "://" in datastore:
-        from casstore.opts import file_url_to_path
+        from casstore.cas.backends.urls import file_url_to_path
 
         datastore = file_url_to_path(datastore)
     root = os.path.abspath(datastore)
