@@ -585,7 +585,7 @@ def test_readinto_over_a_stream_without_readinto(ds):
 
 
 # ---------------------------------------------------------------------------------------
-# _LocalIngest: disk writes started every 8 MiB, fsync still at commit
+# LocalIngest: disk writes started every 8 MiB, fsync still at commit
 
 
 def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monkeypatch):

@@ -102,6 +102,13 @@ class S3BlobStore(FsspecBlobStore):
         return head["ContentLength"], head["LastModified"].timestamp(), head.get("ETag", "")
 
     def _delete_if_unchanged(self, key: str, tag: str) -> bool:
+        """DeleteObject If-Match the ETag the repair read (`quarantine`): the caller then
+        publishes create-only (If-None-Match), so nothing but an object a read has shown
+        damaged is ever replaced. Safe with others at work, as on a local folder
+        (LocalBlobStore.quarantine): a concurrent repair or writer changes the ETag and this
+        one says "gone" (look again); gc's trash deletes the object and the conditional
+        delete then fails the same way; the writer's lease keeps gc from deleting the id for
+        good."""
         try:
             self._call("delete_object", Key=self._key(key), IfMatch=tag)
         except FileNotFoundError:
