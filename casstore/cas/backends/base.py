@@ -244,7 +244,6 @@ class BlobStore(ABC):
             raise DatastoreError(f"{self.url}: unsupported datastore format {found.strip()!r}")
 
 
-
 def blobs_of(objects: Iterable[ObjectStat], strangers: list[ObjectStat] | None) -> Iterator[BlobStat]:
     """The blobs among `objects`; the others appended to `strangers` if given."""
     for obj in objects:

@@ -15,9 +15,11 @@ import time
 import uuid
 from typing import BinaryIO, Iterator
 
-from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest, ObjectStat, Outcome, blobs_of, checked_blob_key
-from casstore.cas.backends.layout import (BLOBS_PREFIX, BULK_PREFIXES, CODEC_SUFFIX, FORMAT_KEY, TMP_PREFIX, TORN_SUFFIX,
-                                          TRASH_PREFIX, blob_key, quarantine_key, trash_key, trash_key_blob)
+from casstore.cas.backends.base import (BlobStat, BlobStore, DamageCheck, Ingest, ObjectStat, Outcome, blobs_of,
+                                        checked_blob_key)
+from casstore.cas.backends.layout import (BLOBS_PREFIX, BULK_PREFIXES, CODEC_SUFFIX, FORMAT_KEY, TMP_PREFIX,
+                                          TORN_SUFFIX, TRASH_PREFIX, blob_key, quarantine_key, trash_key,
+                                          trash_key_blob)
 from casstore.cas.backends.local_ingest import LocalIngest
 from casstore.cas.backends.localfs import fsync_dir, open_regular
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
