@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 import threading
 
-from casstore.cas.backends.base import BlobStore, open_blobstore
+from casstore.cas.backends.base import BlobStore
+from casstore.cas.backends.factory import open_blobstore
 from casstore.cas.store.codecs import check_codec
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.reader import UNSIZED_LIMIT
 from casstore.cas.store.statcache import StatCache
 from casstore.errors import InvalidInput
-from casstore.opts import file_url_to_path, options
+from casstore.cas.backends.urls import file_url_to_path
+from casstore.opts import options
 
 _stores: dict[tuple, ContentStore] = {}
 _lock = threading.Lock()

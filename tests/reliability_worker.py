@@ -440,7 +440,7 @@ def tree(root) -> dict[bytes, tuple[str, bytes]]:
 def check_every_blob(store) -> int:
     """Every file under blobs/ is a complete blob whose content hashes to its id (no half
     blob is ever visible under an id) and nothing else lies there. Returns the count."""
-    from casstore.cas.backends.base import parse_blob_key
+    from casstore.cas.backends.layout import parse_blob_key
 
     root = os.path.join(store.blobs.root, "casstore", "blobs")
     n = 0

@@ -318,7 +318,7 @@ def test_loaded_experiment_persisted_in_another_session_keeps_its_archives(tmp_p
 def test_loaded_experiment_re_persisted_while_gc_holds_its_blob_in_the_trash_puts_it_back():
     """gc moves candidates into its trash before it re-reads the leases: the persist's lease
     makes the blob live, so the persist takes it back instead of failing with BlobNotFound."""
-    from casstore.cas.backends.base import LocalBlobStore
+    from casstore.cas.backends.local import LocalBlobStore
 
     make_folder("d", DATA)
     s = create_session()

@@ -20,8 +20,10 @@ import pytest
 from helpers import deadline, file_tree, run_cli
 
 from casstore import create_session, options
-from casstore.cas.backends.base import (FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, BlobStat, LocalBlobStore, blob_key, open_blobstore,
-                                 trash_key)
+from casstore.cas.backends.base import BlobStat
+from casstore.cas.backends.factory import open_blobstore
+from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, blob_key, trash_key
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.gc import collect
 from casstore.cas.index.queries import DATASTORE_KEY, Index
@@ -591,9 +593,9 @@ class TestS3BlobStore(BlobStoreContract):
         return store
 
     def test_open_blobstore_routes_s3_urls(self, store, s3_bucket):
-        from casstore.cas.backends.remote import FsspecBlobStore
+        from casstore.cas.backends.s3 import S3BlobStore
 
-        assert isinstance(store, FsspecBlobStore)
+        assert isinstance(store, S3BlobStore)
         assert store.url == f"s3://{s3_bucket}/team/ds"
         assert isinstance(open_blobstore("relative/folder"), LocalBlobStore)
         assert isinstance(open_blobstore("file:////abs/folder"), LocalBlobStore)

@@ -24,7 +24,7 @@ import pytest
 from helpers import run_cli as run
 
 from casstore import create_session, options
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cli import main
 from casstore.storage.archivestore import ArchiveStore

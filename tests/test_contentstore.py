@@ -17,7 +17,8 @@ import zstandard
 from helpers import write
 
 import casstore.cas.tar.write as tarball
-from casstore.cas.backends.base import LocalBlobStore, blob_key
+from casstore.cas.backends.layout import blob_key
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.store.statcache import StatCache
@@ -242,7 +243,7 @@ def test_file_rewritten_with_same_size_while_archived_raises_source_changed(ds, 
 
 _PUT_SCRIPT = """
 import sys
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 cs = ContentStore(LocalBlobStore(sys.argv[1]))
 with cs.lease() as lease:
@@ -585,11 +586,11 @@ def test_readinto_over_a_stream_without_readinto(ds):
 
 
 # ---------------------------------------------------------------------------------------
-# _LocalIngest: disk writes started every 8 MiB, fsync still at commit
+# LocalIngest: disk writes started every 8 MiB, fsync still at commit
 
 
 def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monkeypatch):
-    from casstore.cas.backends import base as blobs
+    from casstore.cas.backends import local_ingest as blobs
 
     kicks = []
     monkeypatch.setattr(blobs, "_libc_sync_file_range", lambda: lambda fd, off, n, flags: kicks.append((off, n, flags)))
@@ -612,7 +613,7 @@ def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monk
 
 @pytest.mark.parametrize("how", ["missing", "failing"])
 def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, how):
-    from casstore.cas.backends import base as blobs
+    from casstore.cas.backends import local_ingest as blobs
 
     monkeypatch.setattr(blobs, "_libc_sync_file_range", (lambda: None) if how == "missing" else (lambda: lambda *a: -1))
     data = os.urandom(17 << 20)
@@ -624,7 +625,7 @@ def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, 
 
 
 def test_sync_file_range_is_found_on_linux():
-    from casstore.cas.backends import base as blobs
+    from casstore.cas.backends import local_ingest as blobs
 
     if not sys.platform.startswith("linux"):
         assert blobs._libc_sync_file_range() is None

@@ -40,7 +40,7 @@ import pytest
 import reliability_worker as rw
 from casstore import ArchiveStore, options
 from casstore.mltraq import migrate
-from casstore.cas.backends.base import is_torn_object
+from casstore.cas.backends.layout import is_torn_object
 from casstore.cas.gc import collect
 from casstore.cas.live.roots import leftovers
 from casstore.cas.verify import verify

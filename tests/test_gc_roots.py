@@ -17,7 +17,7 @@ import pytest
 
 from casstore import ArchiveStore, Session, create_session
 from casstore.mltraq import migrate as migration
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.index.queries import Index

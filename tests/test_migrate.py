@@ -33,7 +33,7 @@ from casstore import create_session, options
 from casstore.mltraq import legacy
 from casstore.mltraq import migrate as migration
 from casstore.mltraq.migrate import executor, rewrite
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import DigestSink, digest_bytes
 from casstore.cas.gc import collect

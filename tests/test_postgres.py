@@ -17,7 +17,7 @@ from helpers import file_tree, run_cli
 from sqlalchemy.engine import make_url
 
 from casstore import create_session, options
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.index.facts import BlobFacts

@@ -19,7 +19,7 @@ import pytest
 from helpers import db_url, facts_outside, make_folder, run_cli
 
 from casstore import create_session, options
-from casstore.cas.backends.base import LocalBlobStore
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.gc import collect
 from casstore.cas.live.registry import REGISTRY_FORMAT, entry_key, registry_url

@@ -274,7 +274,7 @@ def test_writers_repairing_one_damaged_blob_at_once_with_gc_looping_all_succeed(
     no quarantined copy is a good one (docs/datastore.md, "Damaged blobs")."""
     import threading
 
-    from casstore.cas.backends.base import blob_key
+    from casstore.cas.backends.layout import blob_key
     from casstore.cas.digest import digest_bytes
     from casstore.cas.gc import collect
     from casstore.cas.tar.scan import scan

@@ -60,7 +60,7 @@ def loaded_tree(project, experiment) -> dict[bytes, bytes]:
 def check_new_blobs(store, seen: set) -> None:
     """Every blob file that appeared since the last call hashes to its id (blobs are
     immutable, so a file already checked needs no second look)."""
-    from casstore.cas.backends.base import parse_blob_key
+    from casstore.cas.backends.layout import parse_blob_key
 
     for dirpath, _dirs, files in os.walk(os.path.join(store.blobs.root, "casstore", "blobs")):
         for name in files:
@@ -170,7 +170,7 @@ def tiny_tar(name: bytes, data: bytes) -> bytes:
 def plant_blob(store, data: bytes) -> str:
     """Put a valid, unreferenced blob straight into its place (faster than ingesting
     hundreds, which fsyncs each one; the test is about gc, not ingest)."""
-    from casstore.cas.backends.base import blob_key
+    from casstore.cas.backends.layout import blob_key
     from casstore.cas.digest import digest_bytes
 
     blob_id = digest_bytes(data)
@@ -373,7 +373,7 @@ def migrated_state(project) -> dict:
     import sqlite3
 
     from casstore.mltraq import migrate
-    from casstore.cas.backends.base import is_torn_object
+    from casstore.cas.backends.layout import is_torn_object
 
     s = project.session()
     state: dict = {"refs left": [r.label for r in migrate.plan(project.url, project.datastore).refs]}

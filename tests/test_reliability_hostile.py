@@ -32,7 +32,7 @@ from helpers import deadline, facts_outside, file_tree, make_folder, run_casstor
 
 import reliability_worker as rw
 from casstore import ArchiveStore, ArchiveStoreIO, LoadError, options
-from casstore.cas.backends.base import blob_key
+from casstore.cas.backends.layout import blob_key
 from casstore.cas.index.facts import BlobFacts
 from casstore.cas.damage import read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM, digest_bytes, hasher_id, new_hasher, parse_id

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from helpers import write
 
-from casstore.cas.backends.base import LocalBlobStore, blob_key
+from casstore.cas.backends.layout import blob_key
+from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.tar import header as tar_header

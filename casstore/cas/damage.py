@@ -15,7 +15,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from casstore.cas.backends.base import INTERNAL, BlobStat, BlobStore
+from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.backends.layout import INTERNAL
 from casstore.cas.digest import id_or_none, parse_id
 from casstore.errors import UnreadableObject
 

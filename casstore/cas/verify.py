@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from casstore.cas.backends.base import CODEC_SUFFIX, BlobStat, ObjectStat
+from casstore.cas.backends.base import BlobStat, ObjectStat
+from casstore.cas.backends.layout import CODEC_SUFFIX
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage

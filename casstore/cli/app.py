@@ -167,7 +167,9 @@ class Project:
         return stores.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
 
     def _open_store(self):
-        from casstore.cas.backends.base import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES, LocalBlobStore, open_blobstore
+        from casstore.cas.backends.factory import open_blobstore
+        from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES
+        from casstore.cas.backends.local import LocalBlobStore
         from casstore.cas.store.content_store import ContentStore
         from casstore.opts import options
 

@@ -28,7 +28,8 @@ from casstore.cas.tar.write import tar_bytes
 from casstore.mltraq import datapak
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
-from casstore.opts import file_url_to_path, options
+from casstore.cas.backends.urls import file_url_to_path
+from casstore.opts import options
 from casstore.utils.bunch import Bunch
 
 ARCHIVE_TAG = "mltraq.Archive-0"

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from casstore.cas.backends.base import CODEC_SUFFIX, BlobStat
+from casstore.cas.backends.base import BlobStat
+from casstore.cas.backends.layout import CODEC_SUFFIX
 from casstore.errors import DamagedIndex
 
 

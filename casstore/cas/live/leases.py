@@ -15,7 +15,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from casstore.cas.backends.base import INTERNAL, BlobStore
+from casstore.cas.backends.base import BlobStore
+from casstore.cas.backends.layout import INTERNAL
 from casstore.errors import UnreadableObject
 
 LEASES_PREFIX = f"{INTERNAL}/leases"

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from casstore.cas.backends.base import CODEC_SUFFIX, INTERNAL, BlobStore, is_torn_object
+from casstore.cas.backends.base import BlobStore
+from casstore.cas.backends.layout import CODEC_SUFFIX, INTERNAL, is_torn_object
 from casstore.cas.digest import parse_id
 from casstore.errors import InvalidInput, UnreadableObject
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from casstore.cas.backends.base import INTERNAL, BlobStore, ObjectStat, is_torn_object
+from casstore.cas.backends.base import BlobStore, ObjectStat
+from casstore.cas.backends.layout import INTERNAL, is_torn_object
 from casstore.cas.index.engine import sqlite_file
 from casstore.errors import UnreadableObject, UnresolvedRegistryEntry
 

@@ -12,7 +12,8 @@ from typing import Iterable, Protocol
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.backends.base import INTERNAL, BlobStore, ObjectStat, is_torn_object
+from casstore.cas.backends.base import BlobStore, ObjectStat
+from casstore.cas.backends.layout import INTERNAL, is_torn_object
 from casstore.cas.index.engine import make_engine, sqlite_file
 from casstore.cas.index.queries import PROJECT_KEY, Index
 from casstore.cas.live.leases import leased_blob_ids

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.backends.base import LocalBlobStore, open_regular
+from casstore.cas.backends.local import LocalBlobStore
+from casstore.cas.backends.localfs import open_regular
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.engine import write_transaction
 from casstore.cas.index.facts import BlobFacts

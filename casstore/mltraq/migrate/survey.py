@@ -26,7 +26,8 @@ from sqlalchemy import MetaData, Table, inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.backends.base import INTERNAL, open_regular
+from casstore.cas.backends.layout import INTERNAL
+from casstore.cas.backends.localfs import open_regular
 from casstore.cas.index.engine import safe_url
 from casstore.cas.index.queries import Index
 from casstore.cas.live.refs import MAX_REF_BYTES, parse_named_ref
@@ -134,7 +135,7 @@ def datastore_path(datastore: str) -> str:
     if not isinstance(datastore, str) or not datastore:
         raise InvalidInput("give the datastore folder (--datastore PATH)")
     if "://" in datastore:
-        from casstore.opts import file_url_to_path
+        from casstore.cas.backends.urls import file_url_to_path
 
         datastore = file_url_to_path(datastore)
     root = os.path.abspath(datastore)
