@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from casstore.cli import output
+from casstore.cli import output  # output.stderr_is_terminal is looked up when called (tests fake a terminal)
 from casstore.cli.app import EXIT_FAILED, main
 from casstore.cli.output import human_age, human_bytes, key_values, table, warn
 from casstore.cli.project import Project, project_command

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from casstore.cli import output
+from casstore.cli import output  # output.stderr_is_terminal is looked up when called (tests fake a terminal)
 from casstore.cli.app import EXIT_FAILED, main, one_line_errors
 from casstore.cli.output import emit_json, human_bytes, key_values, printable
 from casstore.errors import DatastoreError, InvalidInput, SchemaOutdated
