@@ -1,6 +1,6 @@
 """Launcher for a checkout: `python cli.py ...` runs the `casstore` command.
 
-The click application lives in casstore/cli.py, installed as the console script `casstore`
+The click application lives in casstore/cli/, installed as the console script `casstore`
 (pyproject.toml); this file is never installed (design.md §3)."""
 
 import os

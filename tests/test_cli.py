@@ -601,7 +601,7 @@ def test_a_refused_database_file_is_left_byte_for_byte_as_it_was(project, workdi
 def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
     result = run("verify", *args(project), "--deep")
     assert "re-hashing" not in result.stderr  # not a terminal: no bar
-    monkeypatch.setattr("casstore.cli.app._stderr_is_terminal", lambda: True)
+    monkeypatch.setattr("casstore.cli.output.stderr_is_terminal", lambda: True)
     result = run("verify", *args(project), "--deep", "--json")
     assert "re-hashing" in result.stderr
     assert json.loads(result.stdout) == {"problems": [], "reclaimable": []}  # stdout stays pure JSON

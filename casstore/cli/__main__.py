@@ -1,5 +1,5 @@
 """`python -m casstore.cli`."""
 
-from casstore.cli.app import main
+from casstore.cli import main
 
 main()

@@ -1,38 +1,28 @@
 """`casstore migrate`: an MLtraq project's archives into casstore's content store, in place.
 
-Registered in the `casstore` group by casstore/cli.py (`main.add_command(migrate)`); it
-imports nothing from there, so either module can be imported first. Exit codes as the
-other commands (docs/cli.md): 0 everything migrated (or nothing left to do), 1 some
-references could not be migrated (reported; left as they were; the rest is done), 2 usage,
-3 a database or datastore that cannot be used. Errors are one line on stderr."""
+It takes its own --db and --datastore (both required: an MLtraq project records no
+datastore). Exit codes as the other commands (docs/cli.md): 0 everything migrated (or
+nothing left to do), 1 some references could not be migrated (reported; left as they were;
+the rest is done), 2 usage, 3 a database or datastore that cannot be used. Errors are one
+line on stderr."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
+from casstore.cli import output  # output.stderr_is_terminal is looked up when called (tests fake a terminal)
+from casstore.cli.app import EXIT_FAILED, main, one_line_errors
+from casstore.cli.output import emit_json, human_bytes, key_values, printable
+from casstore.errors import DatastoreError, InvalidInput, SchemaOutdated
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_UNUSABLE = 3
-
-
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(" ".join(str(message).split()) or "failed")
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"casstore: error: {self.format_message()}", err=True)
+# The errors that mean "this database or datastore cannot be used"; any other error is a
+# failure of the migration (exit 1).
+UNUSABLE = (InvalidInput, DatastoreError, SchemaOutdated)
 
 
-@click.command("migrate")
+@main.command("migrate")
 @click.option("--db", "db", metavar="URL", envvar="CASSTORE_DB", required=True,
               help="The MLtraq project's database, as an SQLAlchemy URL (sqlite:///mltraq.db). Env: CASSTORE_DB.")
 @click.option("--datastore", metavar="PATH_OR_URL", envvar="CASSTORE_DATASTORE", required=True,
@@ -56,32 +46,20 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, as_json: 
     they were). See docs/migration.md."""
     from casstore.mltraq import migrate as library
 
-    try:
+    with one_line_errors(UNUSABLE):
         plan = library.plan(db, datastore)
-        report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=_progress(as_json))
-    except (InvalidInput, DatastoreError, SchemaOutdated) as exc:
-        raise _Failure(str(exc), EXIT_UNUSABLE) from exc
-    except SQLAlchemyError as exc:
-        raise _Failure(f"database error: {getattr(exc, 'orig', None) or exc.__class__.__name__}", EXIT_FAILED) from exc
-    except CasStoreError as exc:
-        raise _Failure(str(exc), EXIT_FAILED) from exc
-    except OSError as exc:
-        text = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-        raise _Failure(text, EXIT_FAILED) from exc
+        report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=_progress())
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        emit_json(report.to_dict())
     else:
         click.echo(render(report))
     if report.exit_code:
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _progress(as_json: bool):
-    try:
-        terminal = sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        terminal = False
-    if not terminal:
+def _progress() -> Callable[[Any], None] | None:
+    """Progress on stderr, one line per experiment done, on a terminal only."""
+    if not output.stderr_is_terminal():
         return None
 
     def show(event: Any) -> None:
@@ -89,22 +67,6 @@ def _progress(as_json: bool):
             click.echo(f"[{event.done + 1}/{event.total}] {event.experiment}", err=True)
 
     return show
-
-
-def _bytes(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}"
-    return f"{n} B"  # pragma: no cover
-
-
-def _text(value: str) -> str:
-    """Printable whatever the bytes of a name (non-UTF-8 names come as surrogates)."""
-    return os.fsencode(value).decode("utf-8", "backslashreplace")
 
 
 def render(report: Any) -> str:
@@ -118,26 +80,25 @@ def render(report: Any) -> str:
         ("datastore", r.datastore),
         ("references", f"{r.references_found} legacy, {r.references_migrated} {would}migrated, "
                        f"{len(r.failures)} not migrated, {r.references_already} migrated before"),
-        ("before", f"{r.legacy_files} legacy TAR file(s), {r.legacy_bytes} bytes ({_bytes(r.legacy_bytes)})"),
-        ("after", f"{r.blobs} blob(s), {r.blob_bytes} bytes ({_bytes(r.blob_bytes)}); {r.blobs_new} new, "
-                  f"{r.new_bytes} bytes ({_bytes(r.new_bytes)}) {would}added"),
-        ("saved", f"{r.bytes_saved} bytes ({_bytes(max(r.bytes_saved, 0))})"
+        ("before", f"{r.legacy_files} legacy TAR file(s), {r.legacy_bytes} bytes ({human_bytes(r.legacy_bytes)})"),
+        ("after", f"{r.blobs} blob(s), {r.blob_bytes} bytes ({human_bytes(r.blob_bytes)}); {r.blobs_new} new, "
+                  f"{r.new_bytes} bytes ({human_bytes(r.new_bytes)}) {would}added"),
+        ("saved", f"{r.bytes_saved} bytes ({human_bytes(max(r.bytes_saved, 0))})"
                   + (" once the legacy files are deleted" if r.keep_legacy else "")),
-        ("legacy files", f"{r.deleted_files} {would}deleted ({_bytes(r.deleted_bytes)})"
-                         + (f", {r.kept_files} kept ({_bytes(r.kept_bytes)})" if r.kept_files else "")),
+        ("legacy files", f"{r.deleted_files} {would}deleted ({human_bytes(r.deleted_bytes)})"
+                         + (f", {r.kept_files} kept ({human_bytes(r.kept_bytes)})" if r.kept_files else "")),
     ]
-    width = max(len(k) for k, _ in rows)
-    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    lines += key_values(rows, indent="  ")
     if r.failures:
         lines.append("not migrated (left as they were):")
-        lines += [f"  {f.experiment}  {_text(f.field)}  {_text(f.url)}: {_text(f.reason)}" for f in r.failures]
+        lines += [f"  {f.experiment}  {printable(f.field)}  {printable(f.url)}: {printable(f.reason)}" for f in r.failures]
     if r.standalone:
         lines.append(f"standalone ArchiveStoreIO archives {would}replaced by named references (same URL):")
-        lines += [f"  {_text(a.path)}  {a.blob}  {_bytes(a.legacy_bytes)}" for a in r.standalone]
+        lines += [f"  {printable(a.path)}  {a.blob}  {human_bytes(a.legacy_bytes)}" for a in r.standalone]
     if r.orphans:
         lines.append("datastore files nothing references (reported, not deleted):")
-        lines += [f"  {_text(o.path)}  {o.kind}  {_bytes(o.size)}" for o in r.orphans]
-    lines += [f"warning: {_text(w)}" for w in r.warnings]
+        lines += [f"  {printable(o.path)}  {o.kind}  {human_bytes(o.size)}" for o in r.orphans]
+    lines += [f"warning: {printable(w)}" for w in r.warnings]
     if not r.dry_run and r.references_migrated:
         lines.append("check with: casstore verify --deep --db URL")
     return "\n".join(lines)

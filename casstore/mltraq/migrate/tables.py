@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, MetaData, Table, create_engine, select, up
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from casstore.cas.index.engine import safe_url
+from casstore.cas.index.engine import safe_url, sqlite_file
 from casstore.cas.index.models import ExperimentRow
 from casstore.errors import InvalidInput
 
@@ -40,12 +40,12 @@ def read_engine(db_url: str) -> Engine:
         parsed = make_url(db_url)
     except ArgumentError as exc:
         raise InvalidInput(f"not a database URL: {db_url!r} (expected e.g. sqlite:///mltraq.db)") from exc
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or str(parsed.query.get("mode", "")) == "memory":
+    found = sqlite_file(parsed)
+    if found is not None:
+        if found.memory:
             raise InvalidInput(f"{db_url} is an in-memory database: there is nothing to migrate")
-        if not database.startswith("file:") and not os.path.isfile(database):
-            raise InvalidInput(f"database {os.path.abspath(database)} does not exist")
+        if not found.uri and not found.exists():
+            raise InvalidInput(f"database {os.path.abspath(found.path)} does not exist")
     try:
         return create_engine(db_url)
     except (SQLAlchemyError, ImportError) as exc:

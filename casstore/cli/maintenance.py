@@ -1,0 +1,165 @@
+"""The commands that look after a project's store: `stats` (what it holds), `verify`
+(damage, and what gc could reclaim; exit 1 on damage) and `gc` (delete the reclaimable)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from casstore.cli import output  # output.stderr_is_terminal is looked up when called (tests fake a terminal)
+from casstore.cli.app import EXIT_FAILED, main
+from casstore.cli.output import human_age, human_bytes, key_values, table, warn
+from casstore.cli.project import Project, project_command
+from casstore.errors import InvalidInput
+
+
+@main.command()
+@project_command
+def stats(project: Project) -> None:
+    """Blobs and references of the project, logical vs stored bytes, and the dedup ratio.
+
+    logical_bytes sums the uncompressed archive size over references; stored_bytes sums what
+    the distinct referenced blobs take in the datastore; dedup_ratio = logical / stored."""
+    from casstore.cas.stats import project_stats
+
+    result = project_stats(project.index, project.store)
+    if result.missing_blobs:
+        warn(f"{result.missing_blobs} referenced blob(s) are missing from the datastore: run `casstore verify`")
+    if project.as_json:
+        project.emit({**asdict(result), "datastore": project.store.blobs.url})
+        return
+    rows: list[tuple[str, Any]] = [
+        ("datastore", project.store.blobs.url),
+        ("blobs", result.blobs),
+        ("references", result.references),
+        ("logical bytes", f"{result.logical_bytes} ({human_bytes(result.logical_bytes)})"),
+        ("stored bytes", f"{result.stored_bytes} ({human_bytes(result.stored_bytes)})"),
+        ("dedup ratio", f"{result.dedup_ratio:.2f}")]
+    if result.missing_blobs:
+        rows.append(("missing blobs", result.missing_blobs))
+    if result.unknown_size:
+        rows.append(("unknown sizes", f"{result.unknown_size} reference(s) whose blob has no facts in the index"))
+    click.echo("\n".join(key_values(rows)))
+
+
+@main.command()
+@click.option("--deep", is_flag=True, help="Re-hash every referenced blob (reads all of them; progress bar on a terminal).")
+@project_command
+def verify(project: Project, deep: bool) -> None:
+    """Check the index against the datastore: damage and what gc could reclaim.
+
+    Damage (exit 1): a referenced blob missing, of the wrong size, with --deep of the wrong
+    digest, an archive that does not read, index facts that disagree with the store or are
+    not facts, a second copy that disagrees with them, damage a load recorded and no persist
+    has repaired yet, fields and reference rows that name different blobs, fields that do not
+    decode, a file in the blobs folder that is not a blob (foreign).
+    Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases,
+    damaged copies a repair moved into the quarantine, reference rows of experiments that no
+    longer exist."""
+    from casstore.cas.verify import verify as run_verify
+    from casstore.session import field_roots
+
+    index, store = project.index, project.store
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if deep and output.stderr_is_terminal():
+            sizes = {r.blob_id: r.size or 0 for r in index.iter_refs()}
+            bar = stack.enter_context(click.progressbar(length=sum(sizes.values()) or 1, label="re-hashing",
+                                                        file=sys.stderr, show_pos=False))
+            progress = bar.update
+        report = run_verify(index, store, field_roots=field_roots, deep=deep, progress=progress)
+    if project.as_json:
+        project.emit({
+            "problems": [{"kind": p.kind, "blob": p.blob, "experiment": p.experiment, "field": p.field,
+                          "detail": p.detail} for p in report.problems],
+            "reclaimable": [_blob_or_path(r.kind, r.blob, r.path, r.bytes) for r in report.reclaimable],
+        })
+    else:
+        _print_verify(project, report, deep)
+    if report.problems:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _blob_or_path(kind: str, blob: str | None, path: str | None, size: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"kind": kind}
+    if blob is not None:
+        item["blob"] = blob
+    else:
+        item["path"] = path
+    item["bytes"] = size
+    return item
+
+
+def _print_verify(project: Project, report: Any, deep: bool) -> None:
+    names = {str(i): n for i, n in project.index.list_experiments()}
+    out = []
+    if report.problems:
+        out.append(f"problems ({len(report.problems)}):")
+        out.append(table(["KIND", "BLOB", "EXPERIMENT", "FIELD", "DETAIL"],
+                         [(p.kind, p.blob, names.get(p.experiment or "", p.experiment or "-"), p.field or "-",
+                           p.detail) for p in report.problems]))
+    reclaim = sum(r.bytes for r in report.reclaimable)
+    if report.reclaimable:
+        out.append(f"reclaimable ({len(report.reclaimable)}, {human_bytes(reclaim)}; `casstore gc` deletes "
+                   "those older than its grace period):")
+        out.append(table(["KIND", "BLOB OR PATH", "SIZE", "AGE"],
+                         [(r.kind, r.blob or r.path, human_bytes(r.bytes), human_age(r.age_s))
+                          for r in report.reclaimable], right=[2, 3]))
+    how = "re-hashed" if deep else "checked"
+    out.append(f"{report.blobs_checked} referenced blob(s) {how}: {len(report.problems)} problem(s), "
+               f"{len(report.reclaimable)} reclaimable item(s) ({human_bytes(reclaim)})")
+    click.echo("\n".join(out))
+
+
+class Duration(click.ParamType):
+    """0, 90s, 30m, 1h, 7d (the library's parser, casstore.cas.gc.parse_duration)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from casstore.cas.gc import parse_duration
+
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except InvalidInput as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List what would be deleted and the bytes freed; delete nothing.")
+@click.option("--grace", type=Duration(), default="1h", show_default=True,
+              help="Keep anything younger than this: 0, 90s, 30m, 1h, 7d.")
+@project_command
+def gc(project: Project, dry_run: bool, grace: float) -> None:
+    """Delete what verify calls reclaimable and is older than the grace period.
+
+    Reads every database registered in the datastore, its reference rows and its fields, and
+    refuses (exit 3), naming it, if one cannot be opened or its fields do not decode; blobs
+    leased by a write in progress are never deleted."""
+    from casstore.cas.gc import collect
+    from casstore.session import field_roots
+
+    index = project.index if dry_run else project.writable_index()
+    report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run)
+    if project.as_json:
+        project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
+                      "freed_bytes": report.freed_bytes})
+        return
+    if report.deleted:
+        click.echo(table(["KIND", "BLOB OR PATH", "SIZE"],
+                         [(d.kind, d.blob or d.path, human_bytes(d.bytes)) for d in report.deleted], right=[2]))
+    verb = "would delete" if dry_run else "deleted"
+    freed = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {len(report.deleted)} item(s), {freed} {report.freed_bytes} bytes "
+               f"({human_bytes(report.freed_bytes)})" + (" (dry run)" if dry_run else ""))
+
+
+def _without_kind(item: dict[str, Any]) -> dict[str, Any]:
+    item.pop("kind", None)
+    return item

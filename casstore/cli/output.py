@@ -1,0 +1,74 @@
+"""What the commands print: sizes and ages for people, aligned tables, one JSON document on
+stdout, warnings on stderr, and whether stderr is a terminal (progress is shown only there,
+so that a log or a pipe stays clean)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 -> '1.5 KiB'; None (a size nobody recorded) -> '?'."""
+    if n is None:
+        return "?"
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def human_age(seconds: float) -> str:
+    if seconds < 0:
+        return f"in {human_age(-seconds)}"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def printable(value: str) -> str:
+    """Printable whatever the bytes of a name (non-UTF-8 names come as surrogates)."""
+    return os.fsencode(value).decode("utf-8", "backslashreplace")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[int] = ()) -> str:
+    """Columns aligned; `right` lists the columns aligned right (numbers)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(values)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in cells])
+
+
+def key_values(rows: Sequence[tuple[str, Any]], indent: str = "") -> list[str]:
+    """One line per (key, value), the values aligned after the longest key."""
+    width = max(len(k) for k, _ in rows)
+    return [f"{indent}{k.ljust(width)}  {v}" for k, v in rows]
+
+
+def emit_json(document: Any) -> None:
+    """The command's one JSON document on stdout."""
+    click.echo(json.dumps(document, indent=2, sort_keys=False))
+
+
+def warn(message: str) -> None:
+    click.echo(f"casstore: warning: {message}", err=True)
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

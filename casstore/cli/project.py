@@ -1,0 +1,171 @@
+"""Opening what a command works on: the database of --db (its engine, its index) and the
+datastore it uses (--datastore, else the one the database records, else option
+datastore.url).
+
+Everything here refuses rather than creates: a typo in --db or --datastore must not start
+an empty project, and a database file the CLI refuses is left byte for byte as it was
+(docs/reliability.md). Refusals are `Unusable` (exit 3)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import Table, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from casstore.cas.index.engine import safe_url, sqlite_file
+from casstore.cli.app import Unusable, common_options, one_line_errors
+from casstore.cli.output import emit_json
+from casstore.errors import CasStoreError, SchemaOutdated
+
+if TYPE_CHECKING:
+    from casstore.cas.index.queries import Index
+    from casstore.cas.store.content_store import ContentStore
+
+
+def open_engine(url: str, read_only: bool = True) -> Engine:
+    """An engine on an existing database: a SQLite file that does not exist is refused
+    rather than created (a typo in --db must not start an empty project). Read-only unless
+    the command writes to the database: a file it refuses is left byte for byte as it was."""
+    from casstore.cas.index.engine import make_engine
+
+    try:
+        found = sqlite_file(make_url(url))
+    except ArgumentError:
+        raise Unusable(f"not a database URL: {url!r} (expected e.g. sqlite:///runs.db)") from None
+    if found is not None:
+        if found.memory:
+            raise Unusable(f"{url} is an in-memory database: it holds nothing another process can see")
+        if not found.uri and not found.exists():
+            raise Unusable(f"database {os.path.abspath(found.path)} does not exist (--db {url})")
+    try:
+        return make_engine(url, read_only=read_only)
+    except (SQLAlchemyError, ImportError, CasStoreError) as exc:
+        raise Unusable(f"cannot open database {safe_url(url)}: {exc}") from exc
+
+
+def _casstore_table_names() -> set[str]:
+    from casstore.cas.index.models import CASSTORE_TABLES
+
+    return {t.name for t in CASSTORE_TABLES if isinstance(t, Table)}
+
+
+def open_index(url: str, read_only: bool = True) -> Index:
+    """The project's index; its tables are looked at read-only first, and the database is
+    opened for writing (SQLite switched to WAL) only if `read_only` is False."""
+    from casstore.cas.index.queries import Index
+
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = set(inspect(conn).get_table_names())
+    except SQLAlchemyError as exc:
+        raise Unusable(f"cannot open database {safe_url(url)}: {getattr(exc, 'orig', None) or exc}") from exc
+    finally:
+        engine.dispose()
+    if not names & _casstore_table_names():
+        raise Unusable(f"database {safe_url(url)} holds no casstore tables (not a casstore project?)")
+    try:
+        return Index.open(url, read_only=read_only)
+    except SchemaOutdated as exc:
+        raise Unusable(str(exc)) from exc
+    except (CasStoreError, SQLAlchemyError) as exc:
+        raise Unusable(f"cannot open database {safe_url(url)}: {exc}") from exc
+
+
+class Project:
+    """What a command works on: the database of --db and the datastore it uses, each
+    opened on first use."""
+
+    def __init__(self, db: str, datastore: str | None, as_json: bool):
+        self.db = db
+        self.datastore_arg = datastore
+        self.as_json = as_json
+        self._index: Index | None = None
+        self._store: ContentStore | None = None
+
+    @property
+    def index(self) -> Index:
+        """The index, read-only unless writable_index() opened it first."""
+        if self._index is None:
+            self._index = open_index(self.db)
+        return self._index
+
+    def writable_index(self) -> Index:
+        """The index opened for writing, for the commands that change the database (gc):
+        a database this process may not write is refused before anything changes."""
+        if self._index is None:
+            self._index = open_index(self.db, read_only=False)
+        if self._index.read_only:
+            raise Unusable(f"database {safe_url(self.db)} is read-only (no write permission), and this "
+                           "command writes to it")
+        return self._index
+
+    @property
+    def store(self) -> ContentStore:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
+
+    def datastore_url(self) -> tuple[str, str]:
+        """(url, where it came from)."""
+        from casstore import stores
+        from casstore.cas.index.queries import DATASTORE_KEY
+
+        if self.datastore_arg:
+            return self.datastore_arg, "--datastore"
+        recorded = self.index.get_fact(DATASTORE_KEY)
+        if recorded:
+            return recorded, "recorded by the database"
+        return stores.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
+
+    def _open_store(self) -> ContentStore:
+        from casstore.cas.backends.factory import open_blobstore
+        from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES
+        from casstore.cas.backends.local import LocalBlobStore
+        from casstore.cas.store.content_store import ContentStore
+        from casstore.opts import options
+
+        url, source = self.datastore_url()
+        try:
+            blobs = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
+        except CasStoreError as exc:
+            raise Unusable(f"cannot open datastore {url} ({source}): {exc}") from exc
+        if isinstance(blobs, LocalBlobStore) and not os.path.isdir(blobs.root):
+            raise Unusable(f"datastore {blobs.root} does not exist ({source})")
+        try:
+            found = blobs.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
+        except OSError as exc:
+            raise Unusable(f"cannot read datastore {blobs.url} ({source}): {exc}") from exc
+        if found is None:
+            raise Unusable(f"{blobs.url} is not a casstore datastore: no {FORMAT_KEY} ({source})")
+        if found != FORMAT_TEXT:
+            raise Unusable(f"datastore {blobs.url} has an unsupported format {found.strip()!r}")
+        return ContentStore(blobs)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.dispose()
+            self._index = None
+
+    def emit(self, document: Any) -> None:
+        emit_json(document)
+
+
+def project_command(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the command a Project built from --db/--datastore/--json, close it afterwards,
+    and turn library errors into one line and an exit code."""
+
+    @functools.wraps(f)
+    def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
+        project = Project(db, datastore, as_json)
+        try:
+            with one_line_errors():
+                return f(project, **kwargs)
+        finally:
+            project.close()
+
+    return common_options(wrapper)
