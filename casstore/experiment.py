@@ -40,7 +40,7 @@ class Experiment:
     __slots__ = ("session", "id_experiment", "name", "fields", "meta")
 
     def __init__(self, session: SessionLike, id_experiment: Optional[uuid.UUID] = None,
-                 name: Optional[str] = None, fields: Optional[dict] = None, meta: Optional[bytes] = None):
+                 name: Optional[str] = None, fields: Optional[dict[str, Any]] = None, meta: Optional[bytes] = None):
         self.session = session
         self.id_experiment = id_experiment or uuid.uuid4()
         self.name = hash_uuid(self.id_experiment) if name is None else name

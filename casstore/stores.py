@@ -18,7 +18,7 @@ from casstore.errors import InvalidInput
 from casstore.cas.backends.urls import file_url_to_path
 from casstore.opts import options
 
-_stores: dict[tuple, ContentStore] = {}
+_stores: dict[tuple[str, str | None], ContentStore] = {}
 _lock = threading.Lock()
 
 

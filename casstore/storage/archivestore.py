@@ -99,7 +99,7 @@ class ArchiveStore:
         self.size: Optional[int] = None
 
     @classmethod
-    def from_ref(cls, value: dict) -> ArchiveStore:
+    def from_ref(cls, value: dict[str, Any]) -> ArchiveStore:
         """An ArchiveStore read back from the database: it holds its blob, not a folder."""
         obj = cls.__new__(cls)
         obj.params = Bunch(arc_dir=value["arc_dir"])

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Any
 
 
-class Bunch(OrderedDict):
+class Bunch(OrderedDict[str, Any]):
     """Ordered dictionary whose elements can be accessed as object attributes.
 
     `b.x` reads `b["x"]`, `b.x = 1` sets it, `del b.x` deletes it; a missing key read or
