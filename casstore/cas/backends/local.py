@@ -127,7 +127,7 @@ class LocalBlobStore(BlobStore):
             f = open(path, "xb", buffering=0)
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             if os.fstat(f.fileno()).st_nlink > 0:
-                return LocalIngest(self, path, f)
+                return LocalIngest(self.publish, path, f)
             f.close()  # gc took it between create and lock: it is gone, take another name
 
     def delete_blob(self, blob_id: str, codec: str) -> None:

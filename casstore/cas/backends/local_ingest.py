@@ -6,12 +6,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import TYPE_CHECKING, BinaryIO, Callable
+from typing import BinaryIO, Callable
 
 from casstore.cas.backends.base import BlobStat, DamageCheck, Ingest
 
-if TYPE_CHECKING:
-    from casstore.cas.backends.local import LocalBlobStore
+Publish = Callable[[str, str, str, "DamageCheck | None"], tuple[BlobStat, bool]]
+"""`publish(temp path, blob id, codec, damage check)`: the store's publish (local.py)."""
 
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the dirty pages, do not wait
 WRITEBACK_KICK = 8 << 20
@@ -38,8 +38,8 @@ class LocalIngest(Ingest):
     """Holds its temp file open and locked (gc deletes only a temp file it can lock) until
     it is published or dropped."""
 
-    def __init__(self, store: LocalBlobStore, path: str, locked_file: BinaryIO):
-        self._store = store
+    def __init__(self, publish: Publish, path: str, locked_file: BinaryIO):
+        self._publish = publish
         self.path = path
         self._file: BinaryIO | None = locked_file
         self._written = 0
@@ -77,7 +77,7 @@ class LocalIngest(Ingest):
         os.fsync(self._file.fileno())
         os.fchmod(self._file.fileno(), 0o444)
         try:
-            return self._store.publish(self.path, blob_id, codec, damaged)
+            return self._publish(self.path, blob_id, codec, damaged)
         finally:
             self.abort()
 
