@@ -183,6 +183,70 @@ def test_blob_lives_under_its_sharded_id(cs, ds, src):
 
 
 # ---------------------------------------------------------------------------------------
+# a TAR stream the caller writes (put_tar_stream), hashed first
+
+
+def tar_writer(data: bytes):
+    def write(sinks, _progress):
+        for sink in sinks:
+            sink.write(data)
+        return len(data)
+
+    return write
+
+
+def count_ingests(ds: LocalBlobStore, monkeypatch) -> list[int]:
+    calls: list[int] = []
+    begin = ds.begin_ingest
+
+    def counting():
+        calls.append(1)
+        return begin()
+
+    monkeypatch.setattr(ds, "begin_ingest", counting)
+    return calls
+
+
+def test_hash_first_finds_a_stored_blob_without_writing_a_copy(cs, ds, src, monkeypatch):
+    data = tar_bytes(scan(src, "data"))
+    with cs.lease() as lease:
+        stored = cs.put_tar_bytes(data, lease=lease)
+    ingests = count_ingests(ds, monkeypatch)
+    with cs.lease() as lease:
+        again = cs.put_tar_stream(tar_writer(data), lease=lease, hash_first=True)
+    assert (again.blob_id, again.new, ingests) == (stored.blob_id, False, [])
+
+
+def test_hash_first_stores_a_new_blob_and_replaces_a_damaged_copy(cs, ds, src):
+    data = tar_bytes(scan(src, "data"))
+    blob_id = digest_bytes(data)
+    path = blob_path(ds, blob_id, "none")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(bytes(len(data)))  # the right size, a damaged first block
+    with cs.lease() as lease:
+        facts = cs.put_tar_stream(tar_writer(data), lease=lease, hash_first=True)
+    with open(path, "rb") as f:
+        assert (facts.blob_id, facts.new, f.read()) == (blob_id, True, data)
+    assert [q.blob_id for q in ds.iter_quarantine()] == [blob_id]
+
+
+def test_hash_first_raises_source_changed_when_the_second_pass_differs(cs, ds, src):
+    data = tar_bytes(scan(src, "data"))
+    passes = iter([data, data[:-1] + b"x"])
+
+    def write(sinks, _progress):
+        chunk = next(passes)
+        for sink in sinks:
+            sink.write(chunk)
+        return len(chunk)
+
+    with pytest.raises(SourceChanged), cs.lease() as lease:
+        cs.put_tar_stream(write, lease=lease, hash_first=True)
+    assert (blob_files(ds), tmp_files(ds)) == ([], [])
+
+
+# ---------------------------------------------------------------------------------------
 # failed writes leave nothing
 
 

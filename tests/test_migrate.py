@@ -37,6 +37,8 @@ from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import DigestSink, digest_bytes
 from casstore.cas.gc import collect
+from casstore.cas.index.engine import write_transaction
+from casstore.cas.index.facts import BlobFacts
 from casstore.cas.index.queries import Index
 from casstore.cas.tar.scan import scan
 from casstore.cas.tar.write import tar_bytes
@@ -687,6 +689,27 @@ def test_a_damaged_copy_under_the_id_is_quarantined_and_migrate_publishes_the_go
     quarantine = project.datastore / "casstore" / "quarantine"
     assert [p.read_bytes() for p in quarantine.rglob("*") if p.is_file()] == [b"\0" * 10240]
     assert project.value("beta", "data")["DATAPAK-0"] == CASSTORE
+
+
+def test_migrate_rewrites_the_facts_row_of_a_copy_it_replaced(project):
+    path = project.legacy_path("beta", "data")
+    digest = DigestSink()
+    with open(path, "rb") as f:
+        size = legacy.canonicalize(f, [digest])
+    blob_id = digest.blob_id()
+    algo, hexdigest = blob_id.split(":")
+    corrupt = project.datastore / "casstore" / "blobs" / algo / hexdigest[:2] / f"{hexdigest[2:]}.tar"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"\0" * size)  # a damaged .tar under the id, which a row describes
+    (project.datastore / "casstore" / "FORMAT").write_bytes(b"casstore-datastore 1\n")
+    index = Index.open(project.url)
+    with write_transaction(index.engine) as conn:
+        index.put_blob_facts(conn, [BlobFacts(blob_id, size, size, "none")])
+    index.engine.dispose()
+    project.migrate(codec="zstd")
+    published = corrupt.with_name(corrupt.name + ".zst")
+    assert project.sql("SELECT codec, stored_size FROM casstore_blobs WHERE blob_id = ?", blob_id) == [
+        ("zstd", published.stat().st_size)]
 
 
 def test_a_value_changed_since_the_plan_is_left_for_the_next_run(project):

@@ -140,11 +140,11 @@ class _CheckedTarFile(tarfile.TarFile):
     def extractall(self, path: StrOrBytesPath = ".", members: Optional[Iterable[Union[str, tarfile.TarInfo]]] = None, *,
                    numeric_owner: bool = False, filter: Any = None) -> None:
         names = None if members is None else [self._name(m) for m in members]
-        self._extract(os.fsdecode(path), names, filter)
+        self._extract(os.fsdecode(path or "."), names, filter)
 
     def extract(self, member: Union[str, tarfile.TarInfo], path: StrOrBytesPath = "", set_attrs: bool = True, *,
                 numeric_owner: bool = False, filter: Any = None) -> None:
-        self._extract(os.fsdecode(path) or ".", [self._name(member)], filter)
+        self._extract(os.fsdecode(path or "."), [self._name(member)], filter)
 
     def _extract_member(self, *args: Any, **kwargs: Any) -> None:
         raise UnsafeArchive("this TarFile extracts only through extract() and extractall(), with casstore's checks")

@@ -48,7 +48,7 @@ class SqliteFile:
     relative path stays relative, "" or ":memory:" is in memory, a `file:` URI stays a URI."""
 
     path: str
-    memory: bool  # "", ":memory:" or `?mode=memory`: nothing another process can see
+    memory: bool  # "", ":memory:" or a memory URI (`?mode=memory&uri=true`): nothing another process sees
 
     @property
     def uri(self) -> bool:
@@ -70,7 +70,16 @@ def sqlite_file(url: str | URL) -> SqliteFile | None:
     if parsed.get_backend_name() != "sqlite":
         return None
     path = parsed.database or ""
-    return SqliteFile(path, path in ("", ":memory:") or str(parsed.query.get("mode", "")) == "memory")
+    return SqliteFile(path, path in ("", ":memory:") or _memory_uri(parsed, path))
+
+
+def _memory_uri(parsed: URL, path: str) -> bool:
+    """A `file:` URI of an in-memory database. SQLite reads `mode=memory` (or the name
+    `:memory:`) only from a URI, which pysqlite passes as one only with `uri=true`: without
+    it, `sqlite:///x.db?mode=memory` is the file x.db."""
+    if str(parsed.query.get("uri", "")).lower() not in ("true", "1"):
+        return False
+    return str(parsed.query.get("mode", "")) == "memory" or path.startswith("file::memory:")
 
 
 def make_engine(url: str | URL, read_only: bool = False) -> Engine:

@@ -211,7 +211,7 @@ class Index:
             if existing and if_exists != "replace":
                 raise ExperimentAlreadyExists(
                     f"experiment {record.name!r} already exists, pass if_exists=\"replace\" to overwrite it")
-            self._insert_blob_facts(conn, blobs)
+            self.put_blob_facts(conn, blobs)
             for old in existing:
                 refs_gone = delete(RefRow).where(RefRow.id_experiment == old)
                 if old == record.id_experiment:
@@ -231,7 +231,9 @@ class Index:
             or_(ExperimentRow.name == record.name, ExperimentRow.id_experiment == record.id_experiment))
         return list(conn.scalars(query))
 
-    def _insert_blob_facts(self, conn: Connection, blobs: list[BlobFacts]) -> None:
+    def put_blob_facts(self, conn: Connection, blobs: list[BlobFacts]) -> None:
+        """The facts row of each of `blobs`, written over the one there (it describes the copy
+        a write just found or published), in the caller's write transaction `conn`."""
         if not blobs:
             return
         rows = [{"blob_id": b.blob_id, "size": b.size, "stored_size": b.stored_size, "codec": b.codec,
@@ -285,16 +287,6 @@ class Index:
                                               RefRow.field == r.field))
             conn.execute(insert(RefRow).values(id_experiment=id_experiment, id_run=r.id_run, field=r.field,
                                                blob_id=r.blob_id, arc_dir=r.arc_dir))
-
-    def add_blob_facts(self, conn: Connection, blobs: list[BlobFacts]) -> None:
-        """A facts row for each of `blobs` that has none (an existing row is left as it is), in
-        the caller's write transaction `conn`."""
-        wanted = {b.blob_id: b for b in blobs}
-        known = set(conn.scalars(select(BlobRow.blob_id).where(BlobRow.blob_id.in_(list(wanted)))))
-        for b in sorted(wanted.values(), key=lambda b: b.blob_id):
-            if b.blob_id not in known:
-                conn.execute(insert(BlobRow).values(blob_id=b.blob_id, size=b.size, stored_size=b.stored_size,
-                                                    codec=b.codec, created=time.time()))
 
     # references and blobs
 

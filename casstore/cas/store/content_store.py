@@ -82,17 +82,20 @@ class ContentStore:
 
     def put_tar_stream(self, write: TarWriter, *, lease: Lease, codec: str = "none", level: int = 3,
                        progress: Progress | None = None, recorded: Recorded | None = None,
-                       source: str = "the TAR stream") -> BlobFacts:
+                       source: str = "the TAR stream", hash_first: bool = False) -> BlobFacts:
         """Store the canonical TAR that `write(sinks, progress)` writes into every sink and
         whose size it returns (ingest.TarWriter); the blob id is added to `lease` before
-        anything is published. `write` is called once, or for zstd twice (hashed first,
-        compressed only if new): the two passes must write the same bytes, else
+        anything is published. `write` is called once, or twice for zstd and with
+        `hash_first` (hashed first, written only if the id holds no sound copy: for a caller
+        whose blobs are often stored already): the two passes must write the same bytes, else
         SourceChanged ("<source> changed while it was archived"). A copy already under the id
         is checked before it is trusted, and re-hashed if `recorded` disagrees with it."""
         check_codec(codec, level)
         self._ready_for_writes()
         ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, source)
-        return ingest.zstd(write, level, progress) if codec == "zstd" else ingest.plain(write, progress)
+        if codec == "zstd":
+            return ingest.zstd(write, level, progress)
+        return ingest.plain(write, progress, hash_first=hash_first)
 
     def put_tar_bytes(self, data: bytes, *, lease: Lease) -> BlobFacts:
         """Store TAR bytes that are already canonical (used by tests)."""

@@ -59,41 +59,69 @@ class TarIngest:
         self.recorded = recorded
         self.source = source
 
-    def plain(self, write: TarWriter, progress: Progress | None = None) -> BlobFacts:
-        """Store the TAR as it is (`.tar`), written and hashed in one pass."""
-        digest, head = DigestSink(self.algorithm), HeadSink()
+    def plain(self, write: TarWriter, progress: Progress | None = None, hash_first: bool = False) -> BlobFacts:
+        """Store the TAR as it is (`.tar`): written and hashed in one pass, or with
+        `hash_first` hashed first and written only if the id holds no sound copy (for a
+        caller whose blobs are often stored already: the migration)."""
+        if hash_first:
+            size, blob_id, head = self._hash(write, progress)
+            found = self._sound_copy(blob_id, size, head)
+            return found if found is not None else self._write_again(write, blob_id, "none", size, head, None)
+        digest, head_sink = DigestSink(self.algorithm), HeadSink()
         with self.blobs.begin_ingest() as ingest:
-            size = write([digest, head, ingest], progress)
+            size = write([digest, head_sink, ingest], progress)
             blob_id = digest.blob_id()
             self.lease.add(blob_id)
-            return self._commit_checked(ingest, blob_id, "none", size, head.data)
+            return self._commit_checked(ingest, blob_id, "none", size, head_sink.data)
 
     def zstd(self, write: TarWriter, level: int, progress: Progress | None = None) -> BlobFacts:
         """Store the TAR as one zstd frame (`.tar.zst`): hashed first, compressed only if
         the id holds no sound copy; SourceChanged if the second pass writes other bytes."""
+        size, blob_id, head = self._hash(write, progress)
+        found = self._sound_copy(blob_id, size, head)
+        if found is not None:
+            return found
+        return self._write_again(write, blob_id, "zstd", size, head, zstandard.ZstdCompressor(level=level, threads=-1))
+
+    def _hash(self, write: TarWriter, progress: Progress | None) -> tuple[int, str, bytes]:
+        """A first pass that only hashes: the TAR's size, its blob id (leased) and first block."""
         digest, head = DigestSink(self.algorithm), HeadSink()
         size = write([digest, head], progress)
         blob_id = digest.blob_id()
         self.lease.add(blob_id)
+        return size, blob_id, head.data
+
+    def _sound_copy(self, blob_id: str, size: int, head: bytes) -> BlobFacts | None:
+        """The facts of the copy stored under `blob_id` if it passes the writer's check (a
+        damaged one is moved into the quarantine), else None."""
         existing = self.blobs.find(blob_id)
-        if existing is not None:
-            check, record = self._damage_check(blob_id, size, head.data)
-            if self.blobs.quarantine(existing, check) == "sound":
-                if record is not None:
-                    self._forget_damage(blob_id)
-                return facts_of(existing, size)
+        if existing is None:
+            return None
+        check, record = self._damage_check(blob_id, size, head)
+        if self.blobs.quarantine(existing, check) != "sound":
+            return None
+        if record is not None:
+            self._forget_damage(blob_id)
+        return facts_of(existing, size)
+
+    def _write_again(self, write: TarWriter, blob_id: str, codec: str, size: int, head: bytes,
+                     compressor: zstandard.ZstdCompressor | None) -> BlobFacts:
+        """The second pass: the TAR into a new copy (through `compressor`, if any), which must
+        hash to `blob_id` (SourceChanged if the source gave other bytes this time)."""
         again = DigestSink(self.algorithm)
-        compressor = zstandard.ZstdCompressor(level=level, threads=-1)
         changed = f"{self.source} changed while it was archived (two reads differ)"
         with self.blobs.begin_ingest() as ingest:
-            try:  # zstandard's stubs ask for a whole file; the writer only calls write()
-                with compressor.stream_writer(cast(BinaryIO, ingest), size=size, closefd=False) as writer:
-                    write([again, writer], None)
-            except zstandard.ZstdError as exc:  # the second read gave another size than the first
-                raise SourceChanged(changed) from exc
+            if compressor is None:
+                write([again, ingest], None)
+            else:
+                try:  # zstandard's stubs ask for a whole file; the writer only calls write()
+                    with compressor.stream_writer(cast(BinaryIO, ingest), size=size, closefd=False) as writer:
+                        write([again, writer], None)
+                except zstandard.ZstdError as exc:  # the second read gave another size than the first
+                    raise SourceChanged(changed) from exc
             if again.blob_id() != blob_id:
                 raise SourceChanged(changed)
-            return self._commit_checked(ingest, blob_id, "zstd", size, head.data)
+            return self._commit_checked(ingest, blob_id, codec, size, head)
 
     def _damage_check(self, blob_id: str, size: int, head: bytes) -> tuple[DamageCheck, DamageRecord | None]:
         """The check a writer holding the bytes of `blob_id` runs on a copy found under the

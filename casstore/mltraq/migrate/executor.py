@@ -238,7 +238,7 @@ class _Run:
 
         try:
             return self.store.put_tar_stream(write, lease=lease, codec=self.codec, level=self.level,
-                                             source="the legacy TAR")
+                                             source="the legacy TAR", hash_first=True)
         except SourceChanged as exc:
             raise LegacyArchiveError("the legacy TAR changed while it was read") from exc
 
@@ -284,7 +284,7 @@ class _Run:
             for cell, (current, new) in cells.items():
                 if not update_cell(conn, cell, current, new):
                     raise _ExperimentChanged(f"{where(cell)} changed during the migration: run it again")
-            self.index.add_blob_facts(conn, [s.info for _, s in done])
+            self.index.put_blob_facts(conn, [s.info for _, s in done])
             self.index.put_refs(conn, exp.id_experiment, [Ref(ref.field, s.info.blob_id, LEGACY_ARC_DIR, ref.id_run)
                                                           for ref, s in done])
             for relpath in sorted({s.relpath for _, s in done}):

@@ -1,0 +1,39 @@
+"""How casstore reads a SQLite URL (casstore.cas.index.engine.sqlite_file): one reading for
+the engine, the index, the registry, gc's roots, the CLI and the migration."""
+
+from __future__ import annotations
+
+import pytest
+
+from casstore.cas.index.engine import sqlite_file
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true",
+                                 "sqlite:///file::memory:?uri=true"])
+def test_an_in_memory_database_is_in_memory(url):
+    found = sqlite_file(url)
+    assert found is not None and found.memory and not found.exists()
+
+
+def test_mode_memory_without_uri_names_a_file_as_sqlite_reads_it(tmp_path):
+    db = tmp_path / "x.db"
+    db.write_bytes(b"")
+    found = sqlite_file(f"sqlite:///{db}?mode=memory")
+    assert found is not None and (found.memory, found.path, found.exists()) == (False, str(db), True)
+
+
+def test_a_file_uri_is_a_uri_whose_file_casstore_does_not_look_for(tmp_path):
+    found = sqlite_file(f"sqlite:///file:{tmp_path}/x.db?uri=true")
+    assert found is not None and (found.memory, found.uri, found.exists()) == (False, True, False)
+
+
+def test_a_relative_path_stays_relative_and_exists_only_if_the_file_is_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (sqlite_file("sqlite:///runs.db").path, sqlite_file("sqlite:///runs.db").exists()) == ("runs.db", False)
+    (tmp_path / "runs.db").write_bytes(b"")
+    assert sqlite_file("sqlite:///runs.db").exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://u@h/db", "not a url"])
+def test_another_database_or_no_url_at_all_is_none(url):
+    assert sqlite_file(url) is None
