@@ -29,6 +29,38 @@ def workdir(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------
+# A content store over a local datastore (test_contentstore, test_statcache, test_leases).
+
+
+@pytest.fixture
+def ds(tmp_path):
+    from casstore.cas.backends.local import LocalBlobStore
+
+    return LocalBlobStore(str(tmp_path / "ds"))
+
+
+@pytest.fixture
+def cache_path(tmp_path):
+    return str(tmp_path / "cache" / "statcache.sqlite")
+
+
+@pytest.fixture
+def cs(ds, cache_path):
+    from casstore.cas.store.content_store import ContentStore
+    from casstore.cas.store.statcache import StatCache
+
+    return ContentStore(ds, StatCache(cache_path))
+
+
+@pytest.fixture
+def src(tmp_path):
+    """helpers.make_src's folder (modules that need another `src` define their own)."""
+    from helpers import make_src
+
+    return make_src(tmp_path / "src")
+
+
+# ---------------------------------------------------------------------------------------
 # Servers for the team backends (docs/teams.md): an S3-protocol server and PostgreSQL.
 # CI (.ci/run) starts both and names them in CASSTORE_TEST_S3_ENDPOINT and
 # CASSTORE_TEST_PG_URL. Without those variables the fixtures start throwaway servers on a

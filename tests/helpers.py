@@ -15,6 +15,9 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner, Result
 
+from casstore.cas.backends.layout import blob_key
+from casstore.cas.backends.local import LocalBlobStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cli import main
 
 
@@ -32,6 +35,35 @@ def write(path: str | os.PathLike, data: bytes = b"x", mode: int | None = None) 
     if mode is not None:
         os.chmod(path, mode)
     return path
+
+
+def make_src(root, scale: int = 1):
+    """A small folder below `root` (a csv, a binary, a nested text file, a symlink, three
+    file modes); its path."""
+    write(os.path.join(root, "a.csv"), b"col1,col2\n" + b"1,2\n" * 2000 * scale, 0o644)
+    write(os.path.join(root, "sub/b.bin"), bytes(range(256)) * 16, 0o600)
+    write(os.path.join(root, "sub/deeper/c.txt"), b"c\n", 0o755)
+    os.symlink("../a.csv", os.path.join(root, "sub/link"))
+    return str(root)
+
+
+def files_below(path) -> list[str]:
+    """The relative paths of the files below `path`, sorted."""
+    out = []
+    for dirpath, _dirs, files in os.walk(path):
+        out += [os.path.relpath(os.path.join(dirpath, f), path) for f in files]
+    return sorted(out)
+
+
+def blob_path(ds: LocalBlobStore, blob_id: str, codec: str) -> str:
+    """The file of a blob in a local datastore."""
+    return os.path.join(ds.root, *blob_key(blob_id, codec).split("/"))
+
+
+def put(cs: ContentStore, src, arc_dir: str = "data", **kw):
+    """`cs.put_dir` under a lease of its own, released at once."""
+    with cs.lease() as lease:
+        return cs.put_dir(str(src), arc_dir, lease=lease, **kw)
 
 
 def make_folder(path: str | Path, files: dict[str, bytes]) -> None:
