@@ -144,9 +144,8 @@ def test_missing_src_dir_raises_source_not_found_and_leaves_no_blob(cs, ds, tmp_
     assert blob_files(ds) == [] and tmp_files(ds) == []
 
 
-@pytest.mark.parametrize("codec", ["none", "zstd"])
-def test_file_growing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec):
-    src = tmp_path / "src"
+def _growing(src):
+    """A big and a small file; the big one grows while it is archived."""
     write(str(src / "big.bin"), b"\1" * (3 * 2**20))
     write(str(src / "small.txt"), b"s")
 
@@ -154,15 +153,11 @@ def test_file_growing_while_archived_raises_source_changed_and_leaves_no_blob(ds
         with open(src / "big.bin", "ab") as f:
             f.write(b"more")
 
-    cs = ContentStore(ds)
-    with pytest.raises(SourceChanged):
-        put(cs, src, codec=codec, progress=grow)
-    assert blob_files(ds) == [] and tmp_files(ds) == []
+    return grow
 
 
-@pytest.mark.parametrize("codec", ["none", "zstd"])
-def test_file_vanishing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec):
-    src = tmp_path / "src"
+def _vanishing(src):
+    """A big and a small file; the small one (archived after) vanishes while the big one is."""
     write(str(src / "a_big.bin"), b"\1" * (2 * 2**20))
     write(str(src / "b_small.txt"), b"s")
 
@@ -170,9 +165,17 @@ def test_file_vanishing_while_archived_raises_source_changed_and_leaves_no_blob(
         if (src / "b_small.txt").exists():
             os.unlink(src / "b_small.txt")
 
+    return vanish
+
+
+@pytest.mark.parametrize("change", [_growing, _vanishing], ids=["file-growing", "file-vanishing"])
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_file_changing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec, change):
+    src = tmp_path / "src"
+    progress = change(src)
     cs = ContentStore(ds)
     with pytest.raises(SourceChanged):
-        put(cs, src, codec=codec, progress=vanish)
+        put(cs, src, codec=codec, progress=progress)
     assert blob_files(ds) == [] and tmp_files(ds) == []
 
 
