@@ -28,7 +28,7 @@ def test_verify_deep_reports_fields_and_reference_rows_that_disagree(project, ca
     assert project.kept in refs[0]["detail"] and (row_blob is None or row_blob in refs[0]["detail"])
 
 
-def test_fields_naming_a_blob_that_is_not_there_are_reported_byverify_json(project):
+def test_fields_naming_a_blob_that_is_not_there_are_reported_by_verify(project):
     row_deleted(project)
     shutil.rmtree("mltraq.datastore/casstore/blobs")
     report = verify_json(code=1)
