@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 
@@ -29,6 +32,70 @@ def workdir(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------
+# A content store over a local datastore (test_contentstore, test_statcache, test_leases).
+
+
+@pytest.fixture
+def ds(tmp_path):
+    from casstore.cas.backends.local import LocalBlobStore
+
+    return LocalBlobStore(str(tmp_path / "ds"))
+
+
+@pytest.fixture
+def cache_path(tmp_path):
+    return str(tmp_path / "cache" / "statcache.sqlite")
+
+
+@pytest.fixture
+def cs(ds, cache_path):
+    from casstore.cas.store.content_store import ContentStore
+    from casstore.cas.store.statcache import StatCache
+
+    return ContentStore(ds, StatCache(cache_path))
+
+
+@pytest.fixture
+def src(tmp_path):
+    """helpers.make_src's folder (modules that need another `src` define their own)."""
+    from helpers import make_src
+
+    return make_src(tmp_path / "src")
+
+
+# ---------------------------------------------------------------------------------------
+# Projects whose databases another tool tampers with (test_gc, test_verify, test_index).
+
+
+@pytest.fixture
+def project(workdir):
+    """helpers.Project: experiments "a" and "b" persisted in `DB`, one folder each (modules
+    with a project of another shape define their own `project`)."""
+    from helpers import DB, Project, make_folder
+
+    from casstore import ArchiveStore, create_session
+
+    session = create_session(DB)
+    make_folder("a", {"f.txt": b"kept"})
+    make_folder("b", {"f.txt": b"other"})
+    a = session.create_experiment("a", data=ArchiveStore("a")).persist()
+    b = session.create_experiment("b", data=ArchiveStore("b")).persist()
+    return Project(session, a.fields.data.blob_id, b.fields.data.blob_id, a.id_experiment.hex)
+
+
+@pytest.fixture
+def migrated(tmp_path, workdir) -> Path:
+    """The frozen MLtraq project (tests/fixtures/legacy), migrated: run `model` columns of
+    experiment alpha hold casstore references, with run-level reference rows."""
+    from casstore.mltraq import migrate as migration
+
+    root = tmp_path / "legacy"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "legacy", root, symlinks=True)
+    migration.execute(migration.plan(f"sqlite:///{root / 'mltraq.db'}", str(root / "datastore")))
+    return root
+
+
+# ---------------------------------------------------------------------------------------
 # Servers for the team backends (docs/teams.md): an S3-protocol server and PostgreSQL.
 # CI (.ci/run) starts both and names them in CASSTORE_TEST_S3_ENDPOINT and
 # CASSTORE_TEST_PG_URL. Without those variables the fixtures start throwaway servers on a
@@ -38,7 +105,6 @@ def workdir(tmp_path, monkeypatch):
 import contextlib  # noqa: E402
 import glob as _glob  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
 
+from casstore import Session
+from casstore.cas.backends.layout import blob_key
+from casstore.cas.backends.local import LocalBlobStore
+from casstore.cas.store.content_store import ContentStore
 from casstore.cli import main
+from casstore.mltraq import datapak
 
 
 def blob_files(datastore: str | Path = "mltraq.datastore") -> list[Path]:
@@ -32,6 +41,35 @@ def write(path: str | os.PathLike, data: bytes = b"x", mode: int | None = None) 
     if mode is not None:
         os.chmod(path, mode)
     return path
+
+
+def make_src(root, scale: int = 1):
+    """A small folder below `root` (a csv, a binary, a nested text file, a symlink, three
+    file modes); its path."""
+    write(os.path.join(root, "a.csv"), b"col1,col2\n" + b"1,2\n" * 2000 * scale, 0o644)
+    write(os.path.join(root, "sub/b.bin"), bytes(range(256)) * 16, 0o600)
+    write(os.path.join(root, "sub/deeper/c.txt"), b"c\n", 0o755)
+    os.symlink("../a.csv", os.path.join(root, "sub/link"))
+    return str(root)
+
+
+def files_below(path) -> list[str]:
+    """The relative paths of the files below `path`, sorted."""
+    out = []
+    for dirpath, _dirs, files in os.walk(path):
+        out += [os.path.relpath(os.path.join(dirpath, f), path) for f in files]
+    return sorted(out)
+
+
+def blob_path(ds: LocalBlobStore, blob_id: str, codec: str) -> str:
+    """The file of a blob in a local datastore."""
+    return os.path.join(ds.root, *blob_key(blob_id, codec).split("/"))
+
+
+def put(cs: ContentStore, src, arc_dir: str = "data", **kw):
+    """`cs.put_dir` under a lease of its own, released at once."""
+    with cs.lease() as lease:
+        return cs.put_dir(str(src), arc_dir, lease=lease, **kw)
 
 
 def make_folder(path: str | Path, files: dict[str, bytes]) -> None:
@@ -105,3 +143,76 @@ def run_casstore(*args: str, timeout: float = 60, memory_bytes: int | None = Non
                               preexec_fn=limit_memory if memory_bytes else None)
     except subprocess.TimeoutExpired:
         pytest.fail(f"casstore {' '.join(args)} still ran after {timeout} s (a hang)", pytrace=False)
+
+# ---------------------------------------------------------------------------------------
+# A project whose database another tool tampers with (test_gc, test_verify, test_index):
+# every change goes through `sqlite3` with its foreign keys off, never through casstore.
+
+DB = "sqlite:///p.db"
+MISSING = "xxh128:" + "0" * 32  # a well-formed id that no blob has
+
+
+@dataclass
+class Project:
+    session: Session
+    kept: str  # the blob experiment "a" names in its field `data`
+    other: str  # the blob experiment "b" names
+    id_a: str
+
+    def sql(self, query: str, *args) -> None:
+        with sqlite3.connect("p.db") as conn:
+            conn.execute(query, args)
+
+    def rows(self, query: str, *args) -> list[tuple]:
+        with sqlite3.connect("p.db") as conn:
+            return conn.execute(query, args).fetchall()
+
+    def blob_exists(self, blob_id: str) -> bool:
+        return self.session.content_store().blobs.find(blob_id) is not None
+
+    def loads_a(self) -> bytes:
+        loaded = self.session.load_experiment("a")
+        return (Path(loaded.fields.data.get_target()) / "f.txt").read_bytes()
+
+
+def row_deleted(p: Project) -> str | None:
+    p.sql("DELETE FROM casstore_refs WHERE id_experiment = ?", p.id_a)
+    return None
+
+
+def _row_names_another_blob(p: Project) -> str | None:
+    p.sql("UPDATE casstore_refs SET blob_id = ? WHERE id_experiment = ?", p.other, p.id_a)
+    return p.other
+
+
+def _row_names_a_missing_blob(p: Project) -> str | None:
+    p.sql("UPDATE casstore_refs SET blob_id = ? WHERE id_experiment = ?", MISSING, p.id_a)
+    return MISSING
+
+
+def _facts_row_changed(p: Project) -> str | None:
+    p.sql("UPDATE casstore_blobs SET blob_id = ? WHERE blob_id = ?", MISSING, p.kept)
+    p.sql("UPDATE casstore_refs SET blob_id = ? WHERE blob_id = ?", MISSING, p.kept)
+    return MISSING
+
+
+# Each makes the reference row of a.data disagree with the fields; returns what the row names.
+TAMPERING = {"row_deleted": row_deleted, "row_names_another_blob": _row_names_another_blob,
+             "row_names_a_missing_blob": _row_names_a_missing_blob, "facts_row_changed": _facts_row_changed}
+
+
+def verify_json(*extra: str, code: int) -> dict:
+    """The JSON report of `casstore verify` on the project `DB`, its exit code checked."""
+    return json.loads(run_cli("verify", "--db", DB, "--json", *extra, code=code).stdout)
+
+
+def zlib_bomb(monkeypatch) -> bytes:
+    """Fields of a few KB that inflate past the (lowered) DataPak limit."""
+    monkeypatch.setattr(datapak, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    return b"C01" + zlib.compress(datapak.dumps(bytes(4 << 20)), 9)
+
+
+def run_rows(root: Path) -> list[tuple]:
+    """(id_run, field, blob_id) of the run-level reference rows of a migrated project."""
+    with sqlite3.connect(root / "mltraq.db") as conn:
+        return conn.execute("SELECT id_run, field, blob_id FROM casstore_refs WHERE id_run != ''").fetchall()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 import uuid
 from multiprocessing.pool import ThreadPool
 
 import pytest
-from helpers import deadline, file_tree, run_cli
+from helpers import blob_path, deadline, file_tree, run_cli
 
 from casstore import create_session, options
 from casstore.cas.backends.base import BlobStat
@@ -579,6 +580,60 @@ class TestLocalBlobStore(BlobStoreContract):
             make(path)
             with deadline(10), pytest.raises(CorruptBlob):
                 store.open_blob(blob_id)
+
+
+# ---------------------------------------------------------------------------------------
+# LocalIngest (local_ingest.py): disk writes started every 8 MiB, fsync still at commit
+
+
+def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monkeypatch):
+    from casstore.cas.backends import local_ingest as blobs
+
+    kicks = []
+    monkeypatch.setattr(blobs, "_libc_sync_file_range", lambda: lambda fd, off, n, flags: kicks.append((off, n, flags)))
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    data = os.urandom(2**20)
+    ds.ensure_format()
+    with ds.begin_ingest() as ingest:
+        for _ in range(20):
+            ingest.write(data)
+        ingest.write(memoryview(data)[:1000])
+        assert kicks == [(0, 8 << 20, 2), (8 << 20, 8 << 20, 2)]
+        blob_id = digest_bytes(data * 20 + data[:1000])
+        found, new = ingest.commit(blob_id, "none")
+    assert new and fsyncs  # the fsync in commit stays
+    with open(blob_path(ds, blob_id, "none"), "rb") as f:
+        assert f.read() == data * 20 + data[:1000]
+
+
+@pytest.mark.parametrize("how", ["missing", "failing"])
+def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, how):
+    from casstore.cas.backends import local_ingest as blobs
+
+    monkeypatch.setattr(blobs, "_libc_sync_file_range", (lambda: None) if how == "missing" else (lambda: lambda *a: -1))
+    data = os.urandom(17 << 20)
+    ds.ensure_format()
+    with ds.begin_ingest() as ingest:
+        ingest.write(data)
+        found, new = ingest.commit(digest_bytes(data), "none")
+    assert new and found.stored_size == len(data)
+
+
+def test_sync_file_range_is_found_on_linux():
+    from casstore.cas.backends import local_ingest as blobs
+
+    if not sys.platform.startswith("linux"):
+        assert blobs._libc_sync_file_range() is None
+        return
+    func = blobs._libc_sync_file_range()
+    assert func is not None
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        func(fd, 0, 4096, 2)  # whatever it returns, it raises nothing
+    finally:
+        os.close(fd)
 
 
 class TestS3BlobStore(BlobStoreContract):

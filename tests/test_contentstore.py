@@ -1,26 +1,22 @@
 """The content store over a local datastore (design P3, P4, P7, P11): folders in, one
-read-only blob per content, folders out only after the digest checked out; the stat cache
-and the leases that protect blobs being written."""
+read-only blob per content, folders out only after the digest checked out, and the reader
+that checks it. The stat cache is tested in test_statcache.py, leases in test_leases.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import zstandard
-from helpers import write
+from helpers import blob_path, files_below, put, write
 
-import casstore.cas.tar.write as tarball
-from casstore.cas.backends.layout import blob_key
 from casstore.cas.backends.local import LocalBlobStore
-from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import digest_bytes
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.statcache import StatCache
 from casstore.cas.tar.scan import scan
 from casstore.cas.tar.write import tar_bytes
@@ -28,21 +24,6 @@ from casstore.errors import BlobNotFound, CorruptBlob, SourceChanged, SourceNotF
 
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def make_src(root, scale: int = 1):
-    write(os.path.join(root, "a.csv"), b"col1,col2\n" + b"1,2\n" * 2000 * scale, 0o644)
-    write(os.path.join(root, "sub/b.bin"), bytes(range(256)) * 16, 0o600)
-    write(os.path.join(root, "sub/deeper/c.txt"), b"c\n", 0o755)
-    os.symlink("../a.csv", os.path.join(root, "sub/link"))
-    return str(root)
-
-
-def files_below(path) -> list[str]:
-    out = []
-    for dirpath, _dirs, files in os.walk(path):
-        out += [os.path.relpath(os.path.join(dirpath, f), path) for f in files]
-    return sorted(out)
 
 
 def blob_files(ds: LocalBlobStore) -> list[str]:
@@ -53,15 +34,6 @@ def tmp_files(ds: LocalBlobStore) -> list[str]:
     return files_below(os.path.join(ds.root, "casstore", "tmp"))
 
 
-def blob_path(ds: LocalBlobStore, blob_id: str, codec: str) -> str:
-    return os.path.join(ds.root, *blob_key(blob_id, codec).split("/"))
-
-
-def put(cs: ContentStore, src, arc_dir: str = "data", **kw):
-    with cs.lease() as lease:
-        return cs.put_dir(str(src), arc_dir, lease=lease, **kw)
-
-
 def snapshot(root) -> dict:
     out = {}
     for rel in files_below(root):
@@ -69,26 +41,6 @@ def snapshot(root) -> dict:
             out[rel] = f.read()
     dirs = sorted(os.path.relpath(d, root) for d, _, _ in os.walk(root))
     return {"files": out, "dirs": dirs}
-
-
-@pytest.fixture
-def ds(tmp_path):
-    return LocalBlobStore(str(tmp_path / "ds"))
-
-
-@pytest.fixture
-def cache_path(tmp_path):
-    return str(tmp_path / "cache" / "statcache.sqlite")
-
-
-@pytest.fixture
-def cs(ds, cache_path):
-    return ContentStore(ds, StatCache(cache_path))
-
-
-@pytest.fixture
-def src(tmp_path):
-    return make_src(tmp_path / "src")
 
 
 @pytest.fixture
@@ -256,9 +208,8 @@ def test_missing_src_dir_raises_source_not_found_and_leaves_no_blob(cs, ds, tmp_
     assert blob_files(ds) == [] and tmp_files(ds) == []
 
 
-@pytest.mark.parametrize("codec", ["none", "zstd"])
-def test_file_growing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec):
-    src = tmp_path / "src"
+def _growing(src):
+    """A big and a small file; the big one grows while it is archived."""
     write(str(src / "big.bin"), b"\1" * (3 * 2**20))
     write(str(src / "small.txt"), b"s")
 
@@ -266,15 +217,11 @@ def test_file_growing_while_archived_raises_source_changed_and_leaves_no_blob(ds
         with open(src / "big.bin", "ab") as f:
             f.write(b"more")
 
-    cs = ContentStore(ds)
-    with pytest.raises(SourceChanged):
-        put(cs, src, codec=codec, progress=grow)
-    assert blob_files(ds) == [] and tmp_files(ds) == []
+    return grow
 
 
-@pytest.mark.parametrize("codec", ["none", "zstd"])
-def test_file_vanishing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec):
-    src = tmp_path / "src"
+def _vanishing(src):
+    """A big and a small file; the small one (archived after) vanishes while the big one is."""
     write(str(src / "a_big.bin"), b"\1" * (2 * 2**20))
     write(str(src / "b_small.txt"), b"s")
 
@@ -282,9 +229,17 @@ def test_file_vanishing_while_archived_raises_source_changed_and_leaves_no_blob(
         if (src / "b_small.txt").exists():
             os.unlink(src / "b_small.txt")
 
+    return vanish
+
+
+@pytest.mark.parametrize("change", [_growing, _vanishing], ids=["file-growing", "file-vanishing"])
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_file_changing_while_archived_raises_source_changed_and_leaves_no_blob(ds, tmp_path, codec, change):
+    src = tmp_path / "src"
+    progress = change(src)
     cs = ContentStore(ds)
     with pytest.raises(SourceChanged):
-        put(cs, src, codec=codec, progress=vanish)
+        put(cs, src, codec=codec, progress=progress)
     assert blob_files(ds) == [] and tmp_files(ds) == []
 
 
@@ -460,117 +415,6 @@ def test_zstd_blob_inflating_past_its_recorded_size_is_refused(ds, src, target):
 
 
 # ---------------------------------------------------------------------------------------
-# the stat cache
-
-
-class CopyCounter:
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        original = tarball._copy_file
-
-        def counting(*args, **kwargs):
-            self.calls += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(tarball, "_copy_file", counting)
-
-
-@pytest.fixture(scope="module")
-def aged(tmp_path_factory):
-    """Folders whose files are an hour old (mtime) and whose ctimes are over a second old,
-    so that a listing of them is outside the racy window and gets cached."""
-    root = tmp_path_factory.mktemp("aged")
-    old = time.time() - 3600
-    folders = {}
-    for name in ["hit", "touch", "chmod", "deleted", "lease"]:
-        folder = make_src(root / name)
-        for dirpath, _dirs, files in os.walk(folder):
-            for f in files:
-                os.utime(os.path.join(dirpath, f), (old, old), follow_symlinks=False)
-        folders[name] = folder
-    time.sleep(1.2)
-    return folders
-
-
-def test_unchanged_folder_is_not_read_again(cs, aged, monkeypatch):
-    first = put(cs, aged["hit"])
-    counter = CopyCounter(monkeypatch)
-    second = put(cs, aged["hit"])
-    assert counter.calls == 0
-    assert second == dataclasses.replace(first, new=False)
-
-
-def test_cache_hit_also_takes_a_lease_on_the_blob(cs, ds, aged, monkeypatch):
-    first = put(cs, aged["lease"])
-    counter = CopyCounter(monkeypatch)
-    with cs.lease() as lease:
-        cs.put_dir(aged["lease"], "data", lease=lease)
-        assert counter.calls == 0
-        with open(os.path.join(ds.root, *lease.key.split("/")), "rb") as f:
-            assert first.blob_id in f.read().decode()
-
-
-def test_touched_file_misses_the_cache_and_gives_the_same_id(cs, aged, monkeypatch):
-    first = put(cs, aged["touch"])
-    newer = time.time() - 1800
-    os.utime(os.path.join(aged["touch"], "sub/b.bin"), (newer, newer))
-    counter = CopyCounter(monkeypatch)
-    second = put(cs, aged["touch"])
-    assert counter.calls > 0
-    assert second.blob_id == first.blob_id
-
-
-def test_chmod_misses_the_cache_and_gives_another_id(cs, aged, monkeypatch):
-    first = put(cs, aged["chmod"])
-    os.chmod(os.path.join(aged["chmod"], "a.csv"), 0o600)
-    counter = CopyCounter(monkeypatch)
-    second = put(cs, aged["chmod"])
-    assert counter.calls > 0
-    assert second.blob_id != first.blob_id
-
-
-def test_cache_hit_whose_blob_was_deleted_stores_the_blob_again(cs, ds, aged, monkeypatch):
-    first = put(cs, aged["deleted"])
-    os.unlink(blob_path(ds, first.blob_id, "none"))
-    counter = CopyCounter(monkeypatch)
-    second = put(cs, aged["deleted"])
-    assert counter.calls > 0
-    assert second.blob_id == first.blob_id and second.new
-    assert os.path.exists(blob_path(ds, first.blob_id, "none"))
-
-
-def test_freshly_written_folder_is_not_cached(cs, src, monkeypatch):
-    put(cs, src)
-    counter = CopyCounter(monkeypatch)
-    put(cs, src)
-    assert counter.calls > 0
-
-
-# ---------------------------------------------------------------------------------------
-# leases
-
-
-def test_lease_file_exists_during_the_callers_block_and_is_gone_after_release(cs, ds, src):
-    with cs.lease() as lease:
-        info = cs.put_dir(src, "data", lease=lease)
-        path = os.path.join(ds.root, *lease.key.split("/"))
-        assert os.path.isfile(path)
-        with open(path, "rb") as f:
-            assert info.blob_id in f.read().decode()
-        assert lease.blob_ids == {info.blob_id}
-    assert not os.path.exists(path)
-    assert files_below(os.path.join(ds.root, "casstore", "leases")) == []
-
-
-def test_lease_is_also_taken_when_the_blob_already_exists(cs, ds, src):
-    first = put(cs, src)
-    with cs.lease() as lease:
-        cs.put_dir(src, "data", lease=lease)
-        assert lease.blob_ids == {first.blob_id}
-        assert os.path.isfile(os.path.join(ds.root, *lease.key.split("/")))
-
-
-# ---------------------------------------------------------------------------------------
 # VerifyingReader.readinto
 
 
@@ -647,57 +491,3 @@ def test_readinto_over_a_stream_without_readinto(ds):
         got += bytes(buf[:n])
     assert got == data
     reader.verify()
-
-
-# ---------------------------------------------------------------------------------------
-# LocalIngest: disk writes started every 8 MiB, fsync still at commit
-
-
-def test_ingest_starts_writeback_every_8_mib_and_still_fsyncs_at_commit(ds, monkeypatch):
-    from casstore.cas.backends import local_ingest as blobs
-
-    kicks = []
-    monkeypatch.setattr(blobs, "_libc_sync_file_range", lambda: lambda fd, off, n, flags: kicks.append((off, n, flags)))
-    fsyncs = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
-    data = os.urandom(2**20)
-    ds.ensure_format()
-    with ds.begin_ingest() as ingest:
-        for _ in range(20):
-            ingest.write(data)
-        ingest.write(memoryview(data)[:1000])
-        assert kicks == [(0, 8 << 20, 2), (8 << 20, 8 << 20, 2)]
-        blob_id = digest_bytes(data * 20 + data[:1000])
-        found, new = ingest.commit(blob_id, "none")
-    assert new and fsyncs  # the fsync in commit stays
-    with open(blob_path(ds, blob_id, "none"), "rb") as f:
-        assert f.read() == data * 20 + data[:1000]
-
-
-@pytest.mark.parametrize("how", ["missing", "failing"])
-def test_ingest_without_a_working_sync_file_range_still_stores(ds, monkeypatch, how):
-    from casstore.cas.backends import local_ingest as blobs
-
-    monkeypatch.setattr(blobs, "_libc_sync_file_range", (lambda: None) if how == "missing" else (lambda: lambda *a: -1))
-    data = os.urandom(17 << 20)
-    ds.ensure_format()
-    with ds.begin_ingest() as ingest:
-        ingest.write(data)
-        found, new = ingest.commit(digest_bytes(data), "none")
-    assert new and found.stored_size == len(data)
-
-
-def test_sync_file_range_is_found_on_linux():
-    from casstore.cas.backends import local_ingest as blobs
-
-    if not sys.platform.startswith("linux"):
-        assert blobs._libc_sync_file_range() is None
-        return
-    func = blobs._libc_sync_file_range()
-    assert func is not None
-    fd = os.open(os.devnull, os.O_WRONLY)
-    try:
-        func(fd, 0, 4096, 2)  # whatever it returns, it raises nothing
-    finally:
-        os.close(fd)

@@ -260,17 +260,11 @@ def test_gnu_longname_record_of_10_mb_is_refused_before_it_is_read(area):
     assert snapshot(area) == before
 
 
-def test_gnu_longlink_record_of_10_mb_is_refused_before_it_is_read(area):
+@pytest.mark.parametrize("name, kind, filler", [(b"././@LongLink", b"K", b"n"), (b"PaxHeader", b"x", b"p")],
+                         ids=["gnu-longlink", "pax-header"])
+def test_metadata_record_of_10_mb_is_refused_before_it_is_read(area, name, kind, filler):
     size = 10 * 2**20
-    stream = io.BytesIO(raw_block(b"././@LongLink", b"K", size) + b"n" * size + bytes(512))
-    with pytest.raises(UnsafeArchive):
-        extract(area / "target", stream)
-    assert stream.tell() == 512
-
-
-def test_pax_header_of_10_mb_is_refused_before_it_is_read(area):
-    size = 10 * 2**20
-    stream = io.BytesIO(raw_block(b"PaxHeader", b"x", size) + b"p" * size + bytes(512))
+    stream = io.BytesIO(raw_block(name, kind, size) + filler * size + bytes(512))
     with pytest.raises(UnsafeArchive):
         extract(area / "target", stream)
     assert stream.tell() == 512

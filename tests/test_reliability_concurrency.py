@@ -210,6 +210,21 @@ def test_gc_grace_zero_looping_during_persists_never_loses_a_blob(tmp_path):
     assert report.problems == []
 
 
+def _persisted(tmp_path, codec: str, seed: int):
+    """A project with one experiment "a", persisted with `codec`, of a folder made from `seed`:
+    (the project, the folder, the session, the experiment)."""
+    from casstore import ArchiveStore, options
+
+    project = rw.Project(tmp_path / "p")
+    src = str(tmp_path / "src")
+    make_folder(src, seed, big=1 << 16)
+    s = project.session()
+    options().set("archivestore.codec", codec)
+    e = s.create_experiment("a", data=ArchiveStore(src_dir=src))
+    e.persist()
+    return project, src, s, e
+
+
 @pytest.mark.parametrize("first, second", [("none", "zstd"), ("zstd", "none")])
 def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_true(tmp_path, first, second):
     """What the gc loop above runs into: a blob is collected once nothing references it, and
@@ -219,13 +234,7 @@ def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_t
     from casstore import ArchiveStore, options
     from casstore.cas.gc import collect
 
-    project = rw.Project(tmp_path / "p")
-    src = str(tmp_path / "src")
-    make_folder(src, 5, big=1 << 16)
-    s = project.session()
-    options().set("archivestore.codec", first)
-    e = s.create_experiment("a", data=ArchiveStore(src_dir=src))
-    e.persist()
+    project, src, s, e = _persisted(tmp_path, first, seed=5)
     e.delete()
     report = collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
     assert [d.kind for d in report.deleted] == ["unreferenced"]
@@ -242,15 +251,9 @@ def test_both_codecs_of_one_id_left_by_racing_writers_are_not_reported_as_damage
     publish (docs/datastore.md): a `.tar` and a `.tar.zst` of one id. The index describes the
     copy one of them recorded; verify must compare it with that copy, whichever is listed
     first, and still count both copies as gc's once nothing references them."""
-    from casstore import ArchiveStore, options
+    from casstore import options
 
-    project = rw.Project(tmp_path / "p")
-    src = str(tmp_path / "src")
-    make_folder(src, 6, big=1 << 16)
-    s = project.session()
-    options().set("archivestore.codec", first)
-    e = s.create_experiment("a", data=ArchiveStore(src_dir=src))
-    e.persist()
+    project, src, s, e = _persisted(tmp_path, first, seed=6)
     store = project.store()
     options().set("archivestore.codec", second)
     real_find = type(store.blobs).find

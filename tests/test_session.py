@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import blob_files, db_url, make_folder
+from helpers import blob_files, db_url, make_folder, zlib_bomb
 
 from casstore import (Archive, ArchiveStore, Bunch, Experiment, ExperimentAlreadyExists, ExperimentNotFound,
                       InvalidInput, Session, UnsupportedValue, create_session, options)
@@ -366,6 +366,12 @@ def test_mltraq_row_with_compressed_fields_loads(tmp_path):
         conn.execute("INSERT INTO experiments (id_experiment, name, fields) VALUES (?, ?, ?)",
                      (uuid.uuid4().hex, "zipped", data))
     assert s.load_experiment("zipped").fields.lr == 0.5
+
+
+def test_a_load_of_fields_that_inflate_past_the_limit_fails_typed(project, monkeypatch):
+    project.sql("UPDATE experiments SET fields = ? WHERE id_experiment = ?", zlib_bomb(monkeypatch), project.id_a)
+    with pytest.raises(InvalidInput, match="decompresses to more than"):
+        project.session.load_experiment("a")
 
 
 # --------------------------------------------------------------------------- files and folders
