@@ -170,6 +170,8 @@ class Session:
             raise BlobNotFound(f"blob {blob_id} of this experiment is not in the datastore {store.blobs.url}")
         known = self.index.facts_hint(blob_id)
         size = known.size if known else archive.size
+        if size is None:  # a value written without its size, and no sound facts row: re-hash to learn it
+            size = store.check(blob_id)
         return facts_of(found, size)
 
     def delete_experiment(self, experiment: Experiment) -> None:

@@ -46,11 +46,11 @@ def _sql(index: Index, query: str, *args) -> None:
 # --------------------------------------------------------------------------- queries
 
 
-def test_add_blob_facts_leaves_an_existing_row_as_it_is(index):
+def test_put_blob_facts_writes_the_copy_it_is_given_over_an_existing_row(index):
     _save(index, "e1", [Ref("data", A, "d")], [BlobFacts(A, 100, 100, "none")])
     with write_transaction(index.engine) as conn:
-        index.add_blob_facts(conn, [BlobFacts(A, 100, 40, "zstd"), BlobFacts(B, 7, 7, "none")])
-    assert index.blob_facts(A) == BlobFacts(A, 100, 100, "none")
+        index.put_blob_facts(conn, [BlobFacts(A, 100, 40, "zstd"), BlobFacts(B, 7, 7, "none")])
+    assert index.blob_facts(A) == BlobFacts(A, 100, 40, "zstd")
     assert index.blob_facts(B) == BlobFacts(B, 7, 7, "none")
 
 
@@ -137,6 +137,15 @@ def test_a_load_reads_the_blob_whose_facts_row_is_damaged(project, column):
 def test_a_persist_of_the_same_content_rewrites_a_damaged_facts_row(project, column):
     project.sql(f"UPDATE casstore_blobs SET {column} = 'big' WHERE blob_id = ?", project.kept)
     project.session.create_experiment("a2", data=ArchiveStore("a")).persist()
+    assert verify_json(code=0)["problems"] == []
+
+
+def test_a_persist_keeping_a_blob_known_by_no_size_and_a_damaged_row_records_its_true_size(project):
+    project.sql("UPDATE casstore_blobs SET size = 'big' WHERE blob_id = ?", project.kept)
+    kept = ArchiveStore.from_ref({"blob": project.kept, "arc_dir": "data"})  # a value written without a size
+    project.session.create_experiment("a3", data=kept).persist()
+    size = project.session.content_store().check(project.kept)
+    assert project.rows("SELECT size FROM casstore_blobs WHERE blob_id = ?", project.kept) == [(size,)]
     assert verify_json(code=0)["problems"] == []
 
 

@@ -201,7 +201,6 @@ class ArchiveStoreIO:
         key = f"{prefix.replace(os.sep, '/')}/{uuid.uuid4().hex}"
         with store.lease() as lease:
             info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level)
-            assert info.size is not None  # a write knows the size of what it wrote
             facts = RefFacts(info.stored_size, info.codec)
             store.blobs.put_object(key, named_ref_data(info.blob_id, info.size, facts, arc_dir))
         return cls(f"file:///{key}", blob_id=info.blob_id)

@@ -14,20 +14,17 @@ from casstore.errors import DamagedIndex
 
 @dataclass(frozen=True, slots=True)
 class BlobFacts:
-    """The facts of one blob. `size` is None only where a persist keeps a blob it knows no
-    size of (an archive read back without one, and no row for it): the row keeps its size,
-    and a new row cannot be written without one. `new` says whether the write that returned
-    these facts published the copy (False for facts read back from the index); it is not
-    compared."""
+    """The facts of one blob. `new` says whether the write that returned these facts
+    published the copy (False for facts read back from the index); it is not compared."""
 
     blob_id: str
-    size: int | None
+    size: int
     stored_size: int
     codec: str
     new: bool = field(default=False, compare=False)
 
 
-def facts_of(copy: BlobStat, size: int | None, new: bool = False) -> BlobFacts:
+def facts_of(copy: BlobStat, size: int, new: bool = False) -> BlobFacts:
     """The facts of a stored copy whose canonical TAR has `size` bytes."""
     return BlobFacts(copy.blob_id, size, copy.stored_size, copy.codec, new)
 

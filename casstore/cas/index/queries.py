@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, insert, inspect, or_, select
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, inspect, or_, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from casstore.cas.index.engine import is_read_only, make_engine, sqlite_file, write_transaction
@@ -344,10 +344,8 @@ class Index:
 
 
 def _new_facts(excluded: Any) -> dict[str, Any]:
-    """What an upsert of facts rows writes over a row already there: its size stays where
-    the new facts have none, the stored copy's facts follow the new copy."""
-    return {"size": func.coalesce(excluded.size, BlobRow.size), "stored_size": excluded.stored_size,
-            "codec": excluded.codec}
+    """What an upsert of facts rows writes over a row already there: the new copy's facts."""
+    return {"size": excluded.size, "stored_size": excluded.stored_size, "codec": excluded.codec}
 
 
 def _orphaned() -> Any:

@@ -76,7 +76,7 @@ class ContentStore:
         started_ns = time.time_ns()
         facts = self.put_tar_stream(functools.partial(write_tar, entries), lease=lease, codec=codec, level=level,
                                     progress=progress, recorded=recorded, source="the folder")
-        if self.statcache and facts.size is not None:  # a write always knows the size
+        if self.statcache:
             self.statcache.put(key, facts.blob_id, facts.size, entries, started_ns)
         return facts
 

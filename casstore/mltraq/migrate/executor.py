@@ -44,7 +44,6 @@ LEGACY_ARC_DIR = "."  # member names of a legacy TAR already hold MLtraq's arc_d
 @dataclass
 class _Stored:
     info: BlobFacts
-    size: int  # of the canonical TAR (a write always knows it; info.size is optional)
     legacy_size: int
     relpath: str  # of the legacy TAR, in the datastore
 
@@ -215,8 +214,7 @@ class _Run:
             else:
                 assert lease is not None
                 info = self._ingest(f, members, lease)
-        assert info.size is not None  # put_tar_stream and _planned return the size they wrote
-        stored = _Stored(info, info.size, legacy_size, relpath)
+        stored = _Stored(info, legacy_size, relpath)
         self.stored[relpath] = stored
         return stored
 
@@ -300,7 +298,7 @@ class _Run:
         r.legacy_files += len(files)
         r.legacy_bytes += sum(s.legacy_size for s in files.values())
         for ref, s in done:
-            r.logical_bytes += s.size
+            r.logical_bytes += s.info.size
             if s.info.blob_id not in self.blobs_seen:
                 self.blobs_seen[s.info.blob_id] = s.info.stored_size
                 r.blobs += 1
@@ -352,9 +350,9 @@ class _Run:
         try:
             stored = self._store(orphan.path, lease)
             if not self.dry_run:
-                self._check_blob(stored.info.blob_id, stored.size)
+                self._check_blob(stored.info.blob_id, stored.info.size)
                 info = stored.info
-                data = named_ref_data(info.blob_id, stored.size, RefFacts(info.stored_size, info.codec), None)
+                data = named_ref_data(info.blob_id, info.size, RefFacts(info.stored_size, info.codec), None)
                 self.store.blobs.put_object(orphan.path, data)
         except (LegacyArchiveError, CasStoreError, OSError) as exc:
             self.report.warnings.append(f"standalone archive {orphan.path} kept as it is: {exc}")
