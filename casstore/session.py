@@ -104,7 +104,7 @@ class Session:
         reference (MLtraq extracts those into the same folder). Returns the fields done."""
         jobs: list[tuple[str, Optional[str], Optional[int], Optional[ArchiveStore]]]
         jobs = [(p, a.blob_id, a.size, a) for p, a in archive_fields(experiment.fields)]
-        jobs += [(f"runs[{r.id_run}].{r.field}", r.blob_id, self._size_of(r.blob_id), None)
+        jobs += [(r.label, r.blob_id, self._size_of(r.blob_id), None)
                  for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
         jobs = [job for job in jobs if only is None or job[0] == only]
         if not jobs:

@@ -19,17 +19,12 @@ from casstore.errors import CorruptBlob, LoadError
 CHUNK = 1 << 20
 
 
-def field_name(field: str, id_run: str) -> str:
-    """A field as the session names it: `data`, `inputs.train`, or `runs[<id_run>].<field>`."""
-    return f"runs[{id_run}].{field}" if id_run else field
-
-
 @main.command("ls")
 @project_command
 def ls_command(project: Project) -> None:
     """One row per reference: experiment, field, blob and its uncompressed size."""
     refs = list(project.index.iter_refs())
-    items: list[dict[str, Any]] = [{"experiment": str(r.id_experiment), "name": r.name, "field": field_name(r.field, r.id_run),
+    items: list[dict[str, Any]] = [{"experiment": str(r.id_experiment), "name": r.name, "field": r.label,
               "blob": r.blob_id, "size": r.size} for r in refs]
     if project.as_json:
         project.emit(items)
@@ -63,7 +58,7 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
     try:
         exp = session.read_experiment(id_experiment=record.id_experiment)
         available = [p for p, _ in archive_fields(exp.fields)]
-        available += [field_name(r.field, r.id_run) for r in index.refs_of(record.id_experiment) if r.id_run]
+        available += [r.label for r in index.refs_of(record.id_experiment) if r.id_run]
         if field is not None and field not in available:
             raise Unusable(f"experiment {record.name!r} has no archive field {field!r} "
                            f"(archive fields: {', '.join(available) or 'none'})")
