@@ -58,17 +58,14 @@ class Session:
     def content_store(self, for_write: bool = False) -> ContentStore:
         """The project's content store: the datastore the database records, else the
         option's, recorded (with this database registered in it) at the first write."""
-        if self._datastore is not None:
-            return stores.content_store(self._datastore)
-        recorded = self.index.get_fact(DATASTORE_KEY)
-        if recorded is None:
-            store = stores.content_store()
-            if for_write:
-                store.blobs.ensure_format()
-                self.index.set_fact(DATASTORE_KEY, store.blobs.url)
-            return store
-        self._check_option_agrees(recorded)
-        return stores.content_store(recorded)
+        url, source = stores.project_datastore(self.index, self._datastore)
+        if source == "recorded":
+            self._check_option_agrees(url)
+        store = stores.content_store(url)
+        if source == "option" and for_write:
+            store.blobs.ensure_format()
+            self.index.set_fact(DATASTORE_KEY, store.blobs.url)
+        return store
 
     def _check_option_agrees(self, recorded: str) -> None:
         option = options().get("datastore.url")

@@ -389,3 +389,16 @@ def test_database_records_its_datastore_so_loading_from_another_cwd_finds_blobs(
     assert (out / "a.txt").read_bytes() == b"A" and (out / "sub" / "b.txt").read_bytes() == b"B"
     assert loaded.fields.data.get_target() == f"mltraq.archivestore/{e.id_experiment}"
     assert not (elsewhere / "mltraq.datastore").exists()
+
+
+def test_project_datastore_is_the_given_one_else_the_recorded_one_else_the_option(tmp_path):
+    from casstore import stores
+
+    session = create_session(db_url(tmp_path / "p.db"))
+    option = stores.datastore_url()
+    assert stores.project_datastore(session.index) == (option, "option")
+    assert stores.project_datastore(session.index, "") == (option, "given")
+    make_folder("d", {"a.txt": b"A"})
+    session.create_experiment("x", data=ArchiveStore("d", arc_dir="data")).persist()
+    assert stores.project_datastore(session.index) == (option, "recorded")
+    assert stores.project_datastore(session.index, str(tmp_path / "other")) == (str(tmp_path / "other"), "given")

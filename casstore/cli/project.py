@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from casstore.cas.index.queries import Index
     from casstore.cas.store.content_store import ContentStore
 
+# How the messages name where the datastore came from (casstore.stores.project_datastore).
+DATASTORE_SOURCES = {"given": "--datastore", "recorded": "recorded by the database",
+                     "option": "option datastore.url (the database records none; pass --datastore)"}
+
 
 def open_engine(url: str, read_only: bool = True) -> Engine:
     """An engine on an existing database: a SQLite file that does not exist is refused
@@ -113,14 +117,9 @@ class Project:
     def datastore_url(self) -> tuple[str, str]:
         """(url, where it came from)."""
         from casstore import stores
-        from casstore.cas.index.queries import DATASTORE_KEY
 
-        if self.datastore_arg:
-            return self.datastore_arg, "--datastore"
-        recorded = self.index.get_fact(DATASTORE_KEY)
-        if recorded:
-            return recorded, "recorded by the database"
-        return stores.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
+        url, source = stores.project_datastore(self.index, self.datastore_arg or None)
+        return url, DATASTORE_SOURCES[source]
 
     def _open_store(self) -> ContentStore:
         from casstore.cas.backends.factory import open_blobstore
