@@ -10,7 +10,7 @@ import threading
 from typing import Literal
 
 from casstore.cas.backends.base import BlobStore
-from casstore.cas.backends.factory import open_blobstore
+from casstore.cas.backends.factory import open_blobstore, open_existing_blobstore
 from casstore.cas.index.queries import DATASTORE_KEY, Index
 from casstore.cas.store.codecs import check_codec
 from casstore.cas.store.content_store import ContentStore
@@ -63,6 +63,13 @@ def content_store(url: str | None = None) -> ContentStore:
             _stores[(url, cache)] = store
         store.unsized_limit = unsized_limit()
         return store
+
+
+def existing_content_store(url: str, named_by: str = "") -> ContentStore:
+    """A content store, with no stat cache, on the casstore datastore already at `url`
+    (DatastoreError if there is none: `open_existing_blobstore`)."""
+    return ContentStore(open_existing_blobstore(url, options().get("datastore.storage_options", otherwise={}),
+                                                named_by))
 
 
 def unsized_limit() -> int:

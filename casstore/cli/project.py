@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from casstore.cas.index.engine import safe_url, sqlite_file
 from casstore.cli.app import Unusable, common_options, one_line_errors
 from casstore.cli.output import emit_json
-from casstore.errors import CasStoreError, SchemaOutdated
+from casstore.errors import CasStoreError, DatastoreError, SchemaOutdated
 
 if TYPE_CHECKING:
     from casstore.cas.index.queries import Index
@@ -122,28 +122,13 @@ class Project:
         return url, DATASTORE_SOURCES[source]
 
     def _open_store(self) -> ContentStore:
-        from casstore.cas.backends.factory import open_blobstore
-        from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES
-        from casstore.cas.backends.local import LocalBlobStore
-        from casstore.cas.store.content_store import ContentStore
-        from casstore.opts import options
+        from casstore import stores
 
         url, source = self.datastore_url()
         try:
-            blobs = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
-        except CasStoreError as exc:
-            raise Unusable(f"cannot open datastore {url} ({source}): {exc}") from exc
-        if isinstance(blobs, LocalBlobStore) and not os.path.isdir(blobs.root):
-            raise Unusable(f"datastore {blobs.root} does not exist ({source})")
-        try:
-            found = blobs.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
-        except OSError as exc:
-            raise Unusable(f"cannot read datastore {blobs.url} ({source}): {exc}") from exc
-        if found is None:
-            raise Unusable(f"{blobs.url} is not a casstore datastore: no {FORMAT_KEY} ({source})")
-        if found != FORMAT_TEXT:
-            raise Unusable(f"datastore {blobs.url} has an unsupported format {found.strip()!r}")
-        return ContentStore(blobs)
+            return stores.existing_content_store(url, named_by=source)
+        except DatastoreError as exc:
+            raise Unusable(str(exc)) from exc
 
     def close(self) -> None:
         if self._index is not None:
