@@ -402,3 +402,22 @@ def test_project_datastore_is_the_given_one_else_the_recorded_one_else_the_optio
     session.create_experiment("x", data=ArchiveStore("d", arc_dir="data")).persist()
     assert stores.project_datastore(session.index) == (option, "recorded")
     assert stores.project_datastore(session.index, str(tmp_path / "other")) == (str(tmp_path / "other"), "given")
+
+
+def test_a_database_without_casstore_tables_is_refused_as_not_a_project_and_left_as_it_was(tmp_path):
+    from casstore.cas.index.engine import make_engine
+    from casstore.cas.index.schema import require_casstore_tables
+
+    db = tmp_path / "plain.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE experiments (id_experiment TEXT)")
+    before = db.read_bytes()
+    engine = make_engine(db_url(db), read_only=True)
+    with pytest.raises(InvalidInput, match=r"holds no casstore tables \(not a casstore project\?\)$"):
+        require_casstore_tables(engine)
+    engine.dispose()
+    assert db.read_bytes() == before
+    create_session(db_url(tmp_path / "p.db")).index.dispose()
+    engine = make_engine(db_url(tmp_path / "p.db"), read_only=True)
+    require_casstore_tables(engine)
+    engine.dispose()

@@ -12,14 +12,13 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import Table, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from casstore.cas.index.engine import safe_url, sqlite_file
 from casstore.cli.app import Unusable, common_options, one_line_errors
 from casstore.cli.output import emit_json
-from casstore.errors import CasStoreError, DatastoreError, SchemaOutdated
+from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
 
 if TYPE_CHECKING:
     from casstore.cas.index.queries import Index
@@ -51,27 +50,21 @@ def open_engine(url: str, read_only: bool = True) -> Engine:
         raise Unusable(f"cannot open database {safe_url(url)}: {exc}") from exc
 
 
-def _casstore_table_names() -> set[str]:
-    from casstore.cas.index.models import CASSTORE_TABLES
-
-    return {t.name for t in CASSTORE_TABLES if isinstance(t, Table)}
-
-
 def open_index(url: str, read_only: bool = True) -> Index:
     """The project's index; its tables are looked at read-only first, and the database is
     opened for writing (SQLite switched to WAL) only if `read_only` is False."""
     from casstore.cas.index.queries import Index
+    from casstore.cas.index.schema import require_casstore_tables
 
     engine = open_engine(url)
     try:
-        with engine.connect() as conn:
-            names = set(inspect(conn).get_table_names())
+        require_casstore_tables(engine)
     except SQLAlchemyError as exc:
         raise Unusable(f"cannot open database {safe_url(url)}: {getattr(exc, 'orig', None) or exc}") from exc
+    except InvalidInput as exc:
+        raise Unusable(str(exc)) from exc
     finally:
         engine.dispose()
-    if not names & _casstore_table_names():
-        raise Unusable(f"database {safe_url(url)} holds no casstore tables (not a casstore project?)")
     try:
         return Index.open(url, read_only=read_only)
     except SchemaOutdated as exc:

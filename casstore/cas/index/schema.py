@@ -95,10 +95,25 @@ def check_schema(engine: Engine, creatable: bool = False) -> None:
     _refuse(revision)
 
 
-def _state(connection: Connection) -> tuple[str | None, bool, bool]:
+def require_casstore_tables(engine: Engine) -> None:
+    """Refuse (InvalidInput), reading only, a database that holds none of casstore's tables:
+    not a casstore project (a typo, or a plain MLtraq database), which opening the index
+    for writing would make one. SQLAlchemy's errors pass through."""
+    with engine.connect() as connection:
+        found = _has_casstore_tables(connection)
+    if not found:
+        raise InvalidInput(f"database {engine.url.render_as_string(hide_password=True)} holds no casstore tables "
+                           "(not a casstore project?)")
+
+
+def _has_casstore_tables(connection: Connection) -> bool:
     inspector = inspect(connection)
-    has_tables = any(inspector.has_table(t.name) for t in CASSTORE_TABLES)
-    return current_revision(connection), has_tables, inspector.has_table(ExperimentRow.__tablename__)
+    return any(inspector.has_table(t.name) for t in CASSTORE_TABLES)
+
+
+def _state(connection: Connection) -> tuple[str | None, bool, bool]:
+    has_experiments = inspect(connection).has_table(ExperimentRow.__tablename__)
+    return current_revision(connection), _has_casstore_tables(connection), has_experiments
 
 
 def _refuse(revision: str | None) -> None:
