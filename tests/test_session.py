@@ -421,3 +421,22 @@ def test_a_database_without_casstore_tables_is_refused_as_not_a_project_and_left
     engine = make_engine(db_url(tmp_path / "p.db"), read_only=True)
     require_casstore_tables(engine)
     engine.dispose()
+
+
+def test_upgrading_a_schema_newer_than_this_casstore_knows_is_refused_and_changes_nothing(tmp_path):
+    from casstore.cas.index.engine import make_engine
+    from casstore.cas.index.schema import upgrade
+    from casstore.errors import SchemaOutdated
+
+    db = tmp_path / "p.db"
+    create_session(db_url(db)).index.dispose()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE casstore_alembic_version SET version_num = '9999'")
+    conn.close()
+    engine = make_engine(db_url(db))
+    with pytest.raises(SchemaOutdated, match=r"schema 9999, newer than this casstore knows .*: upgrade casstore$"):
+        upgrade(engine)
+    engine.dispose()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM casstore_alembic_version").fetchall() == [("9999",)]
+    conn.close()

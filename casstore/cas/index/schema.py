@@ -44,8 +44,10 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
-    """Bring casstore's tables to `revision`; returns the revision now in force."""
+    """Bring casstore's tables to `revision`; returns the revision now in force. A schema
+    newer than this casstore knows is refused (SchemaOutdated) and left as it is."""
     with write_transaction(engine) as connection:
+        _refuse_newer(current_revision(connection))
         _upgrade(connection, revision)
         return current_revision(connection)
 
@@ -120,13 +122,18 @@ def _refuse(revision: str | None) -> None:
     if revision is None:
         raise SchemaOutdated("the database has casstore tables but no casstore schema version: it was not "
                              "made by casstore, or its version table was dropped; restore it from a backup")
-    if revision not in known_revisions():
-        raise SchemaOutdated(f"the database holds casstore schema {revision}, newer than this casstore "
-                             f"knows ({HEAD}): upgrade casstore")
+    _refuse_newer(revision)
     raise SchemaOutdated(
         f"the database holds casstore schema {revision}, this casstore needs {HEAD}: "
         "run `casstore db upgrade --db URL` (back the database up first)"
     )
+
+
+def _refuse_newer(revision: str | None) -> None:
+    """SchemaOutdated for a revision this casstore does not know: a newer casstore wrote it."""
+    if revision is not None and revision not in known_revisions():
+        raise SchemaOutdated(f"the database holds casstore schema {revision}, newer than this casstore "
+                             f"knows ({HEAD}): upgrade casstore")
 
 
 def known_revisions() -> set[str]:
