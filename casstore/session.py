@@ -18,6 +18,7 @@ from casstore import stores
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import checked_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
+from casstore.cas.index.engine import safe_url
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
@@ -202,6 +203,20 @@ def parse_experiment_id(value: str) -> uuid.UUID:
     if _UUID_TEXT.fullmatch(text) is None:
         raise InvalidInput(f"not an experiment id: {value!r} (expected 32 hex digits, dashed or not)")
     return uuid.UUID(text)
+
+
+def find_experiment(index: Index, name_or_id: str) -> ExperimentRecord:
+    """The experiment named `name_or_id`, else the one with that id (as `casstore extract`
+    takes either); ExperimentNotFound if there is neither."""
+    record = index.get_experiment(name=name_or_id)
+    if record is None:
+        try:
+            record = index.get_experiment(id_experiment=parse_experiment_id(name_or_id))
+        except ValueError:
+            record = None
+    if record is None:
+        raise ExperimentNotFound(f"no experiment named {name_or_id!r} or with that id in {safe_url(index.url)}")
+    return record
 
 
 def field_roots(index: Index) -> Iterator[FieldRoot]:

@@ -440,3 +440,16 @@ def test_upgrading_a_schema_newer_than_this_casstore_knows_is_refused_and_change
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version_num FROM casstore_alembic_version").fetchall() == [("9999",)]
     conn.close()
+
+
+def test_find_experiment_takes_a_name_else_an_id_and_names_the_database_when_neither(tmp_path):
+    from casstore.session import find_experiment
+
+    session = create_session(db_url(tmp_path / "p.db"))
+    e = session.create_experiment("x", v=1).persist()
+    assert find_experiment(session.index, "x").id_experiment == e.id_experiment
+    assert find_experiment(session.index, str(e.id_experiment)).name == "x"
+    assert find_experiment(session.index, e.id_experiment.hex).name == "x"
+    for missing in ("y", "0" * 32):
+        with pytest.raises(ExperimentNotFound, match=rf"^no experiment named '{missing}' or with that id in sqlite:///"):
+            find_experiment(session.index, missing)

@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from casstore.cas.index.engine import safe_url
 from casstore.cli.app import Failure, Unusable, main
 from casstore.cli.output import human_bytes, table
 from casstore.cli.project import Project, project_command
@@ -50,10 +49,10 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
     If some fields fail, the others are still extracted and the exit code is 1."""
     from casstore import stores
     from casstore.experiment import archive_fields
-    from casstore.session import Session
+    from casstore.session import Session, find_experiment
 
     index = project.index
-    record = _find_experiment(index, experiment)
+    record = find_experiment(index, experiment)
     session = Session(project.db, datastore=project.store.blobs.url, read_only=True)
     try:
         exp = session.read_experiment(id_experiment=record.id_experiment)
@@ -85,20 +84,6 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
         click.echo(f"experiment {record.name} ({record.id_experiment}) has no archive fields")
     if error is not None:
         raise Failure(str(error))
-
-
-def _find_experiment(index: Any, ref: str) -> Any:
-    from casstore.session import parse_experiment_id
-
-    record = index.get_experiment(name=ref)
-    if record is None:
-        try:
-            record = index.get_experiment(id_experiment=parse_experiment_id(ref))
-        except ValueError:
-            record = None
-    if record is None:
-        raise Unusable(f"no experiment named {ref!r} or with that id in {safe_url(index.url)}")
-    return record
 
 
 @main.command()
