@@ -4,7 +4,9 @@ datastore.url).
 
 Everything here refuses rather than creates: a typo in --db or --datastore must not start
 an empty project, and a database file the CLI refuses is left byte for byte as it was
-(docs/reliability.md). Refusals are `Unusable` (exit 3)."""
+(docs/reliability.md). Refusals are `Unusable` (exit 3). The decisions are the library's
+(`stores.project_datastore`, `stores.existing_content_store`, the index's
+`require_casstore_tables`); this module maps their errors."""
 
 from __future__ import annotations
 
