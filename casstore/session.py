@@ -18,6 +18,7 @@ from casstore import stores
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import checked_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
+from casstore.cas.index.engine import safe_url
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
@@ -58,17 +59,14 @@ class Session:
     def content_store(self, for_write: bool = False) -> ContentStore:
         """The project's content store: the datastore the database records, else the
         option's, recorded (with this database registered in it) at the first write."""
-        if self._datastore is not None:
-            return stores.content_store(self._datastore)
-        recorded = self.index.get_fact(DATASTORE_KEY)
-        if recorded is None:
-            store = stores.content_store()
-            if for_write:
-                store.blobs.ensure_format()
-                self.index.set_fact(DATASTORE_KEY, store.blobs.url)
-            return store
-        self._check_option_agrees(recorded)
-        return stores.content_store(recorded)
+        url, source = stores.project_datastore(self.index, self._datastore)
+        if source == "recorded":
+            self._check_option_agrees(url)
+        store = stores.content_store(url)
+        if source == "option" and for_write:
+            store.blobs.ensure_format()
+            self.index.set_fact(DATASTORE_KEY, store.blobs.url)
+        return store
 
     def _check_option_agrees(self, recorded: str) -> None:
         option = options().get("datastore.url")
@@ -104,7 +102,7 @@ class Session:
         reference (MLtraq extracts those into the same folder). Returns the fields done."""
         jobs: list[tuple[str, Optional[str], Optional[int], Optional[ArchiveStore]]]
         jobs = [(p, a.blob_id, a.size, a) for p, a in archive_fields(experiment.fields)]
-        jobs += [(f"runs[{r.id_run}].{r.field}", r.blob_id, self._size_of(r.blob_id), None)
+        jobs += [(r.label, r.blob_id, self._size_of(r.blob_id), None)
                  for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
         jobs = [job for job in jobs if only is None or job[0] == only]
         if not jobs:
@@ -207,6 +205,20 @@ def parse_experiment_id(value: str) -> uuid.UUID:
     if _UUID_TEXT.fullmatch(text) is None:
         raise InvalidInput(f"not an experiment id: {value!r} (expected 32 hex digits, dashed or not)")
     return uuid.UUID(text)
+
+
+def find_experiment(index: Index, name_or_id: str) -> ExperimentRecord:
+    """The experiment named `name_or_id`, else the one with that id (as `casstore extract`
+    takes either); ExperimentNotFound if there is neither."""
+    record = index.get_experiment(name=name_or_id)
+    if record is None:
+        try:
+            record = index.get_experiment(id_experiment=parse_experiment_id(name_or_id))
+        except ValueError:
+            record = None
+    if record is None:
+        raise ExperimentNotFound(f"no experiment named {name_or_id!r} or with that id in {safe_url(index.url)}")
+    return record
 
 
 def field_roots(index: Index) -> Iterator[FieldRoot]:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Literal
 
 from casstore.cas.backends.base import BlobStore
-from casstore.cas.backends.factory import open_blobstore
+from casstore.cas.backends.factory import open_blobstore, open_existing_blobstore
+from casstore.cas.index.queries import DATASTORE_KEY, Index
 from casstore.cas.store.codecs import check_codec
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.reader import UNSIZED_LIMIT
@@ -21,6 +23,9 @@ from casstore.opts import options
 _stores: dict[tuple[str, str | None], ContentStore] = {}
 _lock = threading.Lock()
 
+# Where a project's datastore came from (project_datastore).
+DatastoreSource = Literal["given", "recorded", "option"]
+
 
 def datastore_url() -> str:
     """The datastore named by the options, as an absolute path or a remote URL."""
@@ -31,6 +36,19 @@ def datastore_url() -> str:
         path = file_url_to_path(url) if url.startswith("file://") else url
         return os.path.abspath(path)
     return url
+
+
+def project_datastore(index: Index, given: str | None = None) -> tuple[str, DatastoreSource]:
+    """The datastore of the project whose database `index` opens, and where it came from:
+    `given` (the caller's override: --datastore, `Session(datastore=...)`; an empty one names
+    the options'), else the one the database records, else option datastore.url (which the
+    first persist with archives records)."""
+    if given is not None:
+        return given or datastore_url(), "given"
+    recorded = index.get_fact(DATASTORE_KEY)
+    if recorded:
+        return recorded, "recorded"
+    return datastore_url(), "option"
 
 
 def content_store(url: str | None = None) -> ContentStore:
@@ -45,6 +63,13 @@ def content_store(url: str | None = None) -> ContentStore:
             _stores[(url, cache)] = store
         store.unsized_limit = unsized_limit()
         return store
+
+
+def existing_content_store(url: str, named_by: str = "") -> ContentStore:
+    """A content store, with no stat cache, on the casstore datastore already at `url`
+    (DatastoreError if there is none: `open_existing_blobstore`)."""
+    return ContentStore(open_existing_blobstore(url, options().get("datastore.storage_options", otherwise={}),
+                                                named_by))
 
 
 def unsized_limit() -> int:

@@ -1032,3 +1032,22 @@ class TestS3Session(SessionContract):
             s.create_experiment("a", data=ArchiveStore(src_dir=_make_folder(workdir / "d"), arc_dir="d")).persist()
         assert s.index.list_experiments() == []
         s.index.dispose()
+
+
+def test_opening_an_existing_datastore_refuses_what_is_not_one_and_creates_nothing(tmp_path):
+    from casstore.cas.backends.factory import open_existing_blobstore
+
+    root = tmp_path / "ds"
+    with pytest.raises(DatastoreError, match=r"datastore .*ds does not exist \(--datastore\)$"):
+        open_existing_blobstore(str(root), named_by="--datastore")
+    assert not root.exists()
+    root.mkdir()
+    with pytest.raises(DatastoreError, match=r"is not a casstore datastore: no casstore/FORMAT$"):
+        open_existing_blobstore(str(root))
+    assert list(root.iterdir()) == []
+    (root / "casstore").mkdir()
+    (root / FORMAT_KEY).write_bytes(b"casstore-datastore 9\n")
+    with pytest.raises(DatastoreError, match=r"has an unsupported format b'casstore-datastore 9'$"):
+        open_existing_blobstore(str(root))
+    (root / FORMAT_KEY).write_bytes(FORMAT_TEXT)
+    assert open_existing_blobstore(str(root)).url == open_blobstore(str(root)).url

@@ -464,3 +464,25 @@ def test_only_a_server_of_ones_own_database_gets_ones_own_password():
                       "postgresql+psycopg://casstore@db.internal:5432/ml_runs?host=/tmp/evil"):
         opened = _open_url(make_url(elsewhere), own)
         assert opened.password is None and opened.query["password"] == ""
+
+
+def test_entry_statuses_say_which_files_are_there_and_which_servers_are_confirmed(shared):
+    from casstore.cas.live.registry import read_registry
+    from casstore.cas.live.trust import database_url, entry_statuses, trust
+    from casstore.errors import InvalidInput
+
+    datastore, a, b, _ = shared
+    url = "postgresql+psycopg://team@db.example/x"
+    key = _plant(datastore, url, _entry_body(url))
+    b.path.unlink()
+    blobs = LocalBlobStore(str(datastore))
+    entries = read_registry(blobs)[0]
+    status = {s.entry.url: (s.exists, s.trusted) for s in entry_statuses(entries, registry_url(a.db))}
+    assert status == {registry_url(a.db): (True, None), registry_url(b.db): (False, None), url: (None, False)}
+    assert [s.trusted for s in entry_statuses(entries, url) if s.entry.url == url] == [True]
+    assert database_url(key, lambda: blobs) == url
+    assert database_url(url, lambda: pytest.fail("a URL needs no datastore")) == url
+    with pytest.raises(InvalidInput, match="is neither a database URL nor the key of an entry in the registry"):
+        database_url("0" * 32, lambda: blobs)
+    trust(url)
+    assert [s.trusted for s in entry_statuses(entries, None) if s.entry.url == url] == [True]

@@ -56,3 +56,15 @@ def test_replacing_by_name_with_a_new_experiment_drops_the_old_run_references(wo
     e = _experiment_with_run_ref(session)
     session.create_experiment("exp", lr=1).persist(if_exists="replace")
     assert session.index.refs_of(e.id_experiment) == []
+
+
+def test_a_reference_is_labelled_by_its_field_or_runs_id_run_field(workdir):
+    from casstore.cas.index.queries import Ref, field_label
+
+    session = create_session("sqlite:///p.db")
+    e = _experiment_with_run_ref(session)
+    labels = sorted(r.label for r in session.index.refs_of(e.id_experiment))
+    run = next(r for r in session.index.refs_of(e.id_experiment) if r.id_run)
+    assert labels == sorted(["data", f"runs[{run.id_run}].dataset"])
+    assert {r.label for r in session.index.iter_refs() if r.id_experiment == e.id_experiment} == set(labels)
+    assert field_label("inputs.train") == Ref("inputs.train", "b", "a").label == "inputs.train"

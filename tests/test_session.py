@@ -395,3 +395,67 @@ def test_database_records_its_datastore_so_loading_from_another_cwd_finds_blobs(
     assert (out / "a.txt").read_bytes() == b"A" and (out / "sub" / "b.txt").read_bytes() == b"B"
     assert loaded.fields.data.get_target() == f"mltraq.archivestore/{e.id_experiment}"
     assert not (elsewhere / "mltraq.datastore").exists()
+
+
+def test_project_datastore_is_the_given_one_else_the_recorded_one_else_the_option(tmp_path):
+    from casstore import stores
+
+    session = create_session(db_url(tmp_path / "p.db"))
+    option = stores.datastore_url()
+    assert stores.project_datastore(session.index) == (option, "option")
+    assert stores.project_datastore(session.index, "") == (option, "given")
+    make_folder("d", {"a.txt": b"A"})
+    session.create_experiment("x", data=ArchiveStore("d", arc_dir="data")).persist()
+    assert stores.project_datastore(session.index) == (option, "recorded")
+    assert stores.project_datastore(session.index, str(tmp_path / "other")) == (str(tmp_path / "other"), "given")
+
+
+def test_a_database_without_casstore_tables_is_refused_as_not_a_project_and_left_as_it_was(tmp_path):
+    from casstore.cas.index.engine import make_engine
+    from casstore.cas.index.schema import require_casstore_tables
+
+    db = tmp_path / "plain.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE experiments (id_experiment TEXT)")
+    before = db.read_bytes()
+    engine = make_engine(db_url(db), read_only=True)
+    with pytest.raises(InvalidInput, match=r"holds no casstore tables \(not a casstore project\?\)$"):
+        require_casstore_tables(engine)
+    engine.dispose()
+    assert db.read_bytes() == before
+    create_session(db_url(tmp_path / "p.db")).index.dispose()
+    engine = make_engine(db_url(tmp_path / "p.db"), read_only=True)
+    require_casstore_tables(engine)
+    engine.dispose()
+
+
+def test_upgrading_a_schema_newer_than_this_casstore_knows_is_refused_and_changes_nothing(tmp_path):
+    from casstore.cas.index.engine import make_engine
+    from casstore.cas.index.schema import upgrade
+    from casstore.errors import SchemaOutdated
+
+    db = tmp_path / "p.db"
+    create_session(db_url(db)).index.dispose()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE casstore_alembic_version SET version_num = '9999'")
+    conn.close()
+    engine = make_engine(db_url(db))
+    with pytest.raises(SchemaOutdated, match=r"schema 9999, newer than this casstore knows .*: upgrade casstore$"):
+        upgrade(engine)
+    engine.dispose()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM casstore_alembic_version").fetchall() == [("9999",)]
+    conn.close()
+
+
+def test_find_experiment_takes_a_name_else_an_id_and_names_the_database_when_neither(tmp_path):
+    from casstore.session import find_experiment
+
+    session = create_session(db_url(tmp_path / "p.db"))
+    e = session.create_experiment("x", v=1).persist()
+    assert find_experiment(session.index, "x").id_experiment == e.id_experiment
+    assert find_experiment(session.index, str(e.id_experiment)).name == "x"
+    assert find_experiment(session.index, e.id_experiment.hex).name == "x"
+    for missing in ("y", "0" * 32):
+        with pytest.raises(ExperimentNotFound, match=rf"^no experiment named '{missing}' or with that id in sqlite:///"):
+            find_experiment(session.index, missing)

@@ -24,7 +24,7 @@ from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index.facts import BlobFacts, facts_of
-from casstore.cas.index.queries import Index, RefListing
+from casstore.cas.index.queries import Index, RefListing, field_label
 from casstore.cas.live.leases import read_leases
 from casstore.cas.live.refs import NamedRef, named_refs
 from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
@@ -78,9 +78,9 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         report.problems += _disagreements(rows, roots)
     referenced: dict[str, tuple[str | None, str | None]] = {}
     for ref in rows:
-        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), _label(ref.id_run, ref.field)))
+        referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.label))
     for root in roots or []:
-        referenced.setdefault(root.blob_id, (root.experiment, _label(root.id_run, root.field)))
+        referenced.setdefault(root.blob_id, (root.experiment, field_label(root.field, root.id_run)))
     refused: dict[str, str] = {}  # blob id -> why ArchiveStoreIO refuses a reference naming it
     for named in named_refs(store.blobs):
         if named.blob_id is None:
@@ -130,11 +130,6 @@ def _named_facts(facts: dict[str, BlobFacts], blob_id: str, size: int, named: St
         facts[blob_id] = facts_of(copies[0], size)
 
 
-def _label(id_run: str, field: str) -> str:
-    """A field as the session and the CLI name it: `data`, or `runs[<id_run>].model`."""
-    return f"runs[{id_run}].{field}" if id_run else field
-
-
 def _disagreements(rows: list[RefListing], roots: list[FieldRoot]) -> list[Problem]:
     """Each (experiment, run, field) whose archive value in the fields and reference row
     do not name the same blob: a load reads the fields, gc and stats the rows."""
@@ -154,7 +149,7 @@ def _disagreements(rows: list[RefListing], roots: list[FieldRoot]) -> list[Probl
         else:
             blob = in_fields[0]
             detail = f"the fields name blob {', '.join(in_fields)}; the reference row names {in_row}"
-        problems.append(Problem("refs", blob, key[0], _label(key[1], key[2]), detail))
+        problems.append(Problem("refs", blob, key[0], field_label(key[2], key[1]), detail))
     return problems
 
 

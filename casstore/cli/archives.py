@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from casstore.cas.index.engine import safe_url
 from casstore.cli.app import Failure, Unusable, main
 from casstore.cli.output import human_bytes, table
 from casstore.cli.project import Project, project_command
@@ -19,17 +18,12 @@ from casstore.errors import CorruptBlob, LoadError
 CHUNK = 1 << 20
 
 
-def field_name(field: str, id_run: str) -> str:
-    """A field as the session names it: `data`, `inputs.train`, or `runs[<id_run>].<field>`."""
-    return f"runs[{id_run}].{field}" if id_run else field
-
-
 @main.command("ls")
 @project_command
 def ls_command(project: Project) -> None:
     """One row per reference: experiment, field, blob and its uncompressed size."""
     refs = list(project.index.iter_refs())
-    items: list[dict[str, Any]] = [{"experiment": str(r.id_experiment), "name": r.name, "field": field_name(r.field, r.id_run),
+    items: list[dict[str, Any]] = [{"experiment": str(r.id_experiment), "name": r.name, "field": r.label,
               "blob": r.blob_id, "size": r.size} for r in refs]
     if project.as_json:
         project.emit(items)
@@ -55,15 +49,15 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
     If some fields fail, the others are still extracted and the exit code is 1."""
     from casstore import stores
     from casstore.experiment import archive_fields
-    from casstore.session import Session
+    from casstore.session import Session, find_experiment
 
     index = project.index
-    record = _find_experiment(index, experiment)
+    record = find_experiment(index, experiment)
     session = Session(project.db, datastore=project.store.blobs.url, read_only=True)
     try:
         exp = session.read_experiment(id_experiment=record.id_experiment)
         available = [p for p, _ in archive_fields(exp.fields)]
-        available += [field_name(r.field, r.id_run) for r in index.refs_of(record.id_experiment) if r.id_run]
+        available += [r.label for r in index.refs_of(record.id_experiment) if r.id_run]
         if field is not None and field not in available:
             raise Unusable(f"experiment {record.name!r} has no archive field {field!r} "
                            f"(archive fields: {', '.join(available) or 'none'})")
@@ -90,20 +84,6 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
         click.echo(f"experiment {record.name} ({record.id_experiment}) has no archive fields")
     if error is not None:
         raise Failure(str(error))
-
-
-def _find_experiment(index: Any, ref: str) -> Any:
-    from casstore.session import parse_experiment_id
-
-    record = index.get_experiment(name=ref)
-    if record is None:
-        try:
-            record = index.get_experiment(id_experiment=parse_experiment_id(ref))
-        except ValueError:
-            record = None
-    if record is None:
-        raise Unusable(f"no experiment named {ref!r} or with that id in {safe_url(index.url)}")
-    return record
 
 
 @main.command()

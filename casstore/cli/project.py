@@ -4,7 +4,9 @@ datastore.url).
 
 Everything here refuses rather than creates: a typo in --db or --datastore must not start
 an empty project, and a database file the CLI refuses is left byte for byte as it was
-(docs/reliability.md). Refusals are `Unusable` (exit 3)."""
+(docs/reliability.md). Refusals are `Unusable` (exit 3). The decisions are the library's
+(`stores.project_datastore`, `stores.existing_content_store`, the index's
+`require_casstore_tables`); this module maps their errors."""
 
 from __future__ import annotations
 
@@ -12,18 +14,21 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import Table, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from casstore.cas.index.engine import safe_url, sqlite_file
 from casstore.cli.app import Unusable, common_options, one_line_errors
 from casstore.cli.output import emit_json
-from casstore.errors import CasStoreError, SchemaOutdated
+from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
 
 if TYPE_CHECKING:
     from casstore.cas.index.queries import Index
     from casstore.cas.store.content_store import ContentStore
+
+# How the messages name where the datastore came from (casstore.stores.project_datastore).
+DATASTORE_SOURCES = {"given": "--datastore", "recorded": "recorded by the database",
+                     "option": "option datastore.url (the database records none; pass --datastore)"}
 
 
 def open_engine(url: str, read_only: bool = True) -> Engine:
@@ -47,27 +52,21 @@ def open_engine(url: str, read_only: bool = True) -> Engine:
         raise Unusable(f"cannot open database {safe_url(url)}: {exc}") from exc
 
 
-def _casstore_table_names() -> set[str]:
-    from casstore.cas.index.models import CASSTORE_TABLES
-
-    return {t.name for t in CASSTORE_TABLES if isinstance(t, Table)}
-
-
 def open_index(url: str, read_only: bool = True) -> Index:
     """The project's index; its tables are looked at read-only first, and the database is
     opened for writing (SQLite switched to WAL) only if `read_only` is False."""
     from casstore.cas.index.queries import Index
+    from casstore.cas.index.schema import require_casstore_tables
 
     engine = open_engine(url)
     try:
-        with engine.connect() as conn:
-            names = set(inspect(conn).get_table_names())
+        require_casstore_tables(engine)
     except SQLAlchemyError as exc:
         raise Unusable(f"cannot open database {safe_url(url)}: {getattr(exc, 'orig', None) or exc}") from exc
+    except InvalidInput as exc:
+        raise Unusable(str(exc)) from exc
     finally:
         engine.dispose()
-    if not names & _casstore_table_names():
-        raise Unusable(f"database {safe_url(url)} holds no casstore tables (not a casstore project?)")
     try:
         return Index.open(url, read_only=read_only)
     except SchemaOutdated as exc:
@@ -113,38 +112,18 @@ class Project:
     def datastore_url(self) -> tuple[str, str]:
         """(url, where it came from)."""
         from casstore import stores
-        from casstore.cas.index.queries import DATASTORE_KEY
 
-        if self.datastore_arg:
-            return self.datastore_arg, "--datastore"
-        recorded = self.index.get_fact(DATASTORE_KEY)
-        if recorded:
-            return recorded, "recorded by the database"
-        return stores.datastore_url(), "option datastore.url (the database records none; pass --datastore)"
+        url, source = stores.project_datastore(self.index, self.datastore_arg or None)
+        return url, DATASTORE_SOURCES[source]
 
     def _open_store(self) -> ContentStore:
-        from casstore.cas.backends.factory import open_blobstore
-        from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES
-        from casstore.cas.backends.local import LocalBlobStore
-        from casstore.cas.store.content_store import ContentStore
-        from casstore.opts import options
+        from casstore import stores
 
         url, source = self.datastore_url()
         try:
-            blobs = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
-        except CasStoreError as exc:
-            raise Unusable(f"cannot open datastore {url} ({source}): {exc}") from exc
-        if isinstance(blobs, LocalBlobStore) and not os.path.isdir(blobs.root):
-            raise Unusable(f"datastore {blobs.root} does not exist ({source})")
-        try:
-            found = blobs.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
-        except OSError as exc:
-            raise Unusable(f"cannot read datastore {blobs.url} ({source}): {exc}") from exc
-        if found is None:
-            raise Unusable(f"{blobs.url} is not a casstore datastore: no {FORMAT_KEY} ({source})")
-        if found != FORMAT_TEXT:
-            raise Unusable(f"datastore {blobs.url} has an unsupported format {found.strip()!r}")
-        return ContentStore(blobs)
+            return stores.existing_content_store(url, named_by=source)
+        except DatastoreError as exc:
+            raise Unusable(str(exc)) from exc
 
     def close(self) -> None:
         if self._index is not None:

@@ -11,7 +11,6 @@ import click
 from casstore.cas.index.engine import safe_url
 from casstore.cli.app import Unusable, main
 from casstore.cli.output import table, warn
-from casstore.cas.index.engine import sqlite_file
 from casstore.cli.project import Project, project_command
 
 if TYPE_CHECKING:
@@ -59,12 +58,10 @@ def registry(project: Project, forget: str | None, trust: str | None, revoke: st
 
 def _print_registry(project: Project, entries: list[Entry], broken: list[BrokenEntry], mine: str | None,
                     forgotten: list[str]) -> None:
-    from casstore.cas.live.trust import trusted_urls
+    from casstore.cas.live.trust import entry_statuses
 
-    confirmed = trusted_urls()
-    rows = [{"key": e.key, "url": e.url, "project": e.project, "this": e.url == mine, "exists": exists,
-             "trusted": None if exists is not None else (e.url in confirmed or e.url == mine)}
-            for e in entries for exists in [_sqlite_exists(e.url)]]
+    rows = [{"key": s.entry.key, "url": s.entry.url, "project": s.entry.project, "this": s.entry.url == mine,
+             "exists": s.exists, "trusted": s.trusted} for s in entry_statuses(entries, mine)]
     bad = [{"key": b.key, "reason": b.reason} for b in broken]
     url = project.store.blobs.url
     if project.as_json:
@@ -81,12 +78,6 @@ def _print_registry(project: Project, entries: list[Entry], broken: list[BrokenE
                         for b in bad]))
 
 
-def _sqlite_exists(url: str) -> bool | None:
-    """Whether a SQLite entry's file is there; None for a server database (or no URL)."""
-    found = sqlite_file(url)
-    return None if found is None else found.exists()
-
-
 def _registry_note(row: dict[str, Any]) -> str:
     if row["this"]:
         return "this database"
@@ -100,17 +91,11 @@ def _registry_note(row: dict[str, Any]) -> str:
 def _registry_trust(project: Project, trust: str | None, revoke: str | None) -> None:
     """--trust, --revoke and --trusted: the user's own list, outside the datastore."""
     from casstore.cas.live import trust as confirmations
-    from casstore.cas.live.registry import read_registry
 
     done: dict[str, Any] = {}
     if trust is not None:
-        if "://" not in trust:  # the key of an entry, as gc's refusal names it
-            by_key = {e.key: e.url for e in read_registry(project.store.blobs)[0]}
-            if trust not in by_key:
-                raise Unusable(f"{trust} is neither a database URL nor the key of an entry in the registry of "
-                               f"datastore {project.store.blobs.url}")
-            trust = by_key[trust]
-        done = {"trusted": confirmations.trust(trust)}
+        url = confirmations.database_url(trust, lambda: project.store.blobs)
+        done = {"trusted": confirmations.trust(url)}
     elif revoke is not None:
         if not confirmations.revoke(revoke):
             raise Unusable(f"{safe_url(revoke)} is not a confirmed database ({confirmations.trust_file()})")

@@ -43,6 +43,12 @@ def _checked(engine: Engine, check: Callable[[Engine], None]) -> Engine:
     return engine
 
 
+def field_label(field: str, id_run: str = "") -> str:
+    """A referencing field as the session, verify and the CLI name it: `data`,
+    `inputs.train`, or `runs[<id_run>].<field>` for a field of one of MLtraq's runs."""
+    return f"runs[{id_run}].{field}" if id_run else field
+
+
 @dataclass(frozen=True, slots=True)
 class Ref:
     """A field that references a blob."""
@@ -51,6 +57,10 @@ class Ref:
     blob_id: str
     arc_dir: str
     id_run: str = ""
+
+    @property
+    def label(self) -> str:
+        return field_label(self.field, self.id_run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,10 @@ class RefListing:
     size: int | None
     stored_size: int | None
     codec: str | None
+
+    @property
+    def label(self) -> str:
+        return field_label(self.field, self.id_run)
 
 
 class Index:

@@ -44,8 +44,10 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
-    """Bring casstore's tables to `revision`; returns the revision now in force."""
+    """Bring casstore's tables to `revision`; returns the revision now in force. A schema
+    newer than this casstore knows is refused (SchemaOutdated) and left as it is."""
     with write_transaction(engine) as connection:
+        _refuse_newer(current_revision(connection))
         _upgrade(connection, revision)
         return current_revision(connection)
 
@@ -95,23 +97,43 @@ def check_schema(engine: Engine, creatable: bool = False) -> None:
     _refuse(revision)
 
 
-def _state(connection: Connection) -> tuple[str | None, bool, bool]:
+def require_casstore_tables(engine: Engine) -> None:
+    """Refuse (InvalidInput), reading only, a database that holds none of casstore's tables:
+    not a casstore project (a typo, or a plain MLtraq database), which opening the index
+    for writing would make one. SQLAlchemy's errors pass through."""
+    with engine.connect() as connection:
+        found = _has_casstore_tables(connection)
+    if not found:
+        raise InvalidInput(f"database {engine.url.render_as_string(hide_password=True)} holds no casstore tables "
+                           "(not a casstore project?)")
+
+
+def _has_casstore_tables(connection: Connection) -> bool:
     inspector = inspect(connection)
-    has_tables = any(inspector.has_table(t.name) for t in CASSTORE_TABLES)
-    return current_revision(connection), has_tables, inspector.has_table(ExperimentRow.__tablename__)
+    return any(inspector.has_table(t.name) for t in CASSTORE_TABLES)
+
+
+def _state(connection: Connection) -> tuple[str | None, bool, bool]:
+    has_experiments = inspect(connection).has_table(ExperimentRow.__tablename__)
+    return current_revision(connection), _has_casstore_tables(connection), has_experiments
 
 
 def _refuse(revision: str | None) -> None:
     if revision is None:
         raise SchemaOutdated("the database has casstore tables but no casstore schema version: it was not "
                              "made by casstore, or its version table was dropped; restore it from a backup")
-    if revision not in known_revisions():
-        raise SchemaOutdated(f"the database holds casstore schema {revision}, newer than this casstore "
-                             f"knows ({HEAD}): upgrade casstore")
+    _refuse_newer(revision)
     raise SchemaOutdated(
         f"the database holds casstore schema {revision}, this casstore needs {HEAD}: "
         "run `casstore db upgrade --db URL` (back the database up first)"
     )
+
+
+def _refuse_newer(revision: str | None) -> None:
+    """SchemaOutdated for a revision this casstore does not know: a newer casstore wrote it."""
+    if revision is not None and revision not in known_revisions():
+        raise SchemaOutdated(f"the database holds casstore schema {revision}, newer than this casstore "
+                             f"knows ({HEAD}): upgrade casstore")
 
 
 def known_revisions() -> set[str]:

@@ -50,6 +50,12 @@ class Entry:
     project: str | None
     registered: float
 
+    @property
+    def file_exists(self) -> bool | None:
+        """Whether the database file of an SQLite entry is there; None for a server database."""
+        found = sqlite_file(self.url)
+        return None if found is None else found.exists()
+
 
 @dataclass(frozen=True, slots=True)
 class BrokenEntry:

@@ -4,7 +4,11 @@ Anyone who can write a datastore can write a registry entry, so an entry alone n
 gc connect to a server: libpq would send it the user's credentials. The user confirms a
 server URL once (`casstore registry --trust URL`); the list lives in
 `$XDG_CONFIG_HOME/casstore/trusted-databases.json` (default `~/.config/...`), which only the
-user writes. SQLite files need no confirmation: they are opened as files (docs/teams.md)."""
+user writes. SQLite files need no confirmation: they are opened as files (docs/teams.md).
+
+Here too: what gc would find of each registry entry (`entry_statuses`: an SQLite file there
+or not, a server confirmed or not), and the database a registry key names (`database_url`,
+so that `--trust` takes the key gc's refusal shows)."""
 
 from __future__ import annotations
 
@@ -15,10 +19,14 @@ import stat
 import time
 import uuid
 
+from dataclasses import dataclass
+from typing import Callable
+
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from casstore.cas.live.registry import registry_url, url_problem
+from casstore.cas.backends.base import BlobStore
+from casstore.cas.live.registry import Entry, read_registry, registry_url, url_problem
 from casstore.errors import InvalidInput
 
 TRUST_FORMAT = "casstore-trust-1"
@@ -95,6 +103,38 @@ def revoke(url: str) -> bool:
         return False
     _write(confirmed)
     return True
+
+
+def database_url(url_or_key: str, datastore: Callable[[], BlobStore]) -> str:
+    """The database `url_or_key` names: itself if it is a URL, else the URL of the entry with
+    that key (as gc's refusal names it) in the registry of `datastore()`; InvalidInput if
+    there is none. `datastore` is called only for a key: a URL needs no datastore."""
+    if "://" in url_or_key:
+        return url_or_key
+    blobs = datastore()
+    by_key = {e.key: e.url for e in read_registry(blobs)[0]}
+    if url_or_key not in by_key:
+        raise InvalidInput(f"{url_or_key} is neither a database URL nor the key of an entry in the registry of "
+                           f"datastore {blobs.url}")
+    return by_key[url_or_key]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryStatus:
+    """What gc would find of a registry entry: `exists`, whether an SQLite entry's file is
+    there (None for a server database); `trusted`, whether a server database is confirmed
+    or is the one asking (None for an SQLite file, which needs no confirmation)."""
+
+    entry: Entry
+    exists: bool | None
+    trusted: bool | None
+
+
+def entry_statuses(entries: list[Entry], mine: str | None) -> list[EntryStatus]:
+    """The status of each of `entries`, for the database whose registry URL is `mine`."""
+    confirmed = trusted_urls()
+    return [EntryStatus(e, exists, None if exists is not None else (e.url in confirmed or e.url == mine))
+            for e in entries for exists in [e.file_exists]]
 
 
 def _write(confirmed: dict[str, float]) -> None:

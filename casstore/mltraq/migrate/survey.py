@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from casstore.cas.backends.layout import INTERNAL
 from casstore.cas.backends.localfs import open_regular
 from casstore.cas.index.engine import safe_url
-from casstore.cas.index.queries import Index
+from casstore.cas.index.queries import Index, field_label
 from casstore.cas.live.refs import MAX_REF_BYTES, parse_named_ref
 from casstore.errors import CasStoreError, InvalidInput, UnreadableObject
 from casstore.mltraq import datapak
@@ -58,7 +58,7 @@ class LegacyRef:
 
     @property
     def label(self) -> str:
-        return f"runs[{self.id_run}].{self.field}" if self.id_run else self.field
+        return field_label(self.field, self.id_run)
 
 
 @dataclass
