@@ -16,7 +16,7 @@ from casstore.cas.store.codecs import check_codec
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.reader import UNSIZED_LIMIT
 from casstore.cas.store.statcache import StatCache
-from casstore.errors import InvalidInput
+from casstore.errors import DatastoreError, InvalidInput
 from casstore.cas.backends.urls import file_url_to_path
 from casstore.opts import options
 
@@ -46,7 +46,10 @@ def project_datastore(index: Index, given: str | None = None) -> tuple[str, Data
     if given is not None:
         return given or datastore_url(), "given"
     recorded = index.get_fact(DATASTORE_KEY)
-    if recorded:
+    if recorded == "":  # casstore never records one: damage, and guessing could split the project
+        raise DatastoreError(f"this database records an empty datastore ({DATASTORE_KEY!r} in casstore_meta): "
+                             "name the datastore explicitly (--datastore, Session(datastore=...))")
+    if recorded is not None:
         return recorded, "recorded"
     return datastore_url(), "option"
 

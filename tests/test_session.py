@@ -397,6 +397,26 @@ def test_database_records_its_datastore_so_loading_from_another_cwd_finds_blobs(
     assert not (elsewhere / "mltraq.datastore").exists()
 
 
+def test_a_database_recording_an_empty_datastore_is_refused_and_nothing_is_recorded(tmp_path):
+    import sqlite3
+
+    from casstore.errors import DatastoreError
+
+    db = tmp_path / "p.db"
+    make_folder("d", {"a.txt": b"A"})
+    create_session(db_url(db)).create_experiment("x", data=ArchiveStore("d", arc_dir="data")).persist()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE casstore_meta SET value = '' WHERE key = 'datastore'")
+    session = create_session(db_url(db))
+    for attempt in (lambda: session.load_experiment("x"),
+                    lambda: session.create_experiment("y", data=ArchiveStore("d", arc_dir="data")).persist()):
+        with pytest.raises(DatastoreError, match="records an empty datastore"):
+            attempt()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM casstore_meta WHERE key = 'datastore'").fetchall() == [("",)]
+        assert conn.execute("SELECT name FROM experiments").fetchall() == [("x",)]
+
+
 def test_project_datastore_is_the_given_one_else_the_recorded_one_else_the_option(tmp_path):
     from casstore import stores
 

@@ -4,11 +4,13 @@ the engine, the index, the registry, gc's roots, the CLI and the migration."""
 from __future__ import annotations
 
 import pytest
+from helpers import deadline
 
 from casstore.cas.index.engine import sqlite_file
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true",
+                                 "sqlite:///file:x?mode=memory&uri=on", "sqlite:///file:x?mode=memory&uri=yes",
                                  "sqlite:///file::memory:?uri=true"])
 def test_an_in_memory_database_is_in_memory(url):
     found = sqlite_file(url)
@@ -37,3 +39,15 @@ def test_a_relative_path_stays_relative_and_exists_only_if_the_file_is_there(tmp
 @pytest.mark.parametrize("url", ["postgresql+psycopg://u@h/db", "not a url"])
 def test_another_database_or_no_url_at_all_is_none(url):
     assert sqlite_file(url) is None
+
+
+@pytest.mark.parametrize("flag", ["true", "on", "yes", "1"])
+def test_an_engine_on_a_memory_uri_opens_whatever_spelling_of_uri_it_has(flag):
+    from sqlalchemy import text
+
+    from casstore.cas.index.engine import make_engine
+
+    engine = make_engine(f"sqlite:///file:casstore-mem?mode=memory&uri={flag}")  # hung in _use_wal on "on"
+    with deadline(20), engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "memory"
+    engine.dispose()

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.util import asbool
 
 from casstore.errors import DatabaseFailure, InvalidInput
 
@@ -77,7 +78,7 @@ def _memory_uri(parsed: URL, path: str) -> bool:
     """A `file:` URI of an in-memory database. SQLite reads `mode=memory` (or the name
     `:memory:`) only from a URI, which pysqlite passes as one only with `uri=true`: without
     it, `sqlite:///x.db?mode=memory` is the file x.db."""
-    if str(parsed.query.get("uri", "")).lower() not in ("true", "1"):
+    if not asbool(parsed.query.get("uri", False)):  # pysqlite's own reading of the flag
         return False
     return str(parsed.query.get("mode", "")) == "memory" or path.startswith("file::memory:")
 
@@ -155,7 +156,8 @@ def _use_wal(dbapi_conn: sqlite3.Connection, database: str) -> None:
         try:
             if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 return
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            if dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "memory":
+                return  # an in-memory database (however its URL spells it) keeps its journal in memory
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 dbapi_conn.close()
@@ -163,7 +165,10 @@ def _use_wal(dbapi_conn: sqlite3.Connection, database: str) -> None:
                                       f"({getattr(exc, 'sqlite_errorname', 'SQLITE_ERROR')})") from exc
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            dbapi_conn.close()
+            raise DatabaseFailure(f"cannot switch database {database} to WAL within {SQLITE_BUSY_TIMEOUT_S} s")
+        time.sleep(0.05)
 
 
 def _connect_read_only(path: str) -> sqlite3.Connection:
