@@ -109,6 +109,7 @@ class Session:
             return []
         target = target or os.path.join(stores.archivestore_root(), str(experiment.id_experiment))
         store = self.content_store()
+        store.check_readable()  # a datastore of an unknown format fails the load once, not field by field
         failures, done = [], []
         for path, blob_id, size, archive in jobs:
             try:

@@ -100,6 +100,15 @@ class BlobStoreContract:
         with pytest.raises(DatastoreError, match="unsupported datastore format"):
             store.ensure_format()
 
+    def test_reads_refuse_only_a_format_this_casstore_does_not_know(self, store):
+        store.check_format()  # nothing written yet: readable, and nothing is written
+        assert store.get_object(FORMAT_KEY, max_bytes=100) is None
+        store.ensure_format()
+        store.check_format()
+        store.put_object(FORMAT_KEY, b"casstore-datastore 2\n")
+        with pytest.raises(DatastoreError, match="unsupported datastore format 'casstore-datastore 2'"):
+            store.check_format()
+
     # ingest and publish
 
     def test_commit_publishes_the_bytes_under_their_id(self, store):
@@ -784,6 +793,14 @@ def _make_folder(root, seed: int = 0):
     return str(root)
 
 
+def _a_ref(blobs) -> str:
+    """The URL of the one named reference in `blobs` (ArchiveStoreIO.create wrote it)."""
+    from casstore.cas.live.refs import named_refs
+
+    (ref,) = named_refs(blobs)
+    return "file:///" + ref.key
+
+
 class SessionContract:
     """A user's story, the same on every datastore backend. Subclasses provide `datastore`:
     (url, storage options), and `cli_env`: the environment the `casstore` command needs."""
@@ -823,6 +840,23 @@ class SessionContract:
         target = workdir / "mltraq.archivestore" / str(e.id_experiment) / "data"
         assert file_tree(target) == file_tree(src)
         assert os.path.abspath(e.fields.data.get_target()) == str(workdir / "mltraq.archivestore" / str(e.id_experiment))
+        s.index.dispose()
+
+    def test_a_datastore_a_newer_casstore_wrote_is_refused_by_loads_gc_and_verify(self, project, workdir):
+        db, url = project
+        s = create_session(db)
+        s.create_experiment("baseline", data=ArchiveStore(src_dir=_make_folder(workdir / "datasets"), arc_dir="data")).persist()
+        ArchiveStoreIO.create(_make_folder(workdir / "other", seed=3), arc_dir="o")
+        blobs = self._store(url).blobs
+        blobs.put_object(FORMAT_KEY, b"casstore-datastore 2\n")
+        before = sorted((o.key, o.size) for o in blobs.list_objects(""))
+        attempts = {"load": lambda: s.load_experiment("baseline"), "gc": lambda: s.gc(grace_s=0),
+                    "verify": s.verify, "named reference": lambda: ArchiveStoreIO(_a_ref(blobs)).getnames()}
+        for what, attempt in attempts.items():
+            with pytest.raises(DatastoreError, match=r"'casstore-datastore 2'.*upgrade casstore"):
+                attempt()
+        assert sorted((o.key, o.size) for o in blobs.list_objects("")) == before
+        assert not (workdir / "mltraq.archivestore").exists()
         s.index.dispose()
 
     def test_zstd_blobs_and_replace(self, project, workdir):

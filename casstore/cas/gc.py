@@ -65,6 +65,7 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     """`field_roots` decodes the fields of every database gc reads (roots.FieldRoots)."""
     if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s < math.inf:
         raise InvalidInput(f"the grace period must be a number of seconds >= 0, got {grace_s!r}")
+    store.check_readable()
     report = GcReport(dry_run=dry_run)
     blobs = store.blobs
     if not dry_run:

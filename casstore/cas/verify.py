@@ -61,6 +61,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
            progress: Callable[[int], None] | None = None) -> VerifyReport:
     """`field_roots` decodes the fields (roots.FieldRoots): every archive value they hold is
     compared with the reference rows, and its blob checked."""
+    store.check_readable()
     report = VerifyReport()
     strangers: list[ObjectStat] = []
     copies = _stored_copies(store, strangers)

@@ -209,7 +209,9 @@ class ArchiveStoreIO:
         """The reference at `url`, as gc reads it (refs.parse_named_ref), refused unless it
         names a valid blob id (the pinned one, if pinned) with a valid size."""
         key = file_url_to_path(self.url).replace(os.sep, "/")
-        blobs = stores.content_store().blobs
+        store = stores.content_store()
+        store.check_readable()
+        blobs = store.blobs
         data = blobs.get_object(key, max_bytes=MAX_REF_BYTES)
         if data is None:
             raise BlobNotFound(f"no archive at {self.url} in datastore {stores.datastore_url()}")

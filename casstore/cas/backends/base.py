@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 from casstore.cas.backends.layout import (BLOBS_PREFIX, BULK_PREFIXES, CODEC_SUFFIX, FORMAT_KEY, FORMAT_TEXT,
                                           MAX_FORMAT_BYTES, QUARANTINE_PREFIX, TRASH_PREFIX, Quarantined, blob_key,
                                           parse_blob_key, parse_quarantine_key, trash_key)
-from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError
+from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
 
 PUBLISH_TRIES = 100
 
@@ -231,6 +231,20 @@ class BlobStore(ABC):
 
     def iter_trash(self) -> Iterator[ObjectStat]:
         return self.list_objects(TRASH_PREFIX)
+
+    def check_format(self) -> None:
+        """Refuse (DatastoreError) a datastore whose format file names a format this casstore
+        does not know, before anything reads it: a newer casstore may keep blobs in a way this
+        one would report as missing, or that its gc would misjudge. No format file is fine
+        (nothing written yet). A format file that cannot be read is refused too."""
+        try:
+            found = self.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
+        except (OSError, UnreadableObject) as exc:
+            raise DatastoreError(f"{self.url}: cannot read the datastore's format ({FORMAT_KEY}): {exc}") from exc
+        if found is not None and found != FORMAT_TEXT:
+            name, known = (found.strip().decode("utf-8", "replace"), FORMAT_TEXT.strip().decode())
+            raise DatastoreError(f"{self.url}: unsupported datastore format {name!r} (this casstore reads "
+                                 f"{known!r}: a newer casstore wrote it; upgrade casstore)")
 
     def ensure_format(self) -> None:
         """Create the datastore's format file, or refuse a datastore of another format."""

@@ -49,6 +49,7 @@ class ContentStore:
         self.algorithm = algorithm
         self.unsized_limit = UNSIZED_LIMIT
         self._format_checked = False
+        self._readable = False
 
     def lease(self) -> Lease:
         return Lease(self.blobs)
@@ -57,6 +58,13 @@ class ContentStore:
         if not self._format_checked:
             self.blobs.ensure_format()
             self._format_checked = True
+
+    def check_readable(self) -> None:
+        """Refuse a datastore of a format this casstore does not read (DatastoreError), once
+        per store: every read, gc and verify start here."""
+        if not self._readable:
+            self.blobs.check_format()
+            self._readable = True
 
     # writing
 
@@ -136,6 +144,7 @@ class ContentStore:
         recorded `size`, at most `unsized_limit` bytes). Of two
         stored copies, the one that matches `size` and the index's `recorded` facts is read.
         A CorruptBlob met while reading is recorded in the datastore for the next writer."""
+        self.check_readable()
         f, found = self.blobs.open_blob(blob_id, functools.partial(matches_facts, size=size, recorded=recorded))
         with f:
             try:
