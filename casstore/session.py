@@ -15,22 +15,22 @@ from shutil import rmtree
 from typing import Any, Callable, Iterator, Optional
 
 from casstore import stores
-from casstore.cas.store.content_store import ContentStore
 from casstore.cas.digest import checked_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
 from casstore.cas.index.engine import safe_url
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
-from casstore.mltraq.runs import run_hex, runs_meta
 from casstore.cas.live.registry import register
 from casstore.cas.live.roots import FieldRoot
+from casstore.cas.store.content_store import ContentStore
 from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
                              ExperimentNotFound, FieldFailure, FieldsUnreadable, InvalidInput, LoadError)
 from casstore.experiment import Experiment, archive_fields
-from casstore.opts import DEFAULT_VALUES, options
 from casstore.mltraq import datapak
+from casstore.mltraq.runs import run_hex, runs_meta
+from casstore.opts import DEFAULT_VALUES, options
 from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
 from casstore.utils.bunch import Bunch
 from casstore.version import __version__

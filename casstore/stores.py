@@ -11,13 +11,13 @@ from typing import Literal
 
 from casstore.cas.backends.base import BlobStore
 from casstore.cas.backends.factory import open_blobstore, open_existing_blobstore
+from casstore.cas.backends.urls import file_url_to_path
 from casstore.cas.index.queries import DATASTORE_KEY, Index
 from casstore.cas.store.codecs import check_codec
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.reader import UNSIZED_LIMIT
 from casstore.cas.store.statcache import StatCache
 from casstore.errors import DatastoreError, InvalidInput
-from casstore.cas.backends.urls import file_url_to_path
 from casstore.opts import options
 
 _stores: dict[tuple[str, str | None], ContentStore] = {}

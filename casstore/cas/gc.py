@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass, field
 
 from casstore.cas.backends.base import BlobStat
-from casstore.cas.store.content_store import ContentStore
 from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
 from casstore.cas.index.queries import Index
 from casstore.cas.live.leases import read_leases
 from casstore.cas.live.roots import FieldRoots, leftovers, live_blob_ids
+from casstore.cas.store.content_store import ContentStore
 from casstore.errors import InvalidInput
 
 DEFAULT_GRACE_S = 3600.0

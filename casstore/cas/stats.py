@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from casstore.cas.store.content_store import ContentStore
 from casstore.cas.index.queries import Index
+from casstore.cas.store.content_store import ContentStore
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from typing import Callable
 
 from casstore.cas.backends.base import BlobStat, ObjectStat
 from casstore.cas.backends.layout import CODEC_SUFFIX
-from casstore.cas.store.content_store import ContentStore
-from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing, field_label
 from casstore.cas.live.leases import read_leases
 from casstore.cas.live.refs import NamedRef, named_refs
 from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
+from casstore.cas.store.content_store import ContentStore
+from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
 
 log = logging.getLogger(__name__)

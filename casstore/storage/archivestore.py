@@ -18,17 +18,17 @@ from shutil import rmtree
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
 
 from casstore import stores
-from casstore.cas.index.facts import BlobFacts
-from casstore.cas.store.no_space import no_space
+from casstore.cas.backends.urls import file_url_to_path
 from casstore.cas.digest import parse_id
-from casstore.cas.tar.extract import Extraction
+from casstore.cas.index.facts import BlobFacts
 from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
+from casstore.cas.store.no_space import no_space
+from casstore.cas.tar.extract import Extraction
 from casstore.cas.tar.scan import check_arc_dir, scan
 from casstore.cas.tar.write import tar_bytes
-from casstore.mltraq import datapak
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
-from casstore.cas.backends.urls import file_url_to_path
+from casstore.mltraq import datapak
 from casstore.opts import options
 from casstore.utils.bunch import Bunch
 

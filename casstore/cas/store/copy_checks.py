@@ -14,8 +14,8 @@ import zstandard
 from casstore.cas.backends.base import BlobStat
 from casstore.cas.store.codecs import ZSTD_MAGIC, ZSTD_MAX_FRAME_HEADER, decompressed
 from casstore.cas.store.reader import Readable, VerifyingReader
-from casstore.cas.tar.read import _check_checksum
 from casstore.cas.tar.header import BLOCK, CHUNK
+from casstore.cas.tar.read import _check_checksum
 from casstore.errors import CorruptBlob
 
 
