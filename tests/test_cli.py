@@ -21,10 +21,12 @@ from pathlib import Path
 
 import click
 import pytest
+import zstandard
 from helpers import run_cli as run
 
 from casstore import create_session, options
 from casstore.cas.backends.local import LocalBlobStore
+from casstore.cas.digest import digest_bytes
 from casstore.cas.store.content_store import ContentStore
 from casstore.cli import main
 from casstore.storage.archivestore import ArchiveStore
@@ -510,6 +512,41 @@ def test_cat_corrupt_blob_exits_1(project):
 def test_cat_unknown_or_invalid_blob_is_exit_3(project):
     assert run("cat", *args(project), "xxh128:" + "0" * 32, code=3).stderr.startswith("casstore: error: ")
     assert "not a blob id" in run("cat", *args(project), "nonsense", code=3).stderr
+
+
+def test_export_writes_the_canonical_tar_to_a_new_file(project, workdir):
+    blob = blob_of(project, "baseline", "data")
+    out = workdir / "baseline.tar"
+    result = run("export", *args(project), blob, str(out))
+    assert out.read_bytes() == run("cat", *args(project), blob).stdout_bytes
+    assert digest_bytes(out.read_bytes()) == blob and "exported blob" in result.stdout
+
+
+def test_export_zstd_writes_one_frame_around_the_canonical_tar(project, workdir):
+    blob = blob_of(project, "baseline", "data")
+    out = workdir / "baseline.tar.zst"
+    report = json.loads(run("export", *args(project), "--json", blob, str(out), "--zstd").stdout)
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(out.read_bytes()) == project.blob_path(blob).read_bytes()
+    assert (report["codec"], report["bytes"]) == ("zstd", out.stat().st_size)
+
+
+def test_export_never_overwrites_a_file(project, workdir):
+    out = workdir / "taken.tar"
+    out.write_bytes(b"mine")
+    result = run("export", *args(project), blob_of(project, "baseline", "data"), str(out), code=3)
+    assert "exists" in result.stderr and out.read_bytes() == b"mine"
+
+
+def test_export_of_a_corrupt_blob_exits_1_and_leaves_no_file(project, workdir):
+    blob = blob_of(project, "baseline", "data")
+    path = project.blob_path(blob)
+    _writable(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = run("export", *args(project), blob, str(workdir / "out.tar"), code=1)
+    assert "nothing was written" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in workdir.iterdir() if "out.tar" in p.name or "casstore-export" in p.name) == []
 
 
 def test_cat_subprocess_pipes_into_tar(project):

@@ -114,3 +114,30 @@ def cat(project: Project, blob: str) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         raise Failure("stdout was closed before the whole blob was written; it was not verified")
+
+
+@main.command()
+@click.argument("blob")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--zstd", "zstd_level", type=click.IntRange(1, 22), default=None, is_flag=False, flag_value=3,
+              help="Write one zstd frame around the TAR (FILE.tar.zst for `tar --zstd -xf`); level 3 unless given.")
+@project_command
+def export(project: Project, blob: str, file: str, zstd_level: int | None) -> None:
+    """Write blob BLOB's canonical TAR to the new file FILE (tar -xf FILE reads it).
+
+    The blob is hashed and its headers parsed as it is written; FILE appears only once all of
+    it checked out (exit 1 and no FILE otherwise). An existing FILE is never overwritten."""
+    from casstore.cas.digest import parse_id
+
+    parse_id(blob)
+    facts = project.index.facts_hint(blob)
+    try:
+        written = project.store.export(blob, file, size=facts.size if facts else None, recorded=facts,
+                                       zstd_level=zstd_level)
+    except CorruptBlob as exc:
+        raise Failure(f"{exc}; nothing was written to {file}") from exc
+    codec = "zstd" if zstd_level is not None else "none"
+    if project.as_json:
+        project.emit({"blob": blob, "path": os.path.abspath(file), "bytes": written, "codec": codec})
+    else:
+        click.echo(f"exported blob {blob} to {file} ({human_bytes(written)}{', zstd' if zstd_level else ''})")

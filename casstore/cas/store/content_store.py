@@ -13,8 +13,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import tempfile
 import time
 from typing import BinaryIO, Iterator, Sequence, cast
+
+import zstandard
 
 from casstore.cas.backends.base import BlobStat, BlobStore
 from casstore.cas.damage import read_damage, record_damage
@@ -32,7 +36,7 @@ from casstore.cas.tar.header import CHUNK, Member
 from casstore.cas.tar.read import list_members
 from casstore.cas.tar.scan import scan
 from casstore.cas.tar.write import Sink, write_tar
-from casstore.errors import CasStoreError, CorruptBlob, UnsafeArchive
+from casstore.errors import CasStoreError, CorruptBlob, InvalidInput, UnsafeArchive
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +187,7 @@ class ContentStore:
             reader.verify()
             return extraction.publish()
 
-    def copy_checked(self, blob_id: str, size: int, out: Sink, recorded: StoredFacts | None = None) -> None:
+    def copy_checked(self, blob_id: str, size: int | None, out: Sink, recorded: StoredFacts | None = None) -> None:
         """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
         the way: when this returns, `out` holds bytes that match the id and read as a TAR.
         On CorruptBlob or UnsafeArchive the caller must discard `out`."""
@@ -194,6 +198,34 @@ class ContentStore:
                 prefer_digest_error(reader, exc)
                 raise
             reader.verify()
+
+    def export(self, blob_id: str, path: str, *, size: int | None = None, recorded: StoredFacts | None = None,
+               zstd_level: int | None = None) -> int:
+        """Write the blob's canonical TAR (with `zstd_level`, one zstd frame around it) to the
+        new file `path` and return its size. The bytes go to a temp file beside `path`, hashed
+        and parsed on the way, are fsynced, and only then linked to `path`: a blob that does not
+        check out leaves nothing there, and an existing `path` is never overwritten
+        (InvalidInput)."""
+        if os.path.lexists(path):
+            raise InvalidInput(f"{path} exists: export never overwrites a file")
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".casstore-export-")
+        try:
+            with no_space(f"into {path}"), os.fdopen(fd, "wb") as f:
+                if zstd_level is None:
+                    self.copy_checked(blob_id, size, f, recorded)
+                else:
+                    check_codec("zstd", zstd_level)
+                    with zstandard.ZstdCompressor(level=zstd_level).stream_writer(f, closefd=False) as writer:
+                        self.copy_checked(blob_id, size, writer, recorded)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise InvalidInput(f"{path} exists: export never overwrites a file") from None
+            return os.stat(path).st_size
+        finally:
+            os.unlink(tmp)
 
     def members(self, blob_id: str, size: int | None = None, recorded: StoredFacts | None = None) -> list[Member]:
         """The blob's members, once its digest checked out (listing reads it to the end)."""
