@@ -537,6 +537,11 @@ def test_export_never_overwrites_a_file(project, workdir):
     assert "exists" in result.stderr and out.read_bytes() == b"mine"
 
 
+def test_export_into_a_folder_that_does_not_exist_is_exit_3(project, workdir):
+    result = run("export", *args(project), blob_of(project, "baseline", "data"), str(workdir / "no" / "x.tar"), code=3)
+    assert "cannot export into folder" in result.stderr and not (workdir / "no").exists()
+
+
 def test_export_of_a_corrupt_blob_exits_1_and_leaves_no_file(project, workdir):
     blob = blob_of(project, "baseline", "data")
     path = project.blob_path(blob)

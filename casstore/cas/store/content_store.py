@@ -208,7 +208,11 @@ class ContentStore:
         (InvalidInput)."""
         if os.path.lexists(path):
             raise InvalidInput(f"{path} exists: export never overwrites a file")
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".casstore-export-")
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".casstore-export-")
+        except OSError as exc:
+            raise InvalidInput(f"cannot export into folder {folder}: {exc.strerror or exc}") from exc
         try:
             with no_space(f"into {path}"), os.fdopen(fd, "wb") as f:
                 if zstd_level is None:
