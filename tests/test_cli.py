@@ -498,6 +498,12 @@ def test_cat_zstd_blob_is_decompressed(project, workdir):
         assert tar.getnames() == ["z.txt"]
 
 
+def test_cat_zstd_writes_one_frame_around_the_canonical_tar(project):
+    blob = blob_of(project, "baseline", "data")
+    framed = run("cat", *args(project), blob, "--zstd=19").stdout_bytes
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(framed) == run("cat", *args(project), blob).stdout_bytes
+
+
 def test_cat_corrupt_blob_exits_1(project):
     blob = blob_of(project, "baseline", "data")
     path = project.blob_path(blob)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any
+from typing import Any, BinaryIO, Iterator, cast
 
 import click
 
@@ -86,10 +86,28 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
         raise Failure(str(error))
 
 
+ZSTD_OPTION = click.option("--zstd", "zstd_level", type=click.IntRange(1, 22), default=None, is_flag=False,
+                           flag_value=3, help="One zstd frame around the TAR (`tar --zstd` reads it); "
+                                              "level 3 unless given (--zstd=N).")
+
+
+@contextlib.contextmanager
+def _zstd_wrapped(out: BinaryIO, level: int | None) -> Iterator[BinaryIO]:
+    """`out`, or a zstd stream writer into it that ends its frame on exit."""
+    if level is None:
+        yield out
+        return
+    import zstandard
+
+    with zstandard.ZstdCompressor(level=level).stream_writer(out, closefd=False) as writer:
+        yield cast(BinaryIO, writer)
+
+
 @main.command()
 @click.argument("blob")
+@ZSTD_OPTION
 @project_command
-def cat(project: Project, blob: str) -> None:
+def cat(project: Project, blob: str, zstd_level: int | None) -> None:
     """Write blob BLOB's canonical TAR, decompressed, on stdout (casstore cat ID | tar -t).
 
     The content is hashed while it is written; if it does not match BLOB the exit code is 1
@@ -101,9 +119,10 @@ def cat(project: Project, blob: str) -> None:
     sys.stdout.flush()
     out = sys.stdout.buffer  # binary-safe (click.get_binary_stream is deprecated in click 8.5)
     try:
-        with project.store.open_tar(blob, facts.size if facts else None, facts) as reader:
+        with project.store.open_tar(blob, facts.size if facts else None, facts) as reader, \
+                _zstd_wrapped(out, zstd_level) as sink:
             while chunk := reader.read(CHUNK):
-                out.write(chunk)
+                sink.write(chunk)
             reader.verify()
         out.flush()
     except CorruptBlob as exc:
@@ -119,8 +138,7 @@ def cat(project: Project, blob: str) -> None:
 @main.command()
 @click.argument("blob")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--zstd", "zstd_level", type=click.IntRange(1, 22), default=None, is_flag=False, flag_value=3,
-              help="Write one zstd frame around the TAR (FILE.tar.zst for `tar --zstd -xf`); level 3 unless given.")
+@ZSTD_OPTION
 @project_command
 def export(project: Project, blob: str, file: str, zstd_level: int | None) -> None:
     """Write blob BLOB's canonical TAR to the new file FILE (tar -xf FILE reads it).
