@@ -504,13 +504,19 @@ def test_cat_zstd_writes_one_frame_around_the_canonical_tar(project):
     assert zstandard.ZstdDecompressor().decompressobj().decompress(framed) == run("cat", *args(project), blob).stdout_bytes
 
 
-def test_cat_corrupt_blob_exits_1(project):
+def _corrupted_blob(project) -> str:
+    """The blob of baseline's `data`, with one byte in its middle flipped."""
     blob = blob_of(project, "baseline", "data")
     path = project.blob_path(blob)
     _writable(path)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+    return blob
+
+
+def test_cat_corrupt_blob_exits_1(project):
+    blob = _corrupted_blob(project)
     result = run("cat", *args(project), blob, code=1)
     assert "corrupt" in result.stderr and result.stderr.count("\n") == 1
 
@@ -549,12 +555,7 @@ def test_export_into_a_folder_that_does_not_exist_is_exit_3(project, workdir):
 
 
 def test_export_of_a_corrupt_blob_exits_1_and_leaves_no_file(project, workdir):
-    blob = blob_of(project, "baseline", "data")
-    path = project.blob_path(blob)
-    _writable(path)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    blob = _corrupted_blob(project)
     result = run("export", *args(project), blob, str(workdir / "out.tar"), code=1)
     assert "nothing was written" in result.stderr and result.stderr.count("\n") == 1
     assert sorted(p.name for p in workdir.iterdir() if "out.tar" in p.name or "casstore-export" in p.name) == []
