@@ -105,9 +105,16 @@ class BlobStoreContract:
         assert store.get_object(FORMAT_KEY, max_bytes=100) is None
         store.ensure_format()
         store.check_format()
-        store.put_object(FORMAT_KEY, b"casstore-datastore 2\n")
-        with pytest.raises(DatastoreError, match="unsupported datastore format 'casstore-datastore 2'"):
+        store.put_object(FORMAT_KEY, b"casstore-datastore 3\n")
+        with pytest.raises(DatastoreError, match="unsupported datastore format 'casstore-datastore 3'"):
             store.check_format()
+
+    def test_a_new_store_starts_chunked_and_an_existing_one_keeps_its_format(self, store):
+        assert store.ensure_format() == "chunked"
+        store.set_format("whole")
+        assert store.get_object(FORMAT_KEY, max_bytes=100) == b"casstore-datastore 1\n"
+        assert store.ensure_format() == "whole"
+        assert store.read_format() == "whole"
 
     # ingest and publish
 
@@ -848,12 +855,12 @@ class SessionContract:
         s.create_experiment("baseline", data=ArchiveStore(src_dir=_make_folder(workdir / "datasets"), arc_dir="data")).persist()
         ArchiveStoreIO.create(_make_folder(workdir / "other", seed=3), arc_dir="o")
         blobs = self._store(url).blobs
-        blobs.put_object(FORMAT_KEY, b"casstore-datastore 2\n")
+        blobs.put_object(FORMAT_KEY, b"casstore-datastore 3\n")
         before = sorted((o.key, o.size) for o in blobs.list_objects(""))
         attempts = {"load": lambda: s.load_experiment("baseline"), "gc": lambda: s.gc(grace_s=0),
                     "verify": s.verify, "named reference": lambda: ArchiveStoreIO(_a_ref(blobs)).getnames()}
         for what, attempt in attempts.items():
-            with pytest.raises(DatastoreError, match=r"'casstore-datastore 2'.*upgrade casstore"):
+            with pytest.raises(DatastoreError, match=r"'casstore-datastore 3'.*upgrade casstore"):
                 attempt()
         assert sorted((o.key, o.size) for o in blobs.list_objects("")) == before
         assert not (workdir / "mltraq.archivestore").exists()

@@ -9,13 +9,13 @@ the loop every backend's publish runs, the backend supplying its one create-only
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
-from casstore.cas.backends.layout import (BLOBS_PREFIX, BULK_PREFIXES, CODEC_SUFFIX, FORMAT_KEY, FORMAT_TEXT,
-                                          MAX_FORMAT_BYTES, QUARANTINE_PREFIX, TRASH_PREFIX, Quarantined, blob_key,
-                                          parse_blob_key, parse_quarantine_key, trash_key)
+from casstore.cas.backends.layout import (BLOBS, BULK_PREFIXES, FORMAT_KEY, FORMAT_TEXT, FORMATS, MAX_FORMAT_BYTES,
+                                          Namespace, Quarantined, blob_key)
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
 
 PUBLISH_TRIES = 100
@@ -44,10 +44,10 @@ class ObjectStat:
     mtime: float
 
 
-def checked_blob_key(blob: BlobStat) -> str:
+def checked_blob_key(blob: BlobStat, ns: Namespace = BLOBS) -> str:
     """The object `blob` was listed or found as, refused unless it is exactly its id's key
     (a BlobStat built by hand with another key must never make gc move that object)."""
-    if parse_blob_key(blob.key) != (blob.blob_id, blob.codec):
+    if ns.parse_blob_key(blob.key) != (blob.blob_id, blob.codec):
         raise DatastoreError(f"{blob.key!r} is not the key of blob {blob.blob_id} ({blob.codec})")
     return blob.key
 
@@ -85,6 +85,18 @@ class BlobStore(ABC):
     """What casstore needs of a datastore. Keys are '/'-separated, relative to its root."""
 
     url: str
+    ns: Namespace = BLOBS
+
+    def view(self, ns: Namespace) -> BlobStore:
+        """This datastore, working on the objects of `ns` (the chunks, say): the same
+        connection, the same publish, find, trash and quarantine, other keys."""
+        clone = copy.copy(self)
+        clone.ns = ns
+        return clone
+
+    def stat_of(self, blob_id: str, stored_size: int, codec: str, mtime: float) -> BlobStat:
+        """The BlobStat of `blob_id` in `codec` in this store's namespace."""
+        return BlobStat(blob_id, stored_size, codec, mtime, self.ns.blob_key(blob_id, codec))
 
     @abstractmethod
     def find(self, blob_id: str) -> BlobStat | None: ...
@@ -99,7 +111,7 @@ class BlobStore(ABC):
         that holds no regular file is skipped, and its CorruptBlob raised if nothing else is."""
         fallback: tuple[BinaryIO, BlobStat] | None = None
         unusable: CorruptBlob | None = None
-        for codec in CODEC_SUFFIX:
+        for codec in self.ns.suffixes:
             try:
                 f, found = self.open_copy(blob_id, codec)
             except BlobNotFound:
@@ -116,7 +128,7 @@ class BlobStore(ABC):
             else:
                 f.close()
         if fallback is None:
-            raise unusable or BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
+            raise unusable or BlobNotFound(f"{self.ns.what} {blob_id} is not in the datastore {self.url}")
         return fallback
 
     @abstractmethod
@@ -142,11 +154,11 @@ class BlobStore(ABC):
             published = publish()
             if published is not None:
                 return published, True
-        raise DatastoreError(f"blob {blob_id}: its name in {self.url} keeps appearing and vanishing; write it again")
+        raise DatastoreError(f"{self.ns.what} {blob_id}: its name in {self.url} keeps appearing and vanishing; write it again")
 
     def iter_quarantine(self) -> Iterator[Quarantined]:
-        for obj in self.list_objects(QUARANTINE_PREFIX):
-            found = parse_quarantine_key(obj.key, obj.size)
+        for obj in self.list_objects(self.ns.quarantine_prefix):
+            found = self.ns.parse_quarantine_key(obj.key, obj.size)
             if found is not None:
                 yield found
 
@@ -157,8 +169,8 @@ class BlobStore(ABC):
         found = self.find(blob_id)
         if found is not None:
             return found
-        for codec in CODEC_SUFFIX:
-            self.restore_from_trash(trash_key(blob_id, codec))
+        for codec in self.ns.suffixes:
+            self.restore_from_trash(self.ns.trash_key(blob_id, codec))
         return self.find(blob_id)
 
     @abstractmethod
@@ -171,7 +183,7 @@ class BlobStore(ABC):
         """Every blob, from one listing of the blobs prefix. An object there whose key is not
         exactly a blob's (`parse_blob_key`) is no blob: never yielded, so gc never moves it
         nor mistakes it for the blob it resembles; it is appended to `strangers` if given."""
-        return blobs_of(self.list_objects(BLOBS_PREFIX), strangers)
+        return blobs_of(self.list_objects(self.ns.prefix), strangers, self.ns)
 
     @abstractmethod
     def put_object(self, key: str, data: bytes) -> None:
@@ -230,38 +242,56 @@ class BlobStore(ABC):
         return True
 
     def iter_trash(self) -> Iterator[ObjectStat]:
-        return self.list_objects(TRASH_PREFIX)
+        return self.list_objects(self.ns.trash_prefix)
 
-    def check_format(self) -> None:
-        """Refuse (DatastoreError) a datastore whose format file names a format this casstore
-        does not know, before anything reads it: a newer casstore may keep blobs in a way this
-        one would report as missing, or that its gc would misjudge. No format file is fine
-        (nothing written yet). A format file that cannot be read is refused too."""
+    def read_format(self) -> str | None:
+        """How this datastore stores blobs, from its format file (layout.FORMATS): "whole"
+        or "chunked"; None if there is no format file (nothing written yet). A format this
+        casstore does not know is refused (DatastoreError) before anything reads the
+        datastore: a newer casstore may keep blobs in a way this one would report as
+        missing, or that its gc would misjudge. A format file that cannot be read is refused too."""
         try:
             found = self.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
         except (OSError, UnreadableObject) as exc:
             raise DatastoreError(f"{self.url}: cannot read the datastore's format ({FORMAT_KEY}): {exc}") from exc
-        if found is not None and found != FORMAT_TEXT:
-            name, known = (found.strip().decode("utf-8", "replace"), FORMAT_TEXT.strip().decode())
+        if found is None:
+            return None
+        if found not in FORMATS:
+            name = found.strip().decode("utf-8", "replace")
+            known = " or ".join(repr(f.strip().decode()) for f in FORMATS)
             raise DatastoreError(f"{self.url}: unsupported datastore format {name!r} (this casstore reads "
-                                 f"{known!r}: a newer casstore wrote it; upgrade casstore)")
+                                 f"{known}: a newer casstore wrote it; upgrade casstore)")
+        return FORMATS[found]
 
-    def ensure_format(self) -> None:
-        """Create the datastore's format file, or refuse a datastore of another format."""
+    def check_format(self) -> None:
+        """Refuse a datastore of a format this casstore does not read (`read_format`)."""
+        self.read_format()
+
+    def ensure_format(self) -> str:
+        """The datastore's format (`read_format`), first created as FORMAT_TEXT (chunked)
+        if there is none: a new datastore starts chunked, an existing one keeps its format
+        until `set_format` changes it."""
         try:
-            found = self.get_object(FORMAT_KEY, max_bytes=MAX_FORMAT_BYTES)
+            found = self.read_format()
             if found is None:
                 self.put_object(FORMAT_KEY, FORMAT_TEXT)
+                found = FORMATS[FORMAT_TEXT]
         except (NotADirectoryError, FileExistsError, PermissionError) as exc:
             raise DatastoreError(f"{self.url} cannot be used as a datastore: {exc}") from exc
-        if found is not None and found != FORMAT_TEXT:
-            raise DatastoreError(f"{self.url}: unsupported datastore format {found.strip()!r}")
+        return found
+
+    def set_format(self, name: str) -> None:
+        """Write the format file for `name` ("whole" or "chunked"); the caller has checked
+        that the datastore holds nothing the new format does not allow (format_change.py)."""
+        texts = {mode: text for text, mode in FORMATS.items()}
+        self.put_object(FORMAT_KEY, texts[name])
 
 
-def blobs_of(objects: Iterable[ObjectStat], strangers: list[ObjectStat] | None) -> Iterator[BlobStat]:
-    """The blobs among `objects`; the others appended to `strangers` if given."""
+def blobs_of(objects: Iterable[ObjectStat], strangers: list[ObjectStat] | None,
+             ns: Namespace = BLOBS) -> Iterator[BlobStat]:
+    """The objects of `ns` among `objects`; the others appended to `strangers` if given."""
     for obj in objects:
-        parsed = parse_blob_key(obj.key)
+        parsed = ns.parse_blob_key(obj.key)
         if parsed is not None:
             yield BlobStat(parsed[0], obj.size, parsed[1], obj.mtime, obj.key)
         elif strangers is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from casstore.cas.backends.base import BlobStore
 from casstore.cas.backends.fsspec import FsspecBlobStore
-from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, MAX_FORMAT_BYTES
+from casstore.cas.backends.layout import FORMAT_KEY, FORMATS, MAX_FORMAT_BYTES
 from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.backends.s3 import S3_PROTOCOLS, S3BlobStore
 from casstore.cas.backends.urls import file_url_to_path
@@ -50,6 +50,6 @@ def open_existing_blobstore(url: str, storage_options: dict[str, Any] | None = N
         raise DatastoreError(f"cannot read datastore {blobs.url}{where}: {exc}") from exc
     if found is None:
         raise DatastoreError(f"{blobs.url} is not a casstore datastore: no {FORMAT_KEY}{where}")
-    if found != FORMAT_TEXT:
+    if found not in FORMATS:
         raise DatastoreError(f"datastore {blobs.url} has an unsupported format {found.strip()!r}")
     return blobs

@@ -21,8 +21,7 @@ from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
 from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest, ObjectStat, Outcome, checked_blob_key
-from casstore.cas.backends.layout import (CODEC_SUFFIX, FORMAT_KEY, TMP_PREFIX, blob_key, quarantine_key, trash_key,
-                                          trash_key_blob)
+from casstore.cas.backends.layout import FORMAT_KEY, TMP_PREFIX
 from casstore.errors import BlobNotFound, DatastoreError, UnreadableObject
 
 MiB = 1 << 20
@@ -101,18 +100,18 @@ class FsspecBlobStore(BlobStore):
         return self._head(FORMAT_KEY) is not None
 
     def find(self, blob_id: str) -> BlobStat | None:
-        for codec in CODEC_SUFFIX:
-            found = self._head(blob_key(blob_id, codec))
+        for codec in self.ns.suffixes:
+            found = self._head(self.ns.blob_key(blob_id, codec))
             if found is not None:
-                return BlobStat(blob_id, found[0], codec, found[1])
+                return self.stat_of(blob_id, found[0], codec, found[1])
         return None
 
     def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
-        key = blob_key(blob_id, codec)
+        key = self.ns.blob_key(blob_id, codec)
         found = self._head(key)
         if found is None:
-            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.url}")
-        stat = BlobStat(blob_id, found[0], codec, found[1])
+            raise BlobNotFound(f"{self.ns.what} {blob_id} is not in the datastore {self.url}")
+        stat = self.stat_of(blob_id, found[0], codec, found[1])
         return self._open_key(key, stat), stat
 
     def _open_key(self, key: str, found: BlobStat, **options: Any) -> BinaryIO:
@@ -121,7 +120,7 @@ class FsspecBlobStore(BlobStore):
         try:
             f: BinaryIO = self._generic(self.fs.open, self._path(key), "rb", **kwargs)
         except FileNotFoundError as exc:
-            raise BlobNotFound(f"blob {found.blob_id} is not in the datastore {self.url}") from exc
+            raise BlobNotFound(f"{self.ns.what} {found.blob_id} is not in the datastore {self.url}") from exc
         return f
 
     def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
@@ -130,11 +129,11 @@ class FsspecBlobStore(BlobStore):
         delete it if it is still that object (`_delete_if_unchanged`). Here the identity is
         the size and the delete unconditional: check, copy, delete (see the module's
         docstring); S3 makes both exact (s3.py)."""
-        key = blob_key(blob.blob_id, blob.codec)
+        key = self.ns.blob_key(blob.blob_id, blob.codec)
         before = self._identity(key)
         if before is None:
             return "gone"
-        found = BlobStat(blob.blob_id, before[0], blob.codec, before[1])
+        found = self.stat_of(blob.blob_id, before[0], blob.codec, before[1])
         try:
             with self._open_key(key, found) as f:
                 if not damaged(f, found):
@@ -143,7 +142,7 @@ class FsspecBlobStore(BlobStore):
             return "gone"
         if self._identity(key) != before:
             return "gone"
-        target = quarantine_key(blob.blob_id, blob.codec, time.time_ns())
+        target = self.ns.quarantine_key(blob.blob_id, blob.codec, time.time_ns())
         try:
             self._copy(key, target, found.stored_size, exclusive=False)
         except FileNotFoundError:
@@ -169,7 +168,7 @@ class FsspecBlobStore(BlobStore):
         return _FsspecIngest(self)
 
     def delete_blob(self, blob_id: str, codec: str) -> None:
-        self.delete_object(blob_key(blob_id, codec))
+        self.delete_object(self.ns.blob_key(blob_id, codec))
 
     def put_object(self, key: str, data: bytes) -> None:
         """One write of the whole object."""
@@ -215,8 +214,8 @@ class FsspecBlobStore(BlobStore):
     def move_to_trash(self, blob: BlobStat) -> str | None:
         """Copy to the trash key, then delete the blob (there is no rename). gc re-reads
         leases afterwards, so a writer that found the blob between the two steps gets it back."""
-        source = checked_blob_key(blob)
-        key = trash_key(blob.blob_id, blob.codec)
+        source = checked_blob_key(blob, self.ns)
+        key = self.ns.trash_key(blob.blob_id, blob.codec)
         try:
             self._copy(source, key, blob.stored_size, exclusive=False)
         except FileNotFoundError:
@@ -226,13 +225,13 @@ class FsspecBlobStore(BlobStore):
 
     def restore_from_trash(self, key: str) -> None:
         """As the interface says; a key that is not a trash key is left alone."""
-        parsed = trash_key_blob(key)
+        parsed = self.ns.trash_key_blob(key)
         if parsed is None:
             return
         found = self._head(key)
         if found is not None and self.find(parsed[0]) is None:
             try:
-                self._copy(key, blob_key(*parsed), found[0], exclusive=True)
+                self._copy(key, self.ns.blob_key(*parsed), found[0], exclusive=True)
             except (FileExistsError, FileNotFoundError):  # put back by another, or gc deleted it
                 pass
         self.delete_object(key)
@@ -292,7 +291,7 @@ class _FsspecIngest(Ingest):
     def _copy_to(self, blob_id: str, codec: str) -> BlobStat | None:
         """Copy the uploaded temp key to the blob's key, create-only; None if it is taken."""
         try:
-            self._store._copy(self.key, blob_key(blob_id, codec), self._size, exclusive=True)
+            self._store._copy(self.key, self._store.ns.blob_key(blob_id, codec), self._size, exclusive=True)
         except FileExistsError:
             return None
         return self._store._published(blob_id, codec)

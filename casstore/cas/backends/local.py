@@ -16,9 +16,7 @@ import uuid
 from typing import BinaryIO, Iterator
 
 from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest, ObjectStat, Outcome, blobs_of, checked_blob_key
-from casstore.cas.backends.layout import (BLOBS_PREFIX, BULK_PREFIXES, CODEC_SUFFIX, FORMAT_KEY, TMP_PREFIX,
-                                          TORN_SUFFIX, TRASH_PREFIX, blob_key, quarantine_key, trash_key,
-                                          trash_key_blob)
+from casstore.cas.backends.layout import BULK_PREFIXES, FORMAT_KEY, TMP_PREFIX, TORN_SUFFIX
 from casstore.cas.backends.local_ingest import LocalIngest
 from casstore.cas.backends.localfs import fsync_dir, open_regular
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
@@ -49,25 +47,25 @@ class LocalBlobStore(BlobStore):
         return os.path.isfile(self._path(FORMAT_KEY))
 
     def find(self, blob_id: str) -> BlobStat | None:
-        for codec in CODEC_SUFFIX:
+        for codec in self.ns.suffixes:
             try:
-                st = os.lstat(self._path(blob_key(blob_id, codec)))
+                st = os.lstat(self._path(self.ns.blob_key(blob_id, codec)))
             except FileNotFoundError:
                 continue
-            return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+            return self.stat_of(blob_id, st.st_size, codec, st.st_mtime)
         return None
 
     def open_copy(self, blob_id: str, codec: str) -> tuple[BinaryIO, BlobStat]:
         """Opened as `open_regular` opens (no symlink followed, no FIFO waited on); anything
         but a regular file under a blob's name is CorruptBlob."""
         try:
-            fd = open_regular(self._path(blob_key(blob_id, codec)))
+            fd = open_regular(self._path(self.ns.blob_key(blob_id, codec)))
         except (FileNotFoundError, NotADirectoryError) as exc:
-            raise BlobNotFound(f"blob {blob_id} is not in the datastore {self.root}") from exc
+            raise BlobNotFound(f"{self.ns.what} {blob_id} is not in the datastore {self.root}") from exc
         except (UnreadableObject, IsADirectoryError) as exc:
-            raise CorruptBlob(f"blob {blob_id}: {exc}") from exc
+            raise CorruptBlob(f"{self.ns.what} {blob_id}: {exc}") from exc
         st = os.fstat(fd)
-        return os.fdopen(fd, "rb"), BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+        return os.fdopen(fd, "rb"), self.stat_of(blob_id, st.st_size, codec, st.st_mtime)
 
     def quarantine(self, blob: BlobStat, damaged: DamageCheck) -> Outcome:
         """Check the open copy, rename its name into the quarantine, then make sure the
@@ -87,7 +85,7 @@ class LocalBlobStore(BlobStore):
         - a crash between the rename and the publish leaves the id missing and its damaged
           copy in the quarantine: no intact byte is lost, and the next persist of the
           folder writes it (verify says so)."""
-        path = self._path(blob_key(blob.blob_id, blob.codec))
+        path = self._path(self.ns.blob_key(blob.blob_id, blob.codec))
         opened: tuple[BinaryIO, BlobStat] | None
         try:
             opened = self.open_copy(blob.blob_id, blob.codec)
@@ -104,7 +102,7 @@ class LocalBlobStore(BlobStore):
         finally:
             if opened is not None:
                 opened[0].close()
-        key = quarantine_key(blob.blob_id, blob.codec, time.time_ns())
+        key = self.ns.quarantine_key(blob.blob_id, blob.codec, time.time_ns())
         self._refuse_through_symlink(key, "moves")
         target = self._path(key)
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -132,7 +130,7 @@ class LocalBlobStore(BlobStore):
 
     def delete_blob(self, blob_id: str, codec: str) -> None:
         try:
-            os.unlink(self._path(blob_key(blob_id, codec)))
+            os.unlink(self._path(self.ns.blob_key(blob_id, codec)))
         except FileNotFoundError:
             pass
 
@@ -224,7 +222,7 @@ class LocalBlobStore(BlobStore):
         """As the interface says, from one walk; a symlink, FIFO or device under blobs/ (never
         an object, never read) is a stranger too, so that verify reports it."""
         specials: list[ObjectStat] = []
-        yield from blobs_of(self.list_objects(BLOBS_PREFIX, specials), strangers)
+        yield from blobs_of(self.list_objects(self.ns.prefix, specials), strangers, self.ns)
         if strangers is not None:  # an empty shard folder is what deleting its blobs leaves
             strangers.extend(s for s in specials if not self._is_folder(s.key))
 
@@ -284,10 +282,10 @@ class LocalBlobStore(BlobStore):
             os.close(fd)
 
     def move_to_trash(self, blob: BlobStat) -> str | None:
-        source = checked_blob_key(blob)
-        key = trash_key(blob.blob_id, blob.codec)
+        source = checked_blob_key(blob, self.ns)
+        key = self.ns.trash_key(blob.blob_id, blob.codec)
         self._refuse_through_symlink(key, "moves")
-        os.makedirs(self._path(TRASH_PREFIX), exist_ok=True)
+        os.makedirs(self._path(self.ns.trash_prefix), exist_ok=True)
         try:
             os.rename(self._path(source), self._path(key))
         except FileNotFoundError:
@@ -298,7 +296,7 @@ class LocalBlobStore(BlobStore):
         """As the interface says; a symlink, FIFO or device at a trash name (a writer's
         `find_leased` names it, no listing did), a key that is not a trash key, and anything
         reached through a symlinked folder are not gc's: never published nor deleted."""
-        parsed = trash_key_blob(key)
+        parsed = self.ns.trash_key_blob(key)
         if parsed is None or self._symlink_on_the_way(key.rpartition("/")[0]) is not None:
             return
         try:
@@ -324,7 +322,7 @@ class LocalBlobStore(BlobStore):
         The final name is never stat'ed after the link: gc may move it into its trash at
         any instant (and puts it back once it sees the writer's lease). The facts come from
         `tmp_path`, the same inode, before the link."""
-        final = self._path(blob_key(blob_id, codec))
+        final = self._path(self.ns.blob_key(blob_id, codec))
         shard = os.path.dirname(final)
 
         def link() -> BlobStat | None:
@@ -337,6 +335,6 @@ class LocalBlobStore(BlobStore):
             except FileExistsError:
                 return None  # published meanwhile by another writer (or put back by gc): take that
             fsync_dir(shard)
-            return BlobStat(blob_id, st.st_size, codec, st.st_mtime)
+            return self.stat_of(blob_id, st.st_size, codec, st.st_mtime)
 
         return self.publish_unless_stored(blob_id, damaged, link)

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Iterator
 
 from casstore.cas.backends.base import BlobStat, DamageCheck, Ingest, ObjectStat
 from casstore.cas.backends.fsspec import READ_BLOCK, FsspecBlobStore, MiB
-from casstore.cas.backends.layout import BULK_PREFIXES, TMP_PREFIX, blob_key
+from casstore.cas.backends.layout import BULK_PREFIXES, TMP_PREFIX
 from casstore.errors import DatastoreError
 
 S3_PROTOCOLS = ("s3", "s3a")
@@ -291,7 +291,7 @@ class _S3Ingest(Ingest):
         try:
             return store.publish_unless_stored(
                 blob_id, damaged,
-                lambda: BlobStat(blob_id, self._size, codec, time.time()) if self._publish(blob_id, codec, buffer)
+                lambda: store.stat_of(blob_id, self._size, codec, time.time()) if self._publish(blob_id, codec, buffer)
                 else None)
         finally:
             self.abort()
@@ -301,7 +301,7 @@ class _S3Ingest(Ingest):
         another writer, or put back by gc): the caller looks again. `buffer` holds what
         `write` has not uploaded yet."""
         store = self._store
-        final = blob_key(blob_id, codec)
+        final = store.ns.blob_key(blob_id, codec)
         if self._upload is None and not self._tmp_done:
             try:
                 store._call("put_object", Key=store._key(final), Body=bytes(buffer), IfNoneMatch="*")
