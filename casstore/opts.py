@@ -28,6 +28,10 @@ DEFAULT_VALUES: dict[str, Any] = {
         # A blob read with no size recorded anywhere (index, field or named reference) stops
         # with CorruptBlob past this many uncompressed bytes: the bound on a zstd bomb.
         "max_unsized_bytes": 1 << 30,
+        # Where a chunked datastore's writer cuts blobs (casstore/cas/chunks/policy.py): any of
+        # whole_below, large_file, block, cdc_min, cdc_avg, cdc_max, in bytes; {} = defaults.
+        # Only what is shared changes, never what is stored or read.
+        "chunks": {},
     },
     "archivestore": {
         "url": "file:///mltraq.archivestore",

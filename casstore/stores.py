@@ -14,6 +14,7 @@ from casstore.cas.backends.factory import open_blobstore, open_existing_blobstor
 from casstore.cas.backends.urls import file_url_to_path
 from casstore.cas.index.queries import DATASTORE_KEY, Index
 from casstore.cas.store.codecs import check_codec
+from casstore.cas.chunks.policy import DEFAULT_POLICY, ChunkPolicy
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.reader import UNSIZED_LIMIT
 from casstore.cas.store.statcache import StatCache
@@ -65,6 +66,7 @@ def content_store(url: str | None = None) -> ContentStore:
             store = ContentStore(blobs, None if cache is None else StatCache(cache or None))
             _stores[(url, cache)] = store
         store.unsized_limit = unsized_limit()
+        store.policy = chunk_policy()
         return store
 
 
@@ -72,7 +74,7 @@ def existing_content_store(url: str, named_by: str = "") -> ContentStore:
     """A content store, with no stat cache, on the casstore datastore already at `url`
     (DatastoreError if there is none: `open_existing_blobstore`)."""
     return ContentStore(open_existing_blobstore(url, options().get("datastore.storage_options", otherwise={}),
-                                                named_by))
+                                                named_by), policy=chunk_policy())
 
 
 def unsized_limit() -> int:
@@ -81,6 +83,17 @@ def unsized_limit() -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InvalidInput(f"option datastore.max_unsized_bytes must be a number of bytes, got {limit!r}")
     return limit
+
+
+def chunk_policy() -> ChunkPolicy:
+    """Option datastore.chunks: the sizes a chunked write cuts at (chunks/policy.py)."""
+    given = options().get("datastore.chunks", otherwise={}) or {}
+    known = set(ChunkPolicy.__dataclass_fields__)
+    if not isinstance(given, dict) or set(given) - known or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in given.values()):
+        raise InvalidInput(f"option datastore.chunks must map some of {', '.join(sorted(known))} to byte counts, "
+                           f"got {given!r}")
+    return ChunkPolicy(**given) if given else DEFAULT_POLICY
 
 
 def codec_and_level() -> tuple[str, int]:

@@ -13,6 +13,11 @@ Safe by construction (docs/gc.md):
 5. Only then is the trash emptied, and the facts of deleted blobs leave this index.
 6. Damaged copies a repair moved into the quarantine go once the grace period has passed
    since they were moved; damage records of ids with no stored copy go at the same age.
+7. Chunks (P13) go the same way, once the blobs are done: candidates are chunks older than
+   the grace period that no lease and no manifest still stored names (chunk_census.py);
+   they are moved to the chunk trash, leases and manifests are read again, the ones a
+   writer named meanwhile are put back, the rest deleted. While a manifest does not read,
+   no chunk is deleted (it may name any of them).
 A registered database that cannot be read stops gc before any blob is deleted: if that
 happens at step 4, the candidates go back from the trash first."""
 
@@ -23,10 +28,12 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from casstore.cas.backends.base import BlobStat
+from casstore.cas.backends.base import BlobStat, BlobStore
 from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
 from casstore.cas.index.queries import Index
-from casstore.cas.live.leases import read_leases
+from casstore.cas.chunk_census import census, named_chunks
+from casstore.cas.live.leases import leased_blob_ids, read_leases
+from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.live.roots import FieldRoots, leftovers, live_blob_ids
 from casstore.cas.store.content_store import ContentStore
 from casstore.errors import InvalidInput
@@ -50,6 +57,7 @@ class GcReport:
     deleted: list[Deleted] = field(default_factory=list)
     freed_bytes: int = 0
     dry_run: bool = False
+    kept: list[str] = field(default_factory=list)  # why something that looked reclaimable was kept
 
 
 def parse_duration(text: str) -> float:
@@ -69,8 +77,9 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     report = GcReport(dry_run=dry_run)
     blobs = store.blobs
     if not dry_run:
-        for trashed in list(blobs.iter_trash()):
-            blobs.restore_from_trash(trashed.key)
+        for namespace in (blobs, chunk_store(blobs)):
+            for trashed in list(namespace.iter_trash()):
+                namespace.restore_from_trash(trashed.key)
     now = time.time()
     live = live_blob_ids(blobs, index, field_roots)  # every check first: a gc that refuses deletes nothing
     orphaned = index.orphaned_refs() if dry_run else index.delete_orphaned_refs()
@@ -85,6 +94,8 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     report.deleted += [Deleted(ref.blob_id, None, 0, "orphaned_ref") for ref in orphaned]
     report.deleted += _leftovers(store, now, grace_s, dry_run)
     report.deleted += _past_damage(store, {b.blob_id for b in stored}, now, grace_s, dry_run)
+    gone = frozenset(b.blob_id for b in candidates) if dry_run else frozenset()
+    report.deleted += _delete_chunks(store, now, grace_s, dry_run, gone, report)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
     return report
 
@@ -137,3 +148,44 @@ def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: flo
         for key, _size, _kind in found:
             blobs.delete_object(key)
     return [Deleted(None, key, size, kind) for key, size, kind in found]
+
+
+def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: bool, gone: frozenset[str],
+                   report: GcReport) -> list[Deleted]:
+    """Step 7: chunks no manifest names (`gone`: blob ids the dry run counts as deleted)."""
+    chunks = chunk_store(store.blobs)
+    leased = leased_blob_ids(store.blobs, now)  # leases before manifests, as for blobs
+    found = census(store.blobs, skip=gone)
+    if found.unreadable:
+        report.kept += [f"every unreferenced chunk: the manifest of blob {blob_id} does not read ({why})"
+                        for blob_id, why in sorted(found.unreadable.items())]
+        return []
+    candidates = [c for c in found.stored.values()
+                  if c.blob_id not in found.named and c.blob_id not in leased and now - c.mtime >= grace_s]
+    if dry_run:
+        return [Deleted(c.blob_id, None, c.stored_size, "unreferenced_chunk") for c in candidates]
+    trashed = [(c, key) for c in candidates if (key := chunks.move_to_trash(c)) is not None]
+    unreadable: dict[str, str] = {}
+    try:
+        live = leased_blob_ids(store.blobs) | named_chunks(store.blobs, unreadable)
+    except BaseException:
+        _put_back(chunks, trashed)
+        raise
+    if unreadable:
+        _put_back(chunks, trashed)
+        report.kept += [f"every unreferenced chunk: the manifest of blob {blob_id} does not read ({why})"
+                        for blob_id, why in sorted(unreadable.items())]
+        return []
+    deleted = []
+    for chunk, key in trashed:
+        if chunk.blob_id in live:
+            chunks.restore_from_trash(key)
+        else:
+            chunks.delete_object(key)
+            deleted.append(Deleted(chunk.blob_id, None, chunk.stored_size, "unreferenced_chunk"))
+    return deleted
+
+
+def _put_back(chunks: BlobStore, trashed: list[tuple[BlobStat, str]]) -> None:
+    for _chunk, key in trashed:
+        chunks.restore_from_trash(key)

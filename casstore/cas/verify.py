@@ -23,7 +23,9 @@ from casstore.cas.backends.layout import CODEC_SUFFIX
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing, field_label
-from casstore.cas.live.leases import read_leases
+from casstore.cas.chunk_census import ChunkCensus, census
+from casstore.cas.live.leases import leased_blob_ids, read_leases
+from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.live.refs import NamedRef, named_refs
 from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
 from casstore.cas.store.content_store import ContentStore
@@ -91,6 +93,8 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
             refused.setdefault(named.blob_id, f"named reference {named.key} {named.problem}; ArchiveStoreIO refuses it")
         if named.blob_id not in facts and named.size is not None:
             _named_facts(facts, named.blob_id, named.size, named.facts, copies.get(named.blob_id))
+    chunks = census(store.blobs, [c for found in copies.values() for c in found if c.codec == "chunked"])
+    strangers += chunks.strangers
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
@@ -100,6 +104,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         described = _described(found, known)
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
             _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
+            or _check_chunks(chunks, blob_id, found) \
             or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
             or (None if deep else _check_recorded(store, blob_id, described, recorded)) \
             or (("reference", refused[blob_id]) if blob_id in refused else None)
@@ -113,7 +118,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
                                 "it is never read and gc never deletes it; remove it once you know where it came from")
                         for o in strangers]
     if roots is not None:  # else gc refuses: nothing is reclaimable
-        report.reclaimable = reclaimable(index, store, field_roots, copies)
+        report.reclaimable = reclaimable(index, store, field_roots, copies, chunks)
         report.reclaimable += [Reclaimable("orphaned_ref", r.blob_id, None, 0, 0.0) for r in orphaned]
     return report
 
@@ -188,9 +193,11 @@ def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known
         return "missing", f"blob not in the datastore{hint}"
     if known is None:
         return "facts", "the index has no facts (size, codec) for this referenced blob"
-    if known.stored_size != found.stored_size:
+    if (known.codec == "chunked") != (found.codec == "chunked"):
+        pass  # converted by `casstore format` since these facts were written (format_change.py)
+    elif known.stored_size != found.stored_size:
         return "size", f"stored size {found.stored_size} bytes, index says {known.stored_size}"
-    if known.codec != found.codec:
+    elif known.codec != found.codec:
         return "facts", f"stored as {found.codec}, index says {known.codec}"
     if deep:
         return _rehash(store, blob_id, known, progress)
@@ -234,7 +241,7 @@ def _check_other_copies(store: ContentStore, others: list[BlobStat], known: Blob
             continue
         size = known.size if known else None
         with f:
-            wrong = cheap_damage(f, copy, size, None) or (rehash_damage(f, copy, size) if deep else None)
+            wrong = cheap_damage(f, copy, size, None, store.blobs) or (rehash_damage(f, copy, size, store.blobs) if deep else None)
         if wrong is not None:
             return "copy", f"second copy ({CODEC_SUFFIX[copy.codec]}) is damaged: {wrong}"
     return None
@@ -257,11 +264,28 @@ def _rehash(store: ContentStore, blob_id: str, known: BlobFacts,
     return None
 
 
+def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat]) -> tuple[str, str] | None:
+    """A manifest of the blob that does not read, or names chunks that are not stored (or
+    not of the size it gives): damage to the blob, though its manifest is intact."""
+    if not any(c.codec == "chunked" for c in copies):
+        return None
+    if blob_id in chunks.unreadable:
+        return "unreadable", chunks.unreadable[blob_id]
+    lacking = chunks.missing.get(blob_id)
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        return "chunk", (f"its manifest names {len(lacking)} chunk(s) not stored (or not of the size it gives): "
+                         f"{', '.join(lacking[:3])}{more}; persisting the folder again stores them")
+    return None
+
+
 def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
-                copies: dict[str, list[BlobStat]] | None = None) -> list[Reclaimable]:
+                copies: dict[str, list[BlobStat]] | None = None,
+                chunks: ChunkCensus | None = None) -> list[Reclaimable]:
     """What gc could delete, ignoring the grace period (gc applies it)."""
     now = time.time()
     copies = copies if copies is not None else _stored_copies(store)
+    chunks = chunks if chunks is not None else census(store.blobs)
     live = live_blob_ids(store.blobs, index, field_roots)
     items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
              for found in copies.values() for b in found if b.blob_id not in live]
@@ -269,4 +293,9 @@ def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
     items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
               for lease in read_leases(store.blobs) if lease.expired(now)]
     items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved) for q in store.blobs.iter_quarantine()]
+    leased = leased_blob_ids(store.blobs, now)
+    items += [Reclaimable("unreferenced_chunk", c.blob_id, None, c.stored_size, now - c.mtime)
+              for c in chunks.stored.values() if c.blob_id not in chunks.named and c.blob_id not in leased]
+    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved)
+              for q in chunk_store(store.blobs).iter_quarantine()]
     return items

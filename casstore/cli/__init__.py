@@ -6,7 +6,7 @@ commands, grouped by what they touch, register themselves on `main` when importe
 archives.py (ls, cat, extract), maintenance.py (stats, verify, gc), registry.py
 (registry and trust), schema.py (db current, db upgrade), migrate.py (migrate)."""
 
-from casstore.cli import archives, maintenance, migrate, registry, schema  # noqa: F401  (register the commands)
+from casstore.cli import archives, formats, maintenance, migrate, registry, schema  # noqa: F401  (register the commands)
 from casstore.cli.app import main
 
 __all__ = ["main"]

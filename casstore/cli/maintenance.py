@@ -23,7 +23,8 @@ def stats(project: Project) -> None:
     """Blobs and references of the project, logical vs stored bytes, and the dedup ratio.
 
     logical_bytes sums the uncompressed archive size over references; stored_bytes sums what
-    the distinct referenced blobs take in the datastore; dedup_ratio = logical / stored."""
+    the distinct referenced blobs take in the datastore (a chunked blob's manifest, and each
+    chunk once however many blobs use it); dedup_ratio = logical / stored."""
     from casstore.cas.stats import project_stats
 
     result = project_stats(project.index, project.store)
@@ -39,6 +40,9 @@ def stats(project: Project) -> None:
         ("logical bytes", f"{result.logical_bytes} ({human_bytes(result.logical_bytes)})"),
         ("stored bytes", f"{result.stored_bytes} ({human_bytes(result.stored_bytes)})"),
         ("dedup ratio", f"{result.dedup_ratio:.2f}")]
+    if result.chunked_blobs:
+        rows.append(("chunked blobs", f"{result.chunked_blobs}, using {result.chunks} distinct chunk(s), "
+                     "each counted once in stored bytes"))
     if result.missing_blobs:
         rows.append(("missing blobs", result.missing_blobs))
     if result.unknown_size:
@@ -149,8 +153,10 @@ def gc(project: Project, dry_run: bool, grace: float) -> None:
     report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run)
     if project.as_json:
         project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
-                      "freed_bytes": report.freed_bytes})
+                      "freed_bytes": report.freed_bytes, "kept": report.kept})
         return
+    for why in report.kept:
+        warn(f"kept {why}")
     if report.deleted:
         click.echo(table(["KIND", "BLOB OR PATH", "SIZE"],
                          [(d.kind, d.blob or d.path, human_bytes(d.bytes)) for d in report.deleted], right=[2]))

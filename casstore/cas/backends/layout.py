@@ -135,6 +135,12 @@ BLOBS = Namespace(f"{INTERNAL}/blobs", f"{INTERNAL}/trash", f"{INTERNAL}/quarant
                   {"none": ".tar", "zstd": ".tar.zst", "chunked": ".chunks"}, "blob")
 CHUNKS = Namespace(f"{INTERNAL}/chunks", f"{INTERNAL}/chunk-trash", f"{INTERNAL}/chunk-quarantine",
                    {"none": "", "zstd": ".zst"}, "chunk")
+MANIFESTS = Namespace(BLOBS.prefix, BLOBS.trash_prefix, BLOBS.quarantine_prefix, {"chunked": ".chunks"}, "blob")
+WHOLES = Namespace(BLOBS.prefix, BLOBS.trash_prefix, BLOBS.quarantine_prefix,
+                   {c: s for c, s in BLOBS.suffixes.items() if c != "chunked"}, "blob")
+"""The blobs seen through one kind of copy only: a format change publishes a blob's new
+copy beside the old one (a publish that looks only at its own kind), checks it, and only
+then deletes the old one (format_change.py)."""
 BLOBS_PREFIX = BLOBS.prefix
 TRASH_PREFIX = BLOBS.trash_prefix
 QUARANTINE_PREFIX = BLOBS.quarantine_prefix

@@ -245,10 +245,15 @@ class Index:
             or_(ExperimentRow.name == record.name, ExperimentRow.id_experiment == record.id_experiment))
         return list(conn.scalars(query))
 
-    def put_blob_facts(self, conn: Connection, blobs: list[BlobFacts]) -> None:
+    def put_blob_facts(self, conn: Connection | None, blobs: list[BlobFacts]) -> None:
         """The facts row of each of `blobs`, written over the one there (it describes the copy
-        a write just found or published), in the caller's write transaction `conn`."""
+        a write just found or published), in the caller's write transaction `conn` if given,
+        else in one of its own."""
         if not blobs:
+            return
+        if conn is None:
+            with write_transaction(self.engine) as own:
+                self.put_blob_facts(own, blobs)
             return
         rows = [{"blob_id": b.blob_id, "size": b.size, "stored_size": b.stored_size, "codec": b.codec,
                  "created": time.time()} for b in {b.blob_id: b for b in blobs}.values()]

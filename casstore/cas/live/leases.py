@@ -41,29 +41,54 @@ class Lease:
     def __init__(self, blobs: BlobStore, ttl_s: float = DEFAULT_TTL_S):
         self._blobs = blobs
         self._ttl_s = ttl_s
-        self.key = f"{LEASES_PREFIX}/{uuid.uuid4().hex}.json"
+        self.key = _new_key()
         self.blob_ids: set[str] = set()
+        self._main: set[str] = set()  # the ids `add` wrote into `key`
+        self._parts: list[str] = []  # the keys `add_many` wrote
 
     def add(self, blob_id: str) -> None:
         """Protect `blob_id`; written through before returning."""
         if blob_id in self.blob_ids:
             return
         self.blob_ids.add(blob_id)
+        self._main.add(blob_id)
+        self._write(self.key, sorted(self._main))
+
+    def add_many(self, ids: list[str]) -> None:
+        """Protect every id of `ids` (a chunked write's next chunks) with one write: a lease
+        object of their own, so a write of n chunks in batches writes O(n) bytes of leases,
+        not the O(n^2) of rewriting one ever-growing object."""
+        fresh = sorted(set(ids) - self.blob_ids)
+        if not fresh:
+            return
+        key = _new_key()
+        self._parts.append(key)
+        self.blob_ids.update(fresh)
+        self._write(key, fresh)
+
+    def _write(self, key: str, ids: list[str]) -> None:
         now = time.time()
-        body = {"blobs": sorted(self.blob_ids), "created": now, "expires": now + self._ttl_s,
+        body = {"blobs": ids, "created": now, "expires": now + self._ttl_s,
                 "host": socket.gethostname(), "pid": os.getpid()}
-        self._blobs.put_object(self.key, json.dumps(body).encode())
+        self._blobs.put_object(key, json.dumps(body).encode())
 
     def release(self) -> None:
         if self.blob_ids:
-            self._blobs.delete_object(self.key)
+            for key in [self.key, *self._parts]:
+                self._blobs.delete_object(key)
             self.blob_ids.clear()
+            self._main.clear()
+            self._parts.clear()
 
     def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _new_key() -> str:
+    return f"{LEASES_PREFIX}/{uuid.uuid4().hex}.json"
 
 
 def read_leases(blobs: BlobStore) -> list[LeaseInfo]:

@@ -21,10 +21,12 @@ from typing import BinaryIO, Iterator, Sequence, cast
 import zstandard
 
 from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.chunks.policy import DEFAULT_POLICY, ChunkPolicy
 from casstore.cas.damage import read_damage, record_damage
 from casstore.cas.digest import DEFAULT_ALGORITHM
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.live.leases import Lease
+from casstore.cas.store.chunk_io import ChunkedReader, chunk_store
 from casstore.cas.store.codecs import check_codec, decompressed
 from casstore.cas.store.copy_checks import Recorded, StoredFacts, cheap_damage, disagrees, matches_facts
 from casstore.cas.store.ingest import Progress, TarIngest, TarWriter
@@ -47,21 +49,22 @@ class ContentStore:
     """Archives folders into blobs and extracts blobs, over one BlobStore."""
 
     def __init__(self, blobs: BlobStore, statcache: StatCache | None = None,
-                 algorithm: str = DEFAULT_ALGORITHM):
+                 algorithm: str = DEFAULT_ALGORITHM, policy: ChunkPolicy = DEFAULT_POLICY):
         self.blobs = blobs
         self.statcache = statcache
         self.algorithm = algorithm
+        self.policy = policy
         self.unsized_limit = UNSIZED_LIMIT
-        self._format_checked = False
         self._readable = False
 
     def lease(self) -> Lease:
         return Lease(self.blobs)
 
-    def _ready_for_writes(self) -> None:
-        if not self._format_checked:
-            self.blobs.ensure_format()
-            self._format_checked = True
+    def _ready_for_writes(self) -> str:
+        """The datastore's format ("whole" or "chunked"), created if there is none yet; read
+        again before each write, so that a format change (format_change.py) applies to
+        long-running writers from their next blob on."""
+        return self.blobs.ensure_format()
 
     def check_readable(self) -> None:
         """Refuse a datastore of a format this casstore does not read (DatastoreError), once
@@ -103,8 +106,10 @@ class ContentStore:
         SourceChanged ("<source> changed while it was archived"). A copy already under the id
         is checked before it is trusted, and re-hashed if `recorded` disagrees with it."""
         check_codec(codec, level)
-        self._ready_for_writes()
+        chunked = self._ready_for_writes() == "chunked"
         ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, source)
+        if chunked:
+            return ingest.chunked(write, codec, level, self.policy, progress)
         if codec == "zstd":
             return ingest.zstd(write, level, progress)
         return ingest.plain(write, progress, hash_first=hash_first)
@@ -135,7 +140,7 @@ class ContentStore:
         except (CorruptBlob, FileNotFoundError):
             return None
         with f:
-            if cheap_damage(f, found, hit[1], None) is not None:
+            if cheap_damage(f, found, hit[1], None, self.blobs) is not None:
                 return None
         return facts_of(found, hit[1])
 
@@ -152,7 +157,10 @@ class ContentStore:
         f, found = self.blobs.open_blob(blob_id, functools.partial(matches_facts, size=size, recorded=recorded))
         with f:
             try:
-                if found.codec == "zstd":
+                if found.codec == "chunked":
+                    yield VerifyingReader(ChunkedReader(f, chunk_store(self.blobs), blob_id, size), blob_id, size,
+                                          self.unsized_limit)
+                elif found.codec == "zstd":
                     with decompressed(f, CHUNK) as raw:
                         yield VerifyingReader(raw, blob_id, size, self.unsized_limit)
                 else:

@@ -11,7 +11,8 @@ from typing import BinaryIO, Callable, Protocol
 
 import zstandard
 
-from casstore.cas.backends.base import BlobStat
+from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.store.chunk_io import ChunkedReader, chunk_store, manifest_damage
 from casstore.cas.store.codecs import ZSTD_MAGIC, ZSTD_MAX_FRAME_HEADER, decompressed
 from casstore.cas.store.reader import Readable, VerifyingReader
 from casstore.cas.tar.header import BLOCK, CHUNK
@@ -48,12 +49,16 @@ def disagrees(copy: BlobStat, recorded: Recorded | None) -> bool:
     return facts is not None and not matches_facts(copy, recorded=facts)
 
 
-def cheap_damage(f: BinaryIO, copy: BlobStat, size: int | None, head: bytes | None) -> str | None:
+def cheap_damage(f: BinaryIO, copy: BlobStat, size: int | None, head: bytes | None, blobs: BlobStore) -> str | None:
     """What a look at a copy's stat and first bytes proves wrong, None if nothing: a `.tar`
     must have the TAR's size; a `.tar.zst` must start with a zstd frame whose header, where
     it records the content size, records the TAR's; and the first TAR block (decompressed)
     must be `head`, or without it a valid header or an all-zero block. Reads one TAR block,
-    or for zstd the compressed bytes of the first one (at most a zstd block, 128 KiB)."""
+    or for zstd the compressed bytes of the first one (at most a zstd block, 128 KiB). A
+    manifest (in datastore `blobs`) must parse, add up to the TAR's size, and name only
+    chunks that are stored (its chunks are not read)."""
+    if copy.codec == "chunked":
+        return manifest_damage(f, copy, size, chunk_store(blobs))
     if copy.codec == "none":
         if size is not None and copy.stored_size != size:
             return f"{copy.stored_size} bytes stored, the TAR has {size}"
@@ -96,12 +101,14 @@ def _first_block_damage(first: bytes, head: bytes | None) -> str | None:
     return None
 
 
-def rehash_damage(f: BinaryIO, copy: BlobStat, size: int | None) -> str | None:
-    """Read a whole copy (from its start) and check its digest and size; what is wrong, or
-    None if it reads correctly."""
+def rehash_damage(f: BinaryIO, copy: BlobStat, size: int | None, blobs: BlobStore) -> str | None:
+    """Read a whole copy (from its start; a manifest's chunks from datastore `blobs`) and
+    check its digest and size; what is wrong, or None if it reads correctly."""
     f.seek(0)
     try:
-        if copy.codec == "zstd":
+        if copy.codec == "chunked":
+            VerifyingReader(ChunkedReader(f, chunk_store(blobs), copy.blob_id, size), copy.blob_id, size).verify()
+        elif copy.codec == "zstd":
             with decompressed(f, CHUNK) as raw:
                 VerifyingReader(raw, copy.blob_id, size).verify()
         else:

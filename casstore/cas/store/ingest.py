@@ -16,10 +16,12 @@ from typing import BinaryIO, Callable, Sequence, cast
 import zstandard
 
 from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest
+from casstore.cas.chunks.policy import ChunkPolicy
 from casstore.cas.damage import DamageRecord, clear_damage, describes, read_damage
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.live.leases import Lease
+from casstore.cas.store.chunked_ingest import ChunkedWrite
 from casstore.cas.store.copy_checks import Recorded, cheap_damage, disagrees, rehash_damage
 from casstore.cas.tar.header import BLOCK
 from casstore.cas.tar.write import Sink
@@ -83,6 +85,32 @@ class TarIngest:
             return found
         return self._write_again(write, blob_id, "zstd", size, head, zstandard.ZstdCompressor(level=level, threads=-1))
 
+    def chunked(self, write: TarWriter, codec: str, level: int, policy: ChunkPolicy,
+                progress: Progress | None = None) -> BlobFacts:
+        """Store the TAR as a manifest of chunks (P13), in one pass: chunks are stored as the
+        writer writes (those the datastore has already are only looked up), the manifest
+        published once all are. A TAR under the policy's whole_below is stored whole."""
+        digest, head = DigestSink(self.algorithm), HeadSink()
+        with ChunkedWrite(self.blobs, self.algorithm, self.lease, codec, level, policy) as chunks:
+            size = write([digest, head, chunks], progress)
+            blob_id = digest.blob_id()
+            self.lease.add(blob_id)
+            manifest = chunks.finish(blob_id, size)
+            if manifest is not None:
+                with manifest:
+                    return self._commit_checked(manifest, blob_id, "chunked", size, head.data)
+            assert chunks.small is not None
+            return self._store_small(bytes(chunks.small), blob_id, codec, level, head.data)
+
+    def _store_small(self, data: bytes, blob_id: str, codec: str, level: int, head: bytes) -> BlobFacts:
+        """A TAR held in memory, stored whole (one zstd frame with codec zstd)."""
+        found = self._sound_copy(blob_id, len(data), head)
+        if found is not None:
+            return found
+        with self.blobs.begin_ingest() as ingest:
+            ingest.write(zstandard.ZstdCompressor(level=level).compress(data) if codec == "zstd" else data)
+            return self._commit_checked(ingest, blob_id, codec, len(data), head)
+
     def _hash(self, write: TarWriter, progress: Progress | None) -> tuple[int, str, bytes]:
         """A first pass that only hashes: the TAR's size, its blob id (leased) and first block."""
         digest, head = DigestSink(self.algorithm), HeadSink()
@@ -132,10 +160,10 @@ class TarIngest:
         record = read_damage(self.blobs, blob_id)
 
         def damaged(f: BinaryIO, copy: BlobStat) -> bool:
-            if cheap_damage(f, copy, size, head) is not None:
+            if cheap_damage(f, copy, size, head, self.blobs) is not None:
                 return True
             if (record is not None and describes(record, copy)) or disagrees(copy, self.recorded):
-                return rehash_damage(f, copy, size) is not None
+                return rehash_damage(f, copy, size, self.blobs) is not None
             return False
 
         return damaged, record

@@ -36,7 +36,7 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _number(field: bytes) -> int:
+def number_field(field: bytes) -> int:
     """A numeric header field: octal digits (NUL or space padded) or GNU base-256."""
     if field[:1] == b"\x80":
         return int.from_bytes(field[1:], "big")
@@ -57,7 +57,7 @@ def _check_checksum(block: bytes) -> None:
     """The stored checksum must be the unsigned or the signed byte sum (old tars wrote the
     signed one). The signed sum, a Python loop, is computed only when the unsigned one does
     not match: canonical headers are ASCII, where the two are equal."""
-    stored = _number(block[148:156])
+    stored = number_field(block[148:156])
     unsigned = sum(block[:148]) + 256 + sum(block[156:])
     if stored == unsigned:
         return
@@ -120,7 +120,7 @@ class TarStream:
                 return
             _check_checksum(block)
             kind = block[156:157]
-            size = _number(block[124:136])
+            size = number_field(block[124:136])
             if kind in (b"L", b"K"):
                 value = _nts(self._read_meta(size, MAX_LONG_NAME))
                 long_name, long_link = (value, long_link) if kind == b"L" else (long_name, value)
@@ -146,7 +146,7 @@ class TarStream:
         linkname = pax.get(b"linkpath", long_link if long_link is not None else _nts(block[157:257]))
         if b"size" in pax:
             size = _pax_size(pax[b"size"])
-        return Member(name, kind, _number(block[100:108]), size, linkname)
+        return Member(name, kind, number_field(block[100:108]), size, linkname)
 
     def _read_meta(self, size: int, limit: int) -> bytes:
         if size > limit:

@@ -1,0 +1,124 @@
+"""Cutting a canonical TAR stream into chunks, as it is written (policy.py says where).
+
+The cutter follows the TAR's structure as the bytes go by (headers are 512-byte blocks that
+give each member's size), so it can cut a large file's data apart from its header, in fixed
+blocks from the file's first byte, and everything else by content (FastCDC). Where the
+stream does not parse as a TAR (a header whose numbers do not read), the rest is cut by
+content: the cut points only decide what can be shared, never what is stored, since the
+chunks concatenated are always the stream."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pyfastcdc import FastCDC
+
+from casstore.cas.chunks.policy import ChunkPolicy
+from casstore.cas.tar.header import BLOCK, FILE_KINDS
+from casstore.cas.tar.read import number_field
+from casstore.errors import CorruptBlob
+
+Emit = Callable[[bytes], None]
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+class TarCutter:
+    """Feed it the stream (`write`), then `finish`; every chunk goes to `emit`, in order."""
+
+    def __init__(self, policy: ChunkPolicy, emit: Emit):
+        self._policy = policy
+        self._emit = emit
+        self._cdc = FastCDC(policy.cdc_avg, min_size=policy.cdc_min, max_size=policy.cdc_max)
+        self._cut_at = 4 * policy.cdc_max
+        self._pending = bytearray()  # bytes to cut by content
+        self._head = bytearray()  # a header block being gathered
+        self._skip = 0  # bytes of member data (and padding) before the next header
+        self._file_left = 0  # bytes left of a large file's data, cut in blocks
+        self._block = bytearray()
+        self._lost = False  # the stream stopped parsing as a TAR: cut the rest by content
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            if self._file_left:
+                view = self._take_file(view)
+            elif self._skip or self._lost:
+                take = len(view) if self._lost else min(len(view), self._skip)
+                self._pending += view[:take]
+                self._skip -= 0 if self._lost else take
+                view = view[take:]
+                self._cut_some()
+            else:
+                view = self._take_header(view)
+
+    def finish(self) -> None:
+        if self._block:
+            self._emit(bytes(self._block))
+            self._block.clear()
+        self._pending += self._head
+        self._head.clear()
+        self._cut_all()
+
+    def _take_header(self, view: memoryview) -> memoryview:
+        need = BLOCK - len(self._head)
+        self._head += view[:need]
+        if len(self._head) < BLOCK:
+            return view[need:]
+        block = bytes(self._head)
+        self._head.clear()
+        self._pending += block
+        self._after_header(block)
+        return view[need:]
+
+    def _after_header(self, block: bytes) -> None:
+        if block == _ZERO_BLOCK:
+            return
+        try:
+            size = number_field(block[124:136])
+        except CorruptBlob:
+            self._lost = True
+            return
+        if block[156:157] in FILE_KINDS and size >= self._policy.large_file:
+            self._cut_all()
+            self._file_left = size
+            self._skip = -size % BLOCK
+        else:
+            self._skip = size + -size % BLOCK
+
+    def _take_file(self, view: memoryview) -> memoryview:
+        block_size = self._policy.block
+        take = min(len(view), self._file_left)
+        self._file_left -= take
+        piece, view = view[:take], view[take:]
+        if not self._block:  # whole blocks straight from the writer's buffer, no copy in between
+            while len(piece) >= block_size:
+                self._emit(bytes(piece[:block_size]))
+                piece = piece[block_size:]
+        self._block += piece
+        while len(self._block) >= block_size:
+            self._emit(bytes(self._block[:block_size]))
+            del self._block[:block_size]
+        if not self._file_left and self._block:
+            self._emit(bytes(self._block))
+            self._block.clear()
+        return view
+
+    def _cut_some(self) -> None:
+        """Cut what is pending once there is plenty: every chunk but the last, which the
+        end of the buffer may have cut short (FastCDC's cuts depend only on the bytes
+        from a chunk's start, so cutting in pieces gives the cuts of the whole)."""
+        if len(self._pending) < self._cut_at:
+            return
+        last = 0
+        for chunk in self._cdc.cut_buf(self._pending):
+            if chunk.offset + chunk.length == len(self._pending):
+                last = chunk.offset
+                break
+            self._emit(bytes(chunk.data))
+        self._pending = bytearray(memoryview(self._pending)[last:])
+
+    def _cut_all(self) -> None:
+        if self._pending:
+            for chunk in self._cdc.cut_buf(self._pending):
+                self._emit(bytes(chunk.data))
+            self._pending = bytearray()
