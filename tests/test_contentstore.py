@@ -184,6 +184,8 @@ def test_hash_first_stores_a_new_blob_and_replaces_a_damaged_copy(cs, ds, src):
 
 
 def test_hash_first_raises_source_changed_when_the_second_pass_differs(cs, ds, src):
+    ds.ensure_format()
+    ds.set_format("whole")  # a chunked write reads its source once: there is no second pass to differ
     data = tar_bytes(scan(src, "data"))
     passes = iter([data, data[:-1] + b"x"])
 
