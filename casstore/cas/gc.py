@@ -14,7 +14,8 @@ Safe by construction (docs/gc.md):
 6. Damaged copies a repair moved into the quarantine go once the grace period has passed
    since they were moved; damage records of ids with no stored copy go at the same age.
 7. Chunks (P13) go the same way, once the blobs are done: candidates are chunks older than
-   the grace period that no lease and no manifest still stored names (chunk_census.py);
+   the grace period that no lease names or covers (a chunked write's window lease covers
+   every chunk stored since it began) and no manifest still stored names (chunk_census.py);
    they are moved to the chunk trash, leases and manifests are read again, the ones a
    writer named meanwhile are put back, the rest deleted. While a manifest does not read,
    no chunk is deleted (it may name any of them).
@@ -32,7 +33,7 @@ from casstore.cas.backends.base import BlobStat, BlobStore
 from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
 from casstore.cas.index.queries import Index
 from casstore.cas.chunk_census import census, named_chunks
-from casstore.cas.live.leases import leased_blob_ids, read_leases
+from casstore.cas.live.leases import leased_blob_ids, leased_since, read_leases
 from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.live.roots import FieldRoots, leftovers, live_blob_ids
 from casstore.cas.store.content_store import ContentStore
@@ -155,18 +156,20 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
     """Step 7: chunks no manifest names (`gone`: blob ids the dry run counts as deleted)."""
     chunks = chunk_store(store.blobs)
     leased = leased_blob_ids(store.blobs, now)  # leases before manifests, as for blobs
+    window = leased_since(store.blobs, now)
     found = census(store.blobs, skip=gone)
     if found.unreadable:
         report.kept += [f"every unreferenced chunk: the manifest of blob {blob_id} does not read ({why})"
                         for blob_id, why in sorted(found.unreadable.items())]
         return []
-    candidates = [c for c in found.stored.values()
-                  if c.blob_id not in found.named and c.blob_id not in leased and now - c.mtime >= grace_s]
+    candidates = [c for c in found.stored.values() if c.blob_id not in found.named and c.blob_id not in leased
+                  and c.mtime < window and now - c.mtime >= grace_s]
     if dry_run:
         return [Deleted(c.blob_id, None, c.stored_size, "unreferenced_chunk") for c in candidates]
     trashed = [(c, key) for c in candidates if (key := chunks.move_to_trash(c)) is not None]
     unreadable: dict[str, str] = {}
     try:
+        window = leased_since(store.blobs)
         live = leased_blob_ids(store.blobs) | named_chunks(store.blobs, unreadable)
     except BaseException:
         _put_back(chunks, trashed)
@@ -178,7 +181,7 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
         return []
     deleted = []
     for chunk, key in trashed:
-        if chunk.blob_id in live:
+        if chunk.blob_id in live or chunk.mtime >= window:
             chunks.restore_from_trash(key)
         else:
             chunks.delete_object(key)

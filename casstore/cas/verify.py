@@ -24,7 +24,7 @@ from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, descr
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing, field_label
 from casstore.cas.chunk_census import ChunkCensus, census
-from casstore.cas.live.leases import leased_blob_ids, read_leases
+from casstore.cas.live.leases import leased_blob_ids, leased_since, read_leases
 from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.live.refs import NamedRef, named_refs
 from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
@@ -293,9 +293,10 @@ def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
     items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
               for lease in read_leases(store.blobs) if lease.expired(now)]
     items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved) for q in store.blobs.iter_quarantine()]
-    leased = leased_blob_ids(store.blobs, now)
+    leased, window = leased_blob_ids(store.blobs, now), leased_since(store.blobs, now)
     items += [Reclaimable("unreferenced_chunk", c.blob_id, None, c.stored_size, now - c.mtime)
-              for c in chunks.stored.values() if c.blob_id not in chunks.named and c.blob_id not in leased]
+              for c in chunks.stored.values()
+              if c.blob_id not in chunks.named and c.blob_id not in leased and c.mtime < window]
     items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved)
               for q in chunk_store(store.blobs).iter_quarantine()]
     return items

@@ -74,6 +74,10 @@ class Ingest(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
+    def make_durable(self) -> None:
+        """Make what was written durable ahead of `commit` (commit_many does it for a batch
+        at once); commit still does whatever it needs."""
+
     def __enter__(self) -> Ingest:
         return self
 
@@ -175,6 +179,12 @@ class BlobStore(ABC):
 
     @abstractmethod
     def begin_ingest(self) -> Ingest: ...
+
+    def commit_many(self, batch: list[tuple[Ingest, str, str, DamageCheck | None]]) -> list[tuple[BlobStat, bool]]:
+        """`commit(id, codec, damaged)` each ingest of `batch`, in order. A backend overrides
+        it where one durable point for many objects is cheaper than one each (local.py: the
+        fsyncs of a batch of chunks, then their links, then each folder once)."""
+        return [ingest.commit(blob_id, codec, damaged) for ingest, blob_id, codec, damaged in batch]
 
     @abstractmethod
     def delete_blob(self, blob_id: str, codec: str) -> None: ...

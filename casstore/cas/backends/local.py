@@ -13,6 +13,7 @@ import os
 import stat
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterator
 
 from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest, ObjectStat, Outcome, blobs_of, checked_blob_key
@@ -20,6 +21,9 @@ from casstore.cas.backends.layout import BULK_PREFIXES, FORMAT_KEY, TMP_PREFIX, 
 from casstore.cas.backends.local_ingest import LocalIngest
 from casstore.cas.backends.localfs import fsync_dir, open_regular
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, InvalidInput, UnreadableObject
+
+
+SYNC_THREADS = 16
 
 
 class LocalBlobStore(BlobStore):
@@ -314,12 +318,32 @@ class LocalBlobStore(BlobStore):
             pass
         self.delete_object(key)
 
+    def commit_many(self, batch: list[tuple[Ingest, str, str, DamageCheck | None]]) -> list[tuple[BlobStat, bool]]:
+        """One durable point for a batch: every file's disk writes started, the files
+        fsynced by SYNC_THREADS threads at once (the file system commits its journal once for
+        fsyncs that wait together, so a batch costs a few commits, not one a file), then
+        linked, then each folder linked into fsynced once, in the same way. Nothing is linked
+        before every file of the batch is on disk, and `commit_many` returns only once every
+        link is (P4: a chunk is durable before a manifest names it)."""
+        ingests = [ingest for ingest, *_ in batch]
+        for ingest in ingests:
+            if isinstance(ingest, LocalIngest):
+                ingest.start_writeback()
+        with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="casstore-fsync") as pool:
+            list(pool.map(lambda ingest: ingest.make_durable(), ingests))
+            folders: set[str] = set()
+            results = [ingest.commit(blob_id, codec, damaged, folders) if isinstance(ingest, LocalIngest)
+                       else ingest.commit(blob_id, codec, damaged) for ingest, blob_id, codec, damaged in batch]
+            list(pool.map(fsync_dir, sorted(folders)))
+        return results
+
     def publish(self, tmp_path: str, blob_id: str, codec: str,
-                damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
+                damaged: DamageCheck | None = None, folders: set[str] | None = None) -> tuple[BlobStat, bool]:
         """Link `tmp_path` to its final name unless the id exists (in either codec) in a
         copy `damaged` does not refuse (a refused copy is moved into the quarantine first).
 
-        The final name is never stat'ed after the link: gc may move it into its trash at
+        With `folders`, the shard folder linked into is added there, and fsyncing it is
+        the caller's (commit_many). The final name is never stat'ed after the link: gc may move it into its trash at
         any instant (and puts it back once it sees the writer's lease). The facts come from
         `tmp_path`, the same inode, before the link."""
         final = self._path(self.ns.blob_key(blob_id, codec))
@@ -329,12 +353,18 @@ class LocalBlobStore(BlobStore):
             st = os.stat(tmp_path)
             if not os.path.isdir(shard):
                 os.makedirs(shard, exist_ok=True)
-                fsync_dir(os.path.dirname(shard))
+                if folders is None:
+                    fsync_dir(os.path.dirname(shard))
+                else:
+                    folders.add(os.path.dirname(shard))
             try:
                 os.link(tmp_path, final)
             except FileExistsError:
                 return None  # published meanwhile by another writer (or put back by gc): take that
-            fsync_dir(shard)
+            if folders is None:
+                fsync_dir(shard)
+            else:
+                folders.add(shard)
             return self.stat_of(blob_id, st.st_size, codec, st.st_mtime)
 
         return self.publish_unless_stored(blob_id, damaged, link)

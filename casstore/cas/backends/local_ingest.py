@@ -10,8 +10,10 @@ from typing import BinaryIO, Callable
 
 from casstore.cas.backends.base import BlobStat, DamageCheck, Ingest
 
-Publish = Callable[[str, str, str, "DamageCheck | None"], tuple[BlobStat, bool]]
-"""`publish(temp path, blob id, codec, damage check)`: the store's publish (local.py)."""
+Publish = Callable[[str, str, str, "DamageCheck | None", "set[str] | None"], tuple[BlobStat, bool]]
+"""`publish(temp path, blob id, codec, damage check, folders)`: the store's publish
+(local.py); with `folders`, the folders it linked into are added there for the caller to
+fsync, instead of each being fsynced at once."""
 
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the dirty pages, do not wait
 WRITEBACK_KICK = 8 << 20
@@ -44,6 +46,7 @@ class LocalIngest(Ingest):
         self._file: BinaryIO | None = locked_file
         self._written = 0
         self._kicked = 0
+        self._durable = False
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data` to the temp file; after every WRITEBACK_KICK (8 MiB) written, start
@@ -71,13 +74,29 @@ class LocalIngest(Ingest):
                 sync_file_range(self._file.fileno(), self._kicked, self._written - self._kicked, _SYNC_FILE_RANGE_WRITE)
             self._kicked = self._written
 
-    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None) -> tuple[BlobStat, bool]:
-        """fsync, then publish while the file (and its lock, which gc respects) is held."""
+    def start_writeback(self) -> None:
+        """Start the disk writes of everything written so far, without waiting (the hint
+        `write` gives every WRITEBACK_KICK bytes, for a file that stays smaller)."""
         assert self._file is not None
-        os.fsync(self._file.fileno())
-        os.fchmod(self._file.fileno(), 0o444)
+        sync_file_range = _libc_sync_file_range()
+        if sync_file_range is not None and self._written > self._kicked:
+            sync_file_range(self._file.fileno(), self._kicked, self._written - self._kicked, _SYNC_FILE_RANGE_WRITE)
+            self._kicked = self._written
+
+    def make_durable(self) -> None:
+        """fsync and make read-only (once)."""
+        assert self._file is not None
+        if not self._durable:
+            os.fsync(self._file.fileno())
+            os.fchmod(self._file.fileno(), 0o444)
+            self._durable = True
+
+    def commit(self, blob_id: str, codec: str, damaged: DamageCheck | None = None,
+               folders: set[str] | None = None) -> tuple[BlobStat, bool]:
+        """fsync, then publish while the file (and its lock, which gc respects) is held."""
+        self.make_durable()
         try:
-            return self._publish(self.path, blob_id, codec, damaged)
+            return self._publish(self.path, blob_id, codec, damaged, folders)
         finally:
             self.abort()
 

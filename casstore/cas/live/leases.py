@@ -25,11 +25,17 @@ MAX_LEASE_BYTES = 16 << 20  # ~400,000 blob ids
 _LEASE_KEY = re.compile(rf"{LEASES_PREFIX}/[0-9a-f]{{32}}\.json")
 
 
+CLOCK_SKEW_S = 3600.0
+"""How far a window lease reaches back before its writer's clock: an object store stamps
+objects with its own clock, which may be behind the writer's."""
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseInfo:
     key: str
     blob_ids: frozenset[str]
     expires: float
+    since: float | None = None  # a window: every chunk stored at or after this time is leased
 
     def expired(self, now: float) -> bool:
         return self.expires <= now
@@ -66,14 +72,25 @@ class Lease:
         self.blob_ids.update(fresh)
         self._write(key, fresh)
 
-    def _write(self, key: str, ids: list[str]) -> None:
+    def add_window(self) -> None:
+        """Protect every chunk stored from now on (a chunked write's new chunks), with one
+        write for the whole write: gc keeps every chunk whose mtime is at or after `since`
+        (now less CLOCK_SKEW_S) while the lease lives. Chunks stored earlier that the write
+        reuses are named with `add_many`."""
+        key = _new_key()
+        self._parts.append(key)
+        self._write(key, [], since=time.time() - CLOCK_SKEW_S)
+
+    def _write(self, key: str, ids: list[str], since: float | None = None) -> None:
         now = time.time()
-        body = {"blobs": ids, "created": now, "expires": now + self._ttl_s,
-                "host": socket.gethostname(), "pid": os.getpid()}
+        body: dict[str, object] = {"blobs": ids, "created": now, "expires": now + self._ttl_s,
+                                   "host": socket.gethostname(), "pid": os.getpid()}
+        if since is not None:
+            body["since"] = since
         self._blobs.put_object(key, json.dumps(body).encode())
 
     def release(self) -> None:
-        if self.blob_ids:
+        if self.blob_ids or self._parts:
             for key in [self.key, *self._parts]:
                 self._blobs.delete_object(key)
             self.blob_ids.clear()
@@ -102,10 +119,20 @@ def read_leases(blobs: BlobStore) -> list[LeaseInfo]:
             continue
         try:
             body = json.loads(blobs.get_object(obj.key, max_bytes=MAX_LEASE_BYTES) or b"")
-            leases.append(LeaseInfo(obj.key, frozenset(body["blobs"]), float(body["expires"])))
+            since = body.get("since")
+            leases.append(LeaseInfo(obj.key, frozenset(body["blobs"]), float(body["expires"]),
+                                    None if since is None else float(since)))
         except (ValueError, KeyError, TypeError, UnreadableObject):
             leases.append(LeaseInfo(obj.key, frozenset(), 0.0))
     return leases
+
+
+def leased_since(blobs: BlobStore, now: float | None = None) -> float:
+    """The earliest time from which a live window lease protects every chunk stored (inf
+    if there is none): gc deletes no chunk stored at or after it."""
+    now = time.time() if now is None else now
+    return min((lease.since for lease in read_leases(blobs) if lease.since is not None and not lease.expired(now)),
+               default=float("inf"))
 
 
 def leased_blob_ids(blobs: BlobStore, now: float | None = None) -> set[str]:

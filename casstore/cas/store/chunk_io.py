@@ -9,15 +9,20 @@ not hash to its id is refused: damage to every blob that uses it ("chunk")."""
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 import zstandard
 
-from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest
 from casstore.cas.backends.layout import CHUNKS
 from casstore.cas.chunks.manifest import ChunkRef, iter_manifest
 from casstore.cas.digest import digest_bytes, parse_id
+from casstore.cas.live.leases import Lease
 from casstore.errors import BlobNotFound, CorruptBlob
 
 
@@ -38,19 +43,121 @@ class StoredChunk:
     new: bool  # whether this write published it
 
 
-def store_chunk(chunks: BlobStore, chunk_id: str, data: bytes, codec: str, level: int) -> StoredChunk:
-    """Store `data` under `chunk_id` (its digest) unless a copy is there that passes the
-    cheap check (a `.zst` of a plausible size, a raw copy of exactly its size); one that
-    fails it, or a racing copy that does not read as `data`, is moved into the quarantine
-    and this one published in its place. The caller holds a lease on `chunk_id`."""
-    found = chunks.find(chunk_id)
-    if found is not None and _plausible(found, len(data)):
-        return StoredChunk(ChunkRef(chunk_id, len(data), found.codec), found.stored_size, False)
-    body = zstandard.ZstdCompressor(level=level).compress(data) if codec == "zstd" else data
-    with chunks.begin_ingest() as ingest:
-        ingest.write(body)
-        stat, new = ingest.commit(chunk_id, codec, lambda f, copy: _differs(f, copy, data))
-    return StoredChunk(ChunkRef(chunk_id, len(data), stat.codec), stat.stored_size, new)
+MAX_PENDING = 256
+"""New chunks published per durable point: every file of a group is fsynced at once (after
+the first, each finds its data written), then linked, then each folder fsynced once."""
+
+
+STAGE_THREADS = 4
+
+
+class ChunkStager:
+    """Stores the chunks of one write, in order. A chunk the datastore has (a copy that
+    passes the cheap check) is named in the lease, then looked up again (`find_leased` puts
+    back one gc moved aside meanwhile) and taken; a new one, covered by the write's window
+    lease (Lease.add_window), is written into a temp file at once (STAGE_THREADS at a time)
+    and published with the next durable point (every MAX_PENDING new chunks, while the
+    next ones are written, and at `finish`). gc, which re-reads the leases after moving its
+    candidates aside, never deletes a chunk this write names. `add` and `finish` return
+    the chunks settled so far, in the order they were added; call them from one thread.
+    Use as a context manager: leaving it drops every chunk not yet published."""
+
+    def __init__(self, chunks: BlobStore, codec: str, level: int, lease: Lease):
+        self._chunks = chunks
+        self._codec = codec
+        self._level = level
+        self._lease = lease
+        self._local = threading.local()  # a zstd compressor per thread (they are not thread-safe)
+        self._order: deque[str] = deque()  # chunk ids not yet returned
+        self._settled: dict[str, StoredChunk] = {}
+        self._pending: dict[str, tuple[Ingest, int]] = {}
+        self._pool = ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="casstore-stage")
+        self._publishing: Future[dict[str, StoredChunk]] | None = None
+
+    def __enter__(self) -> ChunkStager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for ingest, _size in self._pending.values():
+            ingest.abort()
+        self._pending.clear()
+
+    def add(self, batch: list[tuple[str, bytes]]) -> list[StoredChunk]:
+        sizes = {chunk_id: len(data) for chunk_id, data in batch}
+        found = {chunk_id: self._chunks.find(chunk_id) for chunk_id in sizes if chunk_id not in self._settled}
+        reused = sorted(i for i, copy in found.items() if copy is not None and _plausible(copy, sizes[i]))
+        if reused:
+            self._lease.add_many(reused)
+            for chunk_id in reused:
+                copy = self._chunks.find_leased(chunk_id)
+                if copy is not None:
+                    self._settled[chunk_id] = StoredChunk(ChunkRef(chunk_id, sizes[chunk_id], copy.codec),
+                                                          copy.stored_size, False)
+        new = {i: data for i, data in batch if i not in self._settled and i not in self._pending}
+        for chunk_id, ingest in zip(new, self._pool.map(self._stage, new.values())):
+            self._pending[chunk_id] = (ingest, sizes[chunk_id])
+        self._order.extend(sizes if len(sizes) == len(batch) else (i for i, _ in batch))
+        if len(self._pending) >= MAX_PENDING:
+            self._publish()
+        return self._ready()
+
+    def finish(self) -> list[StoredChunk]:
+        self._publish()
+        self._settle_published(wait=True)
+        return self._ready()
+
+    def _stage(self, data: bytes) -> Ingest:
+        ingest = self._chunks.begin_ingest()
+        try:
+            if self._codec == "zstd":
+                compressor = getattr(self._local, "zstd", None)
+                if compressor is None:
+                    compressor = self._local.zstd = zstandard.ZstdCompressor(level=self._level)
+                data = compressor.compress(data)
+            ingest.write(data)
+        except BaseException:
+            ingest.abort()
+            raise
+        return ingest
+
+    def _publish(self) -> None:
+        """Publish what is pending in the background (one durable point), once the
+        previous group is published."""
+        self._settle_published(wait=True)
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._publishing = self._pool.submit(self._commit, pending)
+
+    def _commit(self, pending: dict[str, tuple[Ingest, int]]) -> dict[str, StoredChunk]:
+        batch: list[tuple[Ingest, str, str, DamageCheck | None]] = [
+            (ingest, chunk_id, self._codec, functools.partial(_differs, chunk_id=chunk_id, size=size))
+            for chunk_id, (ingest, size) in pending.items()]
+        try:
+            published = self._chunks.commit_many(batch)
+        finally:
+            for ingest, *_ in batch:
+                ingest.abort()
+        return {chunk_id: StoredChunk(ChunkRef(chunk_id, pending[chunk_id][1], stat.codec), stat.stored_size, new)
+                for (_ingest, chunk_id, _codec, _check), (stat, new) in zip(batch, published)}
+
+    def _settle_published(self, wait: bool) -> None:
+        if self._publishing is not None and (wait or self._publishing.done()):
+            done, self._publishing = self._publishing, None
+            self._settled.update(done.result())
+
+    def _ready(self) -> list[StoredChunk]:
+        """The chunks from the start of the order that are settled, taken off the order;
+        a chunk's first use reports whether this write published it, later ones do not."""
+        self._settle_published(wait=False)
+        ready: list[StoredChunk] = []
+        while self._order and self._order[0] in self._settled:
+            chunk_id = self._order.popleft()
+            stored = self._settled[chunk_id]
+            ready.append(stored)
+            if stored.new:
+                self._settled[chunk_id] = StoredChunk(stored.ref, stored.stored_size, False)
+        return ready
 
 
 def _plausible(copy: BlobStat, size: int) -> bool:
@@ -59,9 +166,10 @@ def _plausible(copy: BlobStat, size: int) -> bool:
     return 9 <= copy.stored_size <= zstd_bound(size)
 
 
-def _differs(f: BinaryIO, copy: BlobStat, data: bytes) -> bool:
+def _differs(f: BinaryIO, copy: BlobStat, *, chunk_id: str, size: int) -> bool:
+    """Whether a copy another writer published under `chunk_id` is not that chunk."""
     try:
-        return chunk_bytes(f, copy, len(data)) != data
+        return digest_bytes(chunk_bytes(f, copy, size), parse_id(chunk_id)[0]) != chunk_id
     except CorruptBlob:
         return True
 

@@ -1,13 +1,15 @@
 """A chunked write (P13): the canonical TAR a writer streams is cut into chunks as it goes by
-(chunks/cutter.py); each chunk is leased, then stored unless the datastore has it already
-(chunk_io.store_chunk), by a few threads so that disk writes and fsyncs overlap the writer;
-the manifest is written as the chunks are stored, in their order. The blob's manifest is
-published (ingest.py) only once every chunk it names is (P4).
+(chunks/cutter.py); the chunks are stored in batches of BATCH_BYTES (chunk_io.ChunkStager:
+those the datastore has already are only looked up, the new ones written into temp files at
+once and published with one durable point per group) by a thread of their own, so that the disk writes and fsyncs of one batch
+overlap the reading and cutting of the next; the manifest is written as the batches are
+stored, in order. The blob's manifest is published (ingest.py) only once every chunk it
+names is (P4).
 
-Leases come first: a batch of chunks is leased in one write before any of them is looked up
-or stored, so gc, which re-reads the leases after moving its candidates aside, never deletes
-a chunk this write is about to name. Memory is bounded: a batch of BATCH_BYTES waiting for
-its lease, and at most MAX_IN_FLIGHT chunks being stored.
+Leases come first: the write takes a window lease (every chunk stored from its start on)
+before it stores a chunk, and names the old chunks it reuses before it relies on them, so
+gc never deletes a chunk this write goes on to name. Memory is bounded: the batch being cut,
+and at most IN_FLIGHT batches being stored.
 
 A stream shorter than the policy's `whole_below` is kept in memory and stored as a whole
 blob instead (`small`)."""
@@ -23,11 +25,10 @@ from casstore.cas.chunks.manifest import MAGIC, chunk_line, end_line
 from casstore.cas.chunks.policy import ChunkPolicy
 from casstore.cas.digest import digest_bytes
 from casstore.cas.live.leases import Lease
-from casstore.cas.store.chunk_io import StoredChunk, chunk_store, store_chunk
+from casstore.cas.store.chunk_io import ChunkStager, StoredChunk, chunk_store
 
 BATCH_BYTES = 16 << 20
-MAX_IN_FLIGHT = 8
-WORKERS = 4
+IN_FLIGHT = 2
 
 
 class ChunkedWrite:
@@ -46,9 +47,10 @@ class ChunkedWrite:
         self._cutter: TarCutter | None = None
         self._batch: list[tuple[str, bytes]] = []
         self._batch_bytes = 0
-        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="casstore-chunks")
-        self._in_flight: deque[Future[StoredChunk]] = deque()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="casstore-chunks")
+        self._in_flight: deque[Future[list[StoredChunk]]] = deque()
         self._manifest: Ingest | None = None
+        self._stager = ChunkStager(self._chunks, codec, level, lease)
         self._count = 0
         self._total = 0
         self.new_bytes = 0  # stored bytes of the chunks this write published
@@ -57,9 +59,8 @@ class ChunkedWrite:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for future in self._in_flight:
-            future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._stager.__exit__(*exc)
         if self._manifest is not None:
             self._manifest.abort()
 
@@ -70,6 +71,7 @@ class ChunkedWrite:
         assert self.small is not None
         self.small += data
         if len(self.small) >= self._policy.whole_below:
+            self._lease.add_window()
             self._manifest = self._blobs.begin_ingest()
             self._manifest.write(MAGIC)
             self._cutter = TarCutter(self._policy, self._chunk)
@@ -82,9 +84,10 @@ class ChunkedWrite:
         if self._cutter is None or self._manifest is None:
             return None
         self._cutter.finish()
-        self._lease_batch()
+        self._send_batch()
+        self._in_flight.append(self._pool.submit(self._stager.finish))
         while self._in_flight:
-            self._store_next()
+            self._record_next()
         if self._total != size:
             raise AssertionError(f"chunked {self._total} bytes of a {size}-byte stream")
         self._manifest.write(end_line(blob_id, size, self._count))
@@ -95,24 +98,21 @@ class ChunkedWrite:
         self._batch.append((digest_bytes(data, self._algorithm), data))
         self._batch_bytes += len(data)
         if self._batch_bytes >= BATCH_BYTES:
-            self._lease_batch()
+            self._send_batch()
 
-    def _lease_batch(self) -> None:
+    def _send_batch(self) -> None:
         if not self._batch:
             return
-        self._lease.add_many([chunk_id for chunk_id, _ in self._batch])
-        for chunk_id, data in self._batch:
-            while len(self._in_flight) >= MAX_IN_FLIGHT:
-                self._store_next()
-            self._in_flight.append(self._pool.submit(store_chunk, self._chunks, chunk_id, data, self._codec,
-                                                     self._level))
+        while len(self._in_flight) >= IN_FLIGHT:
+            self._record_next()
+        self._in_flight.append(self._pool.submit(self._stager.add, self._batch))
         self._batch, self._batch_bytes = [], 0
 
-    def _store_next(self) -> None:
-        stored = self._in_flight.popleft().result()
+    def _record_next(self) -> None:
         assert self._manifest is not None
-        self._manifest.write(chunk_line(stored.ref))
-        self._count += 1
-        self._total += stored.ref.size
-        if stored.new:
-            self.new_bytes += stored.stored_size
+        for stored in self._in_flight.popleft().result():
+            self._manifest.write(chunk_line(stored.ref))
+            self._count += 1
+            self._total += stored.ref.size
+            if stored.new:
+                self.new_bytes += stored.stored_size
