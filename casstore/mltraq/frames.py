@@ -100,8 +100,8 @@ def _microseconds(value: Any, path: str) -> int:
         fits = False
     if not fits:
         raise UnsupportedValue(f"{path}: numpy.datetime64 {value} is stored in microseconds, as MLtraq stores "
-                               "it, and this value does not fit in them: round it with "
-                               ".astype('datetime64[us]') first")
+                               "it, and this value does not fit in them (finer than a microsecond, or beyond "
+                               "about 290,000 years from 1970): round it with .astype('datetime64[us]')")
     return micros
 
 
