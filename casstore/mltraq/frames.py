@@ -67,7 +67,7 @@ def _encode_numpy(obj: object, path: str) -> tuple[str, Any]:
         return TAG_DATETIME64, _microseconds(obj, path)
     if isinstance(obj, np.generic):
         raise UnsupportedValue(f"{path}: numpy scalar of type {type(obj).__name__} cannot be stored "
-                               "(MLtraq cannot read it back either): convert it with .item()")
+                               "(MLtraq refuses it too): convert it with .item()")
     raise _unsupported(obj, path, "only numpy.ndarray and numpy.datetime64 are")
 
 
