@@ -176,7 +176,7 @@ _ARROW = {
     "float64": (pa.float64(), st.floats()),
     "string": (pa.string(), _TEXT),
     "bool": (pa.bool_(), st.booleans()),
-    "timestamp": (pa.timestamp("us"), st.integers(-(1 << 62), 1 << 62)),
+    "timestamp": (pa.timestamp("us"), st.integers(-62135596800_000_000, 253402300799_999_999)),  # years 1-9999
     "list": (pa.list_(pa.int32()), st.lists(st.integers(-(1 << 31), (1 << 31) - 1), max_size=3)),
 }
 
