@@ -157,7 +157,7 @@ def _decoder(tag: str, packages: tuple[str, ...], read: Callable[[Any], Any]) ->
             return Opaque(tag, raw)
         try:
             return read(raw)
-        except InvalidInput:
+        except (InvalidInput, MemoryError):
             raise
         except Exception as exc:  # the readers of numpy and pyarrow document no closed list
             raise InvalidInput(f"{tag} value does not decode: {exc}") from exc
