@@ -28,7 +28,7 @@ from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
                              ExperimentNotFound, FieldFailure, FieldsUnreadable, InvalidInput, LoadError)
 from casstore.experiment import Experiment, archive_fields
-from casstore.mltraq import datapak
+from casstore.mltraq import datapak, frames
 from casstore.mltraq.runs import run_hex, runs_meta
 from casstore.opts import DEFAULT_VALUES, options
 from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 IF_EXISTS = ("fail", "replace")
 _UUID_TEXT = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 DECODERS: dict[str, Callable[[Any], Any]] = {ARCHIVESTORE_TAG: ArchiveStore.from_ref, ARCHIVE_TAG: Archive.from_bytes}
+# Loading decodes numpy, pandas and pyarrow values too; gc and verify, which only look for
+# archives, leave them as they are (DECODERS).
+FIELD_DECODERS: dict[str, Callable[[Any], Any]] = {**DECODERS, **frames.DECODERS}
 
 
 class Session:
@@ -92,7 +95,7 @@ class Session:
         record = self.index.get_experiment(name=name, id_experiment=id_experiment)
         if record is None:
             raise ExperimentNotFound(f"experiment {name or id_experiment!r} not found")
-        fields = datapak.loads(record.fields, DECODERS)
+        fields = datapak.loads(record.fields, FIELD_DECODERS)
         return Experiment(self, record.id_experiment, record.name, fields, record.meta)
 
     def extract_fields(self, experiment: Experiment, target: Optional[str] = None,
@@ -132,7 +135,7 @@ class Session:
     def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
         if if_exists not in IF_EXISTS:
             raise InvalidInput(f"if_exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
-        datapak.encode(experiment.fields, path="fields")
+        datapak.encode(experiment.fields, path="fields", fallback=frames.encode)
         if if_exists == "fail" and self._exists(experiment):
             raise _already_exists(experiment)
         archives = list(archive_fields(experiment.fields))
@@ -143,7 +146,7 @@ class Session:
                 register(store.blobs, self.index.engine.url, self.index.project_id())
             refs = [Ref(path, f.blob_id, a.params.arc_dir) for (path, a), f in zip(archives, facts)]
             record = ExperimentRecord(experiment.id_experiment, experiment.name,
-                                      datapak.dumps(experiment.fields, path="fields"),
+                                      datapak.dumps(experiment.fields, path="fields", fallback=frames.encode),
                                       experiment.meta or _default_meta(experiment))
             replaced = self.index.save_experiment(record, refs, facts, if_exists)
         for old in replaced:

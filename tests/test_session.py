@@ -276,10 +276,10 @@ class Custom:
 @pytest.mark.parametrize("bad", [
     {Custom(), Custom()},
     Custom(),
-    np.arange(3),
+    np.array([1, "a"], dtype=object),
     {"nested": [1, Custom()]},
-    pd.DataFrame({"a": [1]}),
-], ids=["set_of_objects", "custom_class", "numpy_array", "nested_custom", "dataframe"])
+    pd.DataFrame({"a": [1, "x"]}),
+], ids=["set_of_objects", "custom_class", "object_array", "nested_custom", "mixed_dataframe"])
 def test_unsupported_value_raises_at_persist_before_anything_is_written(bad):
     make_folder("d", {"a.txt": b"A"})
     s = create_session()
@@ -292,7 +292,7 @@ def test_unsupported_value_raises_at_persist_before_anything_is_written(bad):
 
 
 def test_unsupported_value_message_names_the_field():
-    e = create_session().create_experiment("x", model=Bunch(weights=np.zeros(2)))
+    e = create_session().create_experiment("x", model=Bunch(weights=Custom()))
     with pytest.raises(UnsupportedValue, match=r"weights"):
         e.persist()
 
@@ -333,19 +333,19 @@ def insert_mltraq_row(db: Path, name: str, plain_fields: dict) -> uuid.UUID:
 def test_mltraq_row_with_unknown_tag_loads_as_opaque(tmp_path):
     db = tmp_path / "p.db"
     s = create_session(db_url(db))
-    array = {"DATAPAK-0": "numpy.ndarray-0", "value": NPY}
+    array = {"DATAPAK-0": "example.Unknown-0", "value": NPY}
     id_experiment = insert_mltraq_row(db, "legacy", {"DATAPAK-0": "mltraq.Bunch-0", "value": {"arr": array, "lr": 0.1}})
     e = s.load_experiment("legacy")
     assert e.id_experiment == id_experiment
     assert e.fields.lr == 0.1
     assert isinstance(e.fields.arr, Opaque)
-    assert e.fields.arr.tag == "numpy.ndarray-0" and e.fields.arr.value == NPY
+    assert e.fields.arr.tag == "example.Unknown-0" and e.fields.arr.value == NPY
 
 
 def test_mltraq_row_with_unknown_tag_persists_back_with_the_same_bytes(tmp_path):
     db = tmp_path / "p.db"
     s = create_session(db_url(db))
-    array = {"DATAPAK-0": "numpy.ndarray-0", "value": NPY}
+    array = {"DATAPAK-0": "example.Unknown-0", "value": NPY}
     insert_mltraq_row(db, "legacy", {"DATAPAK-0": "mltraq.Bunch-0", "value": {"arr": array, "lr": 0.1}})
     e = s.load_experiment("legacy")
     e.fields.lr = 0.2

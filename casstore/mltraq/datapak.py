@@ -12,8 +12,9 @@ Reading never runs pickle's object machinery: the opcodes are checked against a 
 container/scalar opcodes first, and the unpickler refuses every global anyway, so hostile
 bytes can at worst raise `InvalidInput`.
 
-Only Bunch, uuid.UUID and the tags passed in `decoders` are decoded into objects. Every
-other tag (numpy, pandas, pyarrow, Sequence, DataStore, unknown tags...) is kept as an
+Only Bunch, uuid.UUID and the tags passed in `decoders` are decoded into objects (the
+session passes frames.DECODERS for numpy, pandas and pyarrow values). Every other tag
+(numpy etc. when not asked for, Sequence, DataStore, unknown tags...) is kept as an
 `Opaque` holding the raw value as read, which encodes back to the very same tagged dict:
 fields casstore does not understand survive a load/persist cycle byte for byte.
 
@@ -33,7 +34,7 @@ import reprlib
 import uuid
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Optional
 
 from casstore.errors import CasStoreError, InvalidInput, UnsupportedValue
 from casstore.utils.bunch import Bunch
@@ -56,6 +57,9 @@ COMPRESSION_PREFIX = b"C01"
 MAX_DECOMPRESSED_BYTES = 512 << 20
 
 Decoders = Mapping[str, Callable[[Any], Any]]
+# Called on a value of a type the codec does not know: its (tag, raw value), or None when
+# it does not know the type either (frames.encode, for numpy, pandas and pyarrow values).
+Fallback = Callable[[object, str], Optional[tuple[str, Any]]]
 
 _SCALAR_TYPES = frozenset({bool, int, float, str, bytes, type(None)})
 
@@ -119,28 +123,29 @@ class Opaque:
 # --------------------------------------------------------------------------- encoding
 
 
-def encode(obj: object, *, path: str = "value") -> Any:
+def encode(obj: object, *, path: str = "value", fallback: Optional[Fallback] = None) -> Any:
     """Encode `obj` into plain containers, rich values becoming tagged dicts.
 
-    `path` names `obj` in error messages ("fields.model.weights: type numpy.ndarray
-    cannot be stored"). Raises UnsupportedValue for anything that cannot be stored.
+    `path` names `obj` in error messages ("fields.model.weights: type decimal.Decimal
+    cannot be stored"); `fallback` encodes the types the codec does not know. Raises
+    UnsupportedValue for anything that cannot be stored.
     """
     try:
-        return _encode(obj, path)
+        return _encode(obj, path, fallback)
     except RecursionError:
         raise UnsupportedValue(f"{path}: value is nested too deeply (or contains itself)") from None
 
 
-def dumps(obj: object, *, path: str = "value") -> bytes:
+def dumps(obj: object, *, path: str = "value", fallback: Optional[Fallback] = None) -> bytes:
     """Encode `obj` and pickle it (protocol 5, uncompressed), as MLtraq writes a DataPak."""
-    plain = encode(obj, path=path)
+    plain = encode(obj, path=path, fallback=fallback)
     try:
         return pickle.dumps(plain, protocol=PICKLE_PROTOCOL)
     except RecursionError:
         raise UnsupportedValue(f"{path}: value is nested too deeply") from None
 
 
-def _encode(obj: object, path: str) -> Any:
+def _encode(obj: object, path: str, fallback: Optional[Fallback]) -> Any:
     kind = type(obj)
     # Exact types: a subclass (IntEnum, numpy.float64...) would be pickled by reference to
     # its class, which no reader accepts.
@@ -153,30 +158,33 @@ def _encode(obj: object, path: str) -> Any:
         tag, value = hook(obj)
         if type(tag) is not str:
             raise UnsupportedValue(f"{path}: {_type_name(kind)}.__datapak_encode__ returned a non-str tag {tag!r}")
-        return {KEY_MAGIC: tag, KEY_VALUE: _encode(value, path)}
+        return {KEY_MAGIC: tag, KEY_VALUE: _encode(value, path, fallback)}
     if isinstance(obj, Bunch):
-        return {KEY_MAGIC: TAG_BUNCH, KEY_VALUE: _encode_dict(obj, path)}
+        return {KEY_MAGIC: TAG_BUNCH, KEY_VALUE: _encode_dict(obj, path, fallback)}
     if isinstance(obj, uuid.UUID):
         return {KEY_MAGIC: TAG_UUID, KEY_VALUE: obj.hex}
     if isinstance(obj, dict):
-        return _encode_dict(obj, path)
+        return _encode_dict(obj, path, fallback)
     if isinstance(obj, list):
-        return [_encode(item, f"{path}[{i}]") for i, item in enumerate(obj)]
+        return [_encode(item, f"{path}[{i}]", fallback) for i, item in enumerate(obj)]
     if isinstance(obj, tuple):
-        return tuple([_encode(item, f"{path}[{i}]") for i, item in enumerate(obj)])
+        return tuple([_encode(item, f"{path}[{i}]", fallback) for i, item in enumerate(obj)])
     if isinstance(obj, set):
         return {_check_key(item, path, "set item", UnsupportedValue) for item in obj}
+    tagged = fallback(obj, path) if fallback is not None else None
+    if tagged is not None:
+        return {KEY_MAGIC: tagged[0], KEY_VALUE: tagged[1]}
     raise UnsupportedValue(f"{path}: type {_type_name(kind)} cannot be stored")
 
 
-def _encode_dict(obj: dict[Any, Any], path: str) -> dict[Any, Any]:
+def _encode_dict(obj: dict[Any, Any], path: str, fallback: Optional[Fallback]) -> dict[Any, Any]:
     out = {}
     for key, value in obj.items():
         _check_key(key, path, "dict key", UnsupportedValue)
         if type(key) is str and key == KEY_MAGIC:
             # Reading would take the dict for a tagged value.
             raise UnsupportedValue(f"{path}: dict key {KEY_MAGIC!r} is reserved by the DataPak format")
-        out[key] = _encode(value, _child(path, key))
+        out[key] = _encode(value, _child(path, key), fallback)
     return out
 
 
