@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "casstore"
 MAX_LINES = 400
-HEAVY = ("mltraq", "pandas", "numpy", "fsspec", "s3fs")
+HEAVY = ("mltraq", "pandas", "numpy", "pyarrow", "fsspec", "s3fs")
 BIN = Path(sys.executable).parent  # the venv's bin/: lint-imports and casstore live there
 
 
