@@ -18,7 +18,7 @@ from casstore.errors import (
 )
 from casstore.experiment import Experiment
 from casstore.opts import options
-from casstore.session import Session, create_session
+from casstore.session import Session, create_experiment, create_session
 from casstore.storage.archivestore import Archive, ArchiveStore, ArchiveStoreIO
 from casstore.utils.bunch import Bunch
 from casstore.version import __version__
@@ -41,6 +41,7 @@ __all__ = [
     "UnsafeArchive",
     "UnsupportedValue",
     "__version__",
+    "create_experiment",
     "create_session",
     "options",
 ]

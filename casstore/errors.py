@@ -9,6 +9,11 @@ from dataclasses import dataclass
 class CasStoreError(Exception):
     """Base of every error casstore raises on purpose."""
 
+    @property
+    def message(self) -> str:
+        """The error's text, as MLtraq's errors (ExceptionWithMessage) carry it."""
+        return str(self)
+
 
 class InvalidInput(CasStoreError, ValueError):
     """An argument that cannot be used (bad arc_dir, bad option value, bad URL...)."""

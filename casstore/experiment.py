@@ -1,13 +1,20 @@
 """Experiments as MLtraq has them: an id, a name, and fields kept in a Bunch.
 
 Thin: persisting, loading and deleting are the session's work (session.py), which this
-module knows only as the three methods an experiment calls (`SessionLike`)."""
+module knows only as the three methods an experiment calls (`SessionLike`). MLtraq's
+`ExperimentAlreadyExists` and `ExperimentNotFoundException` are importable from here, as
+from `mltraq.experiment`: they are casstore's own errors under MLtraq's names."""
 
 from __future__ import annotations
 
+import copy
+import re
 import uuid
 from typing import Any, Iterator, Optional, Protocol
 
+from casstore.errors import ExperimentAlreadyExists as ExperimentAlreadyExists
+from casstore.errors import ExperimentNotFoundException as ExperimentNotFoundException
+from casstore.opts import options
 from casstore.storage.archivestore import ArchiveStore
 from casstore.utils.bunch import Bunch
 
@@ -23,10 +30,18 @@ def hash_uuid(value: uuid.UUID) -> str:
     return (result + "000000")[:6].lower()
 
 
+def table_name(name: str) -> str:
+    """MLtraq's run table of experiment `name`: option database.experiment_tableprefix
+    ("experiment_") and the name, each run of characters other than [0-9a-zA-Z] made one
+    "_", stripped of "_" at both ends, lowercased."""
+    prefix = options().get("database.experiment_tableprefix", otherwise="experiment_")
+    return re.sub("[^0-9a-zA-Z]+", "_", f"{prefix}{name}").strip("_").lower()
+
+
 class SessionLike(Protocol):
     """What an experiment asks of its session (casstore.session.Session has these)."""
 
-    def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None: ...
+    def save_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None: ...
 
     def load_experiment(self, name: Optional[str] = None,
                         id_experiment: Optional[uuid.UUID | str] = None) -> Experiment: ...
@@ -49,12 +64,25 @@ class Experiment:
 
     def persist(self, if_exists: str = "fail") -> Experiment:
         """Store the experiment; "fail" if the name exists, or "replace" it."""
-        self.session.persist_experiment(self, if_exists)
+        self.session.save_experiment(self, if_exists)
         return self
 
     def reload(self) -> Experiment:
-        """A freshly loaded copy of the stored experiment (archives extracted again)."""
-        return self.session.load_experiment(id_experiment=self.id_experiment)
+        """A freshly loaded copy of the experiment stored under this one's name (archives
+        extracted again). By name, as MLtraq: after a replace by name with another
+        experiment, reload returns that one."""
+        return self.session.load_experiment(name=self.name)
+
+    def copy_to(self, name: Optional[str] = None, session: Optional[SessionLike] = None) -> Experiment:
+        """A deep copy of the fields under a new id, bound to `session` (default: this one's),
+        named `name` if given, else this experiment's name (as MLtraq's code does: its
+        docstring promises a new default name for a default-named experiment, its code
+        keeps the name). Not stored: `persist()` it, or use `Session.persist_experiment`."""
+        return Experiment(session or self.session, name=name or self.name, fields=copy.deepcopy(self.fields))
+
+    def get_tablename(self) -> str:
+        """The name of MLtraq's run table for this experiment (`table_name`)."""
+        return table_name(self.name)
 
     def delete(self) -> None:
         """Remove the experiment from the database and its extraction folder."""

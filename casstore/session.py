@@ -27,9 +27,9 @@ from casstore.cas.store.content_store import ContentStore
 from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
                              ExperimentNotFound, FieldFailure, FieldsUnreadable, InvalidInput, LoadError)
-from casstore.experiment import Experiment, archive_fields
+from casstore.experiment import Experiment, archive_fields, table_name
 from casstore.mltraq import datapak, frames
-from casstore.mltraq.runs import run_hex, runs_meta
+from casstore.mltraq.runs import read_runs_meta, run_hex, runs_meta
 from casstore.opts import DEFAULT_VALUES, options
 from casstore.storage.archivestore import ARCHIVE_TAG, ARCHIVESTORE_TAG, Archive, ArchiveStore
 from casstore.utils.bunch import Bunch
@@ -105,8 +105,7 @@ class Session:
         reference (MLtraq extracts those into the same folder). Returns the fields done."""
         jobs: list[tuple[str, Optional[str], Optional[int], Optional[ArchiveStore]]]
         jobs = [(p, a.blob_id, a.size, a) for p, a in archive_fields(experiment.fields)]
-        jobs += [(r.label, r.blob_id, self._size_of(r.blob_id), None)
-                 for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
+        jobs += [(r.label, r.blob_id, self._size_of(r.blob_id), None) for r in self._run_refs(experiment)]
         jobs = [job for job in jobs if only is None or job[0] == only]
         if not jobs:
             return []
@@ -128,13 +127,38 @@ class Session:
             raise LoadError(failures, experiment)
         return done
 
+    def _run_refs(self, experiment: Experiment) -> list[Ref]:
+        """The experiment's run-level references, in the order MLtraq extracts them: column by
+        column in the meta's order, each in run-table row order, so that where runs share an
+        `arc_dir` the same file wins. References that no cell names come last."""
+        refs = [r for r in self.index.refs_of(experiment.id_experiment) if r.id_run]
+        if not refs:
+            return refs
+        rank = {key: i for i, key in enumerate(_run_archive_order(self.index, experiment))}
+        return sorted(refs, key=lambda r: rank.get((r.id_run, r.field), len(rank)))
+
     def _size_of(self, blob_id: str) -> Optional[int]:
         facts = self.index.facts_hint(blob_id)
         return facts.size if facts else None
 
-    def persist_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
-        if if_exists not in IF_EXISTS:
-            raise InvalidInput(f"if_exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
+    def persist_experiment(self, experiment: Experiment, name: Optional[str] = None,
+                           if_exists: str = "fail") -> Experiment:
+        """Store a copy of `experiment` in this session's database, under a new id and `name`
+        if given (else the experiment's name), and return the copy (MLtraq's method). The
+        experiment itself is left as it was. Copying between projects needs the archives'
+        blobs in this session's datastore (a folder not yet stored is archived here)."""
+        _check_if_exists(if_exists)
+        runs = read_runs_meta(experiment.meta)
+        if runs is not None and runs.count > 0 and runs.fields:
+            raise InvalidInput(f"experiment {experiment.name!r} has {runs.count} MLtraq run(s) with fields, which "
+                               "a casstore Session cannot copy (the copy would lose them): copy it with MLtraq")
+        copied = experiment.copy_to(name=name, session=self)
+        self.save_experiment(copied, if_exists)
+        return copied
+
+    def save_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
+        """Store `experiment` itself (what `Experiment.persist` does)."""
+        _check_if_exists(if_exists)
         datapak.encode(experiment.fields, path="fields", fallback=frames.encode)
         if if_exists == "fail" and self._exists(experiment):
             raise _already_exists(experiment)
@@ -191,14 +215,15 @@ class Session:
         return collect(self.index, self.content_store(), field_roots=field_roots, grace_s=grace_s, dry_run=dry_run)
 
     def ls(self) -> Any:
-        """The stored experiments: a pandas DataFrame (id_experiment, name) if pandas is
-        installed, as MLtraq returns, else a list of Bunch with the same keys."""
-        rows = [Bunch(id_experiment=i, name=n) for i, n in self.index.list_experiments()]
+        """The stored experiments: a pandas DataFrame (id_experiment, name, table_name: the
+        name of MLtraq's run table) if pandas is installed, as MLtraq returns, else a list
+        of Bunch with the same keys."""
+        rows = [Bunch(id_experiment=i, name=n, table_name=table_name(n)) for i, n in self.index.list_experiments()]
         try:
             import pandas as pd  # type: ignore[import-untyped]  # no stubs installed; optional dependency
         except ImportError:
             return rows
-        return pd.DataFrame(rows, columns=["id_experiment", "name"])
+        return pd.DataFrame(rows, columns=["id_experiment", "name", "table_name"])
 
 
 def parse_experiment_id(value: str) -> uuid.UUID:
@@ -241,6 +266,22 @@ def field_roots(index: Index) -> Iterator[FieldRoot]:
                                  f"{where}: run {raw_id!r} column {column!r}")
 
 
+def _run_archive_order(index: Index, experiment: Experiment) -> Iterator[tuple[str, str]]:
+    """(id_run, field) of the archives in the experiment's run table, in MLtraq's load order:
+    it decodes the serialized columns one after the other, in the meta's order, each down
+    the rows. A cell that does not decode is skipped (its archive is extracted last)."""
+    runs = read_runs_meta(experiment.meta)
+    if runs is None:
+        return
+    for column in runs.serialized:
+        for raw_id, _, value in index.iter_run_cells(runs.table_name, [column]):
+            try:
+                roots = _roots_of(str(experiment.id_experiment), run_hex(raw_id), value, column, "")
+            except FieldsUnreadable:
+                continue
+            yield from ((root.id_run, root.field) for root in roots)
+
+
 def _roots_of(experiment: str, id_run: str, data: bytes, prefix: str, where: str) -> list[FieldRoot]:
     try:
         found = [(path, checked_id(archive.blob_id))
@@ -251,13 +292,18 @@ def _roots_of(experiment: str, id_run: str, data: bytes, prefix: str, where: str
 
 
 
+def _check_if_exists(if_exists: str) -> None:
+    if if_exists not in IF_EXISTS:
+        raise InvalidInput(f"if_exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
+
+
 def _already_exists(experiment: Experiment) -> CasStoreError:
     return ExperimentAlreadyExists(
         f"experiment {experiment.name!r} already exists, pass if_exists=\"replace\" to overwrite it")
 
 
 def _default_meta(experiment: Experiment) -> bytes:
-    meta = Bunch(runs=Bunch(count=0, table_name=f"experiment_{experiment.name}",
+    meta = Bunch(runs=Bunch(count=0, table_name=table_name(experiment.name),
                             columns=Bunch(types={}, serialized=[], non_serialized=[])),
                  version=Bunch(casstore=__version__))
     return datapak.dumps(meta)
@@ -266,3 +312,14 @@ def _default_meta(experiment: Experiment) -> bytes:
 def create_session(url: Optional[str] = None) -> Session:
     """A session on the database at `url` (default: option `database.url`, in memory)."""
     return Session(url)
+
+
+def create_experiment(name: Optional[str] = None, url: Optional[str] = None, ask_password: Optional[bool] = None,
+                      **fields: Any) -> Experiment:
+    """MLtraq's shortcut: a new experiment bound to a new session on `url` (default: option
+    `database.url`). `ask_password=True` (MLtraq prompts for the password) is refused:
+    put the password in the URL or in the driver's environment (PGPASSWORD)."""
+    if ask_password:
+        raise InvalidInput("ask_password is not supported: give the password in the URL or the driver's "
+                           "environment (PGPASSWORD)")
+    return create_session(url).create_experiment(name=name, **fields)

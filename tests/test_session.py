@@ -213,7 +213,7 @@ def test_ls_lists_the_names_of_stored_experiments():
         s.create_experiment(name).persist()
     table = s.ls()
     assert isinstance(table, pd.DataFrame)
-    assert list(table.columns) == ["id_experiment", "name"]
+    assert list(table.columns) == ["id_experiment", "name", "table_name"]
     assert sorted(table["name"]) == ["a", "b", "c"]
 
 

@@ -13,7 +13,7 @@ import os
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from shutil import rmtree
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
 
@@ -24,6 +24,7 @@ from casstore.cas.index.facts import BlobFacts
 from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_data, parse_named_ref
 from casstore.cas.store.no_space import no_space
 from casstore.cas.tar.extract import Extraction
+from casstore.cas.tar.read import list_members
 from casstore.cas.tar.scan import check_arc_dir, scan
 from casstore.cas.tar.write import tar_bytes
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
@@ -41,10 +42,34 @@ if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
 
 Patterns = Union[str, list[str]]
+Members = Optional[Iterable[Union[str, tarfile.TarInfo]]]
+
+
+def member_names(members: Members, names_in_archive: Callable[[], Iterable[str]]) -> Optional[list[str]]:
+    """The names of `members` as MLtraq's extract takes them (tarfile's `extractall`):
+    names, or the TarInfo objects `open().getmembers()` returns. A name that is not in the
+    archive raises KeyError, with tarfile's message, before anything is extracted (tarfile
+    raises it when it reaches that name, after extracting the ones before)."""
+    if members is None:
+        return None
+    names = [m.name if isinstance(m, tarfile.TarInfo) else m for m in members]
+    if names:
+        present = set(names_in_archive())
+        missing = [n for n in names if not isinstance(n, str) or n.rstrip("/") not in present]
+        if missing:
+            raise KeyError(f"filename {missing[0]!r} not found")
+    return names
+
+
+def _names_of(stream: BinaryIO) -> list[str]:
+    return [os.fsdecode(m.name) for m in list_members(stream)]
 
 
 def _extract_stream(stream: BinaryIO, target: str, members: Optional[list[str]]) -> list[str]:
-    """Extract TAR bytes that need no digest check (in memory, or already checked)."""
+    """Extract TAR bytes that need no digest check (in memory, or already checked).
+    `members=[]` extracts nothing and leaves `target` untouched, as tarfile does."""
+    if members == []:
+        return []
     with no_space(f"into {target}"), Extraction(target, members) as extraction:
         extraction.stage(stream)
         return extraction.publish()
@@ -70,9 +95,11 @@ class Archive:
                exclude: Optional[Patterns] = None) -> Archive:
         return cls.from_bytes(tar_bytes(scan(src_dir, arc_dir, include, exclude)))
 
-    def extract(self, target: str = ".", members: Optional[list[str]] = None) -> list[str]:
-        """Extract into `target` (validated member by member, nothing written if one is unsafe)."""
-        return _extract_stream(io.BytesIO(self.data), target, members)
+    def extract(self, target: str = ".", members: Members = None) -> list[str]:
+        """Extract into `target` (validated member by member, nothing written if one is unsafe);
+        `members` as MLtraq takes them (`member_names`)."""
+        names = member_names(members, lambda: _names_of(io.BytesIO(self.data)))
+        return _extract_stream(io.BytesIO(self.data), target, names)
 
     def __datapak_encode__(self) -> tuple[str, Any]:
         return ARCHIVE_TAG, self.data
@@ -150,7 +177,7 @@ class _CheckedTarFile(tarfile.TarFile):
         raise UnsafeArchive("this TarFile extracts only through extract() and extractall(), with casstore's checks")
 
     def _name(self, member: Union[str, tarfile.TarInfo]) -> str:
-        return member.name if isinstance(member, tarfile.TarInfo) else self.getmember(member).name
+        return self.getmember(member.name if isinstance(member, tarfile.TarInfo) else member).name
 
     def _extract(self, path: str, names: Optional[list[str]], filter: Any) -> None:
         if filter is not None and filter not in TARFILE_FILTERS:
@@ -247,10 +274,15 @@ class ArchiveStoreIO:
             return target
         return stores.archivestore_root() + os.sep + str(options().get("archivestore.relative_path_prefix"))
 
-    def extract(self, target: Optional[str] = None, members: Optional[list[str]] = None) -> ArchiveStoreIO:
+    def extract(self, target: Optional[str] = None, members: Members = None) -> ArchiveStoreIO:
+        """Extract into `target` (default: `get_target()`). `members` as MLtraq takes them:
+        names or TarInfo objects, a name not in the archive raises KeyError before anything
+        is extracted, and `[]` extracts nothing (no target is made)."""
         blob_id, size, facts = self._blob()
-        stores.content_store().extract(blob_id, self.get_target(target), size=size, members=members,
-                                        recorded=facts)
+        store = stores.content_store()
+        names = member_names(members, lambda: (os.fsdecode(m.name) for m in store.members(blob_id, size, facts)))
+        if names != []:
+            store.extract(blob_id, self.get_target(target), size=size, members=names, recorded=facts)
         return self
 
     def getnames(self, target: Optional[str] = None) -> list[str]:
