@@ -6,10 +6,13 @@ a second copy (the other codec) that disagrees with the facts; damage a load or 
 to its id or whose uncompressed size is wrong; an archive that does not read; an index row
 without blob facts, or with facts no writer records; fields and reference rows that name
 different blobs, and fields that do not decode; a file in the blobs folder whose name is
-not a blob's (`foreign`: gc never deletes it, someone must look); a named reference that
-ArchiveStoreIO refuses (`reference`). Reclaimable: blobs
-nothing references, temp files of interrupted writes, expired leases, damaged copies a
-repair moved into the quarantine, reference rows of experiments that no longer exist."""
+not a blob's, or in the chunks folder not a chunk's (`foreign`: gc never deletes it,
+someone must look); a named reference that ArchiveStoreIO refuses (`reference`); a chunked
+blob whose manifest does not read (`unreadable`) or names chunks that are not stored
+(`chunk`; with `deep`, also chunks whose bytes do not match their ids), reported for every
+blob that uses them. Reclaimable: blobs nothing references, chunks no manifest names,
+temp files of interrupted writes, expired leases, damaged copies a repair moved into the
+quarantine, reference rows of experiments that no longer exist."""
 
 from __future__ import annotations
 

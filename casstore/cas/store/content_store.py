@@ -2,8 +2,9 @@
 
 Write path: scan the folder; if the stat cache knows the listing and the blob is there, done
 without reading a byte; otherwise the folder's TAR is written into the blob store (ingest.py),
-as any canonical TAR stream a caller writes is (`put_tar_stream`). Read path: blob id ->
-stream of canonical TAR bytes, hashed as it is read and checked against the id before
+as any canonical TAR stream a caller writes is (`put_tar_stream`): whole, or in a chunked
+datastore as a manifest of chunks (chunked_ingest.py, P13). Read path: blob id ->
+stream of canonical TAR bytes (a chunked copy through its chunks, chunk_io.py), hashed as it is read and checked against the id before
 anything is published into the target (reader.py). A read that finds damage records it for
 the next writer (damage.py); a writer checks the copy it finds before trusting it
 (copy_checks.py)."""
