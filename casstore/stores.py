@@ -14,7 +14,7 @@ from casstore.cas.backends.factory import open_blobstore, open_existing_blobstor
 from casstore.cas.backends.urls import file_url_to_path
 from casstore.cas.index.queries import DATASTORE_KEY, Index
 from casstore.cas.store.codecs import check_codec
-from casstore.cas.chunks.policy import DEFAULT_POLICY, ChunkPolicy
+from casstore.cas.chunks.policy import ChunkPolicy, policy_from
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.reader import UNSIZED_LIMIT
 from casstore.cas.store.statcache import StatCache
@@ -87,13 +87,7 @@ def unsized_limit() -> int:
 
 def chunk_policy() -> ChunkPolicy:
     """Option datastore.chunks: the sizes a chunked write cuts at (chunks/policy.py)."""
-    given = options().get("datastore.chunks", otherwise={}) or {}
-    known = set(ChunkPolicy.__dataclass_fields__)
-    if not isinstance(given, dict) or set(given) - known or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in given.values()):
-        raise InvalidInput(f"option datastore.chunks must map some of {', '.join(sorted(known))} to byte counts, "
-                           f"got {given!r}")
-    return ChunkPolicy(**given) if given else DEFAULT_POLICY
+    return policy_from(options().get("datastore.chunks", otherwise={}))
 
 
 def codec_and_level() -> tuple[str, int]:

@@ -45,3 +45,15 @@ class ChunkPolicy:
 
 
 DEFAULT_POLICY = ChunkPolicy()
+
+
+def policy_from(given: object, where: str = "option datastore.chunks") -> ChunkPolicy:
+    """The policy a dict of some of ChunkPolicy's fields (byte counts) gives; {} or None: the
+    default. InvalidInput names `where` for anything else."""
+    if not given:
+        return DEFAULT_POLICY
+    known = set(ChunkPolicy.__dataclass_fields__)
+    if not isinstance(given, dict) or set(given) - known or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in given.values()):
+        raise InvalidInput(f"{where} must map some of {', '.join(sorted(known))} to byte counts, got {given!r}")
+    return ChunkPolicy(**given)

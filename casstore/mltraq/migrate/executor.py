@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.backends.localfs import open_regular
+from casstore.cas.chunks.policy import policy_from
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.engine import write_transaction
 from casstore.cas.index.facts import BlobFacts
@@ -38,6 +39,7 @@ from casstore.mltraq.migrate.report import (MigrationEvent, MigrationReport, Pro
 from casstore.mltraq.migrate.rewrite import rewrite_datapak
 from casstore.mltraq.migrate.survey import ExperimentPlan, LegacyRef, MigrationPlan, Orphan, pending_key
 from casstore.mltraq.migrate.tables import Cell, read_cell, read_engine, sha, update_cell, where
+from casstore.opts import options
 
 LEGACY_ARC_DIR = "."  # member names of a legacy TAR already hold MLtraq's arc_dir
 
@@ -86,7 +88,8 @@ class _Run:
         self.level = level
         self.index: Index | None = None
         self._read_only: Engine | None = None  # dry run: the database is only read
-        self.store = ContentStore(LocalBlobStore(plan.datastore))
+        self.store = ContentStore(LocalBlobStore(plan.datastore),
+                                  policy=policy_from(options().get("datastore.chunks", otherwise={})))
         self.stored: dict[str, _Stored] = {}  # legacy relpath -> blob (this run)
         self.checked: set[str] = set()
         self.blobs_seen: dict[str, int] = {}  # blob id -> stored size, over migrated references
