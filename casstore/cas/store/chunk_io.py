@@ -217,17 +217,49 @@ def read_chunk(chunks: BlobStore, ref: ChunkRef, blob_id: str) -> bytes:
     return data
 
 
+READ_AHEAD = 4
+"""Chunks read ahead of the one being consumed, by as many threads: on an object store each
+chunk is a request, whose latency they overlap."""
+
+
 class ChunkedReader:
     """The canonical TAR of a chunked blob, from its manifest (open in `manifest`) and its
-    chunks, each checked against its id as it is read. The whole blob's digest is the
-    caller's to check (VerifyingReader), as for any copy."""
+    chunks, each checked against its id as it is read (READ_AHEAD of them at a time). The
+    whole blob's digest is the caller's to check (VerifyingReader), as for any copy. Use as
+    a context manager (or `close`): it stops the reads ahead."""
 
     def __init__(self, manifest: BinaryIO, chunks: BlobStore, blob_id: str, size: int | None = None):
-        self._refs: Iterator[ChunkRef] = iter_manifest(manifest, blob_id, size)
+        self._refs: Iterator[ChunkRef] | None = iter_manifest(manifest, blob_id, size)
         self._chunks = chunks
         self._blob_id = blob_id
         self._current = memoryview(b"")
         self._failed: CorruptBlob | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: deque[Future[bytes]] = deque()
+
+    def __enter__(self) -> ChunkedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for future in self._ahead:
+            future.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _top_up(self) -> None:
+        while self._refs is not None and len(self._ahead) < READ_AHEAD:
+            ref = next(self._refs, None)
+            if ref is None:
+                self._refs = None
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="casstore-read")
+            self._ahead.append(self._pool.submit(read_chunk, self._chunks, ref, self._blob_id))
 
     def _fill(self) -> bool:
         """Load the next chunk if the current one is read. A chunk that failed fails every
@@ -237,12 +269,13 @@ class ChunkedReader:
             raise self._failed
         try:
             while not self._current:
-                ref = next(self._refs, None)
-                if ref is None:
+                self._top_up()
+                if not self._ahead:
                     return False
-                self._current = memoryview(read_chunk(self._chunks, ref, self._blob_id))
+                self._current = memoryview(self._ahead.popleft().result())
         except CorruptBlob as exc:
             self._failed = exc
+            self.close()
             raise
         return True
 

@@ -159,8 +159,8 @@ class ContentStore:
         with f:
             try:
                 if found.codec == "chunked":
-                    yield VerifyingReader(ChunkedReader(f, chunk_store(self.blobs), blob_id, size), blob_id, size,
-                                          self.unsized_limit)
+                    with ChunkedReader(f, chunk_store(self.blobs), blob_id, size) as chunked:
+                        yield VerifyingReader(chunked, blob_id, size, self.unsized_limit)
                 elif found.codec == "zstd":
                     with decompressed(f, CHUNK) as raw:
                         yield VerifyingReader(raw, blob_id, size, self.unsized_limit)

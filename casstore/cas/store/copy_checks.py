@@ -107,7 +107,8 @@ def rehash_damage(f: BinaryIO, copy: BlobStat, size: int | None, blobs: BlobStor
     f.seek(0)
     try:
         if copy.codec == "chunked":
-            VerifyingReader(ChunkedReader(f, chunk_store(blobs), copy.blob_id, size), copy.blob_id, size).verify()
+            with ChunkedReader(f, chunk_store(blobs), copy.blob_id, size) as chunked:
+                VerifyingReader(chunked, copy.blob_id, size).verify()
         elif copy.codec == "zstd":
             with decompressed(f, CHUNK) as raw:
                 VerifyingReader(raw, copy.blob_id, size).verify()
