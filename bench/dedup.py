@@ -238,13 +238,17 @@ class Bench:
             tool.setup(os.path.join(base, tool.name.replace(" ", "-")), work)
         for step in sc.steps:
             changed = step.mutate(data, self.size)
-            time.sleep(1.05)  # casstore's stat cache trusts no listing younger than 1 s (racy timestamps)
+            changed_at = time.monotonic()
+            folder, files = _tree_bytes(data), _files(data)
             self.steps_info.setdefault(sc.name, {})[step.name] = {
-                "changed": changed, "folder": _tree_bytes(data), "files": _files(data),
-                "limit": step.target(changed, _tree_bytes(data), _files(data)) if step.target else -1}
+                "changed": changed, "folder": folder, "files": files,
+                "limit": step.target(changed, folder, files) if step.target else -1}
             for tool in tools:
                 if not step.peers and not isinstance(tool, Casstore):
                     continue
+                if isinstance(tool, Casstore):
+                    # casstore's stat cache trusts no listing younger than 1 s (racy timestamps)
+                    time.sleep(max(0.0, 1.05 - (time.monotonic() - changed_at)))
                 before = _tree_bytes(tool.store_dir()) if os.path.exists(tool.store_dir()) else 0
                 seconds = tool.store(f"{sc.name}-{step.name}", step.arc_dir)
                 self.record(sc.name, step.name, tool.name, _tree_bytes(tool.store_dir()) - before, seconds)
@@ -270,7 +274,9 @@ class Bench:
             t0 = time.perf_counter()
             order = tools[i % len(tools):] + tools[:i % len(tools)]  # who goes first changes per run
             for sc in chosen:
+                t1 = time.perf_counter()
                 self.run_scenario(i, sc, order)
+                self.log(f"  run {i + 1}: {sc.name} in {time.perf_counter() - t1:.1f} s")
             self.log(f"run {i + 1}/{self.args.runs} done in {time.perf_counter() - t0:.1f} s")
         info = {
             "size": self.kind, "sizes": self.size, "runs": self.args.runs, "nproc": os.cpu_count(),
