@@ -58,8 +58,9 @@ def persist(s, name: str, src: str) -> str:
     return e.fields.data.blob_id
 
 
-def chunk_ids(s, blob_id: str) -> set[str]:
-    with s.content_store().blobs.open_copy(blob_id, "chunked")[0] as f:
+def chunk_ids(cs: ContentStore, blob_id: str) -> set[str]:
+    """The chunks the manifest of `blob_id` names."""
+    with cs.blobs.open_copy(blob_id, "chunked")[0] as f:
         return {ref.chunk_id for ref in iter_manifest(f, blob_id)}
 
 
@@ -75,17 +76,12 @@ def test_a_folder_stored_chunked_on_s3_reads_back_as_its_canonical_tar(tmp_path,
     src = folder(tmp_path / "src", 1)
     with cs.lease() as lease:
         facts = cs.put_dir(src, "data", lease=lease)
-    assert facts.codec == "chunked" and len(chunk_ids_of(cs, facts.blob_id)) > 5
+    assert facts.codec == "chunked" and len(chunk_ids(cs, facts.blob_id)) > 5
     out = io.BytesIO()
     cs.copy_checked(facts.blob_id, facts.size, out)
     assert out.getvalue() == tar_bytes(scan(src, "data", "**", None))
     cs.extract(facts.blob_id, str(tmp_path / "out"), size=facts.size)
     assert file_tree(tmp_path / "out" / "data") == file_tree(src)
-
-
-def chunk_ids_of(cs: ContentStore, blob_id: str) -> list[str]:
-    with cs.blobs.open_copy(blob_id, "chunked")[0] as f:
-        return [ref.chunk_id for ref in iter_manifest(f, blob_id)]
 
 
 @MANIFEST_READLINE
@@ -105,13 +101,14 @@ def test_gc_at_grace_0_on_s3_deletes_the_orphan_chunks_and_keeps_the_named_ones(
     first = persist(session, "a", src)
     (Path(src) / "extra.bin").write_bytes(os.urandom(40_000))
     second = persist(session, "b", src)
-    shared = chunk_ids(session, first) & chunk_ids(session, second)
-    only_first = chunk_ids(session, first) - shared
+    cs = session.content_store()
+    shared = chunk_ids(cs, first) & chunk_ids(cs, second)
+    only_first = chunk_ids(cs, first) - shared
     assert shared and only_first
     session.delete_experiment(session.load_experiment("a"))
     collect(session.index, session.content_store(), field_roots=field_roots, grace_s=0)
     stored = stored_chunks(session)
-    assert chunk_ids(session, second) <= stored and not only_first & stored
+    assert chunk_ids(cs, second) <= stored and not only_first & stored
     assert list(chunk_store(session.content_store().blobs).iter_trash()) == []
     loaded = session.load_experiment("b")
     assert file_tree(Path(loaded.fields.data.get_target()) / "data") == file_tree(src)
@@ -122,7 +119,7 @@ def test_verify_on_s3_reports_a_deleted_chunk_as_damage_to_its_blob(session, wor
     blob = persist(session, "a", folder(workdir / "src", 3))
     store = session.content_store()
     assert verify(session.index, store, field_roots=field_roots, deep=True).problems == []
-    gone = sorted(chunk_ids(session, blob))[0]
+    gone = sorted(chunk_ids(session.content_store(), blob))[0]
     chunks = chunk_store(store.blobs)
     chunks.delete_blob(gone, chunks.find(gone).codec)
     problems = verify(session.index, store, field_roots=field_roots).problems

@@ -20,7 +20,6 @@ from helpers import file_tree, make_folder, run_cli
 from casstore import ArchiveStore, create_session, stores
 from casstore.cas.backends.layout import CHUNKS, FORMAT_KEY
 from casstore.cas.format_change import change_format, describe
-from casstore.cas.index.queries import Index
 from casstore.cas.store.chunk_io import chunk_store
 from casstore.opts import options
 
