@@ -23,7 +23,7 @@ from helpers import blob_path, deadline, file_tree, run_cli
 from casstore import create_session, options
 from casstore.cas.backends.base import BlobStat
 from casstore.cas.backends.factory import open_blobstore
-from casstore.cas.backends.layout import FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, blob_key, trash_key
+from casstore.cas.backends.layout import CHUNKS, FORMAT_KEY, FORMAT_TEXT, TRASH_PREFIX, blob_key, trash_key
 from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.digest import digest_bytes
 from casstore.cas.gc import collect
@@ -507,6 +507,41 @@ class BlobStoreContract:
         assert [o.key for o in store.list_small_objects()] == []
         assert [b.blob_id for b in store.iter_blobs()] == [digest_bytes(good)]
         assert len(list(store.iter_quarantine())) == 1
+
+    # the chunk namespace (chunked blobs, P13): the same create-only publish, other keys
+
+    def test_a_chunk_is_published_under_its_key_and_is_no_blob(self, store):
+        chunks = store.view(CHUNKS)
+        data = payload(5000, seed=40)
+        stat, new = ingest(chunks, data, codec="zstd")
+        assert new and stat.key == CHUNKS.blob_key(digest_bytes(data), "zstd")
+        assert keys(store) == [stat.key]
+        assert [c.blob_id for c in chunks.iter_blobs()] == [digest_bytes(data)]
+        assert list(store.iter_blobs()) == [] and store.find(digest_bytes(data)) is None
+        assert read_blob(chunks, stat.blob_id) == data
+
+    def test_a_second_publish_of_a_chunk_id_keeps_the_first_even_when_the_check_misses(self, store, monkeypatch):
+        chunks = store.view(CHUNKS)
+        first = payload(3000, seed=41)
+        chunk_id = digest_bytes(first)
+        ingest(chunks, first)
+        real_find, calls = chunks.find, []
+        monkeypatch.setattr(chunks, "find", lambda cid: None if not calls.append(cid) and len(calls) == 1
+                            else real_find(cid))
+        _stat, new = ingest(chunks, payload(3000, seed=42), blob_id=chunk_id)
+        monkeypatch.undo()
+        assert calls and new is False
+        assert read_blob(chunks, chunk_id) == first
+        assert keys(store) == [CHUNKS.blob_key(chunk_id, "none")]
+
+    def test_a_chunk_goes_through_its_own_trash(self, store):
+        chunks = store.view(CHUNKS)
+        stat, _new = ingest(chunks, payload(2000, seed=43))
+        trashed = chunks.move_to_trash(stat)
+        assert trashed == CHUNKS.trash_key(stat.blob_id, "none") and chunks.find(stat.blob_id) is None
+        assert [o.key for o in chunks.iter_trash()] == [trashed] and list(store.iter_trash()) == []
+        chunks.restore_from_trash(trashed)
+        assert chunks.find(stat.blob_id) is not None
 
     # leftovers of interrupted writes
 
