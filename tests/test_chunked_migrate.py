@@ -129,10 +129,6 @@ def test_migrating_again_adds_no_chunk(migrated):
     assert sorted(o.key for o in migrated.blobs().list_objects(CHUNKS.prefix)) == before
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: mltraq/migrate/executor.py _Run.__init__ builds ContentStore(LocalBlobStore(...)) "
-                          "with the default chunk policy: migrate ignores option datastore.chunks "
-                          "(stores.chunk_policy()), which every other writer honours")
 def test_migrate_cuts_blobs_where_option_datastore_chunks_says(tmp_path, workdir):
     options().set("datastore.chunks", {"whole_below": 16384, "large_file": 65536, "block": 16384,
                                        "cdc_min": 1024, "cdc_avg": 4096, "cdc_max": 16384})

@@ -25,10 +25,6 @@ from casstore.cas.tar.write import tar_bytes
 from casstore.cas.verify import verify
 from casstore.session import field_roots
 
-MANIFEST_READLINE = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="bug: chunks/manifest.py iter_manifest calls stream.readline(limit); the S3 backend's files "
-           "(s3fs S3File, fsspec AbstractBufferedFile) take no limit: every read of a manifest on S3 raises TypeError")
 TINY = {"whole_below": 16384, "large_file": 65536, "block": 16384, "cdc_min": 1024, "cdc_avg": 4096,
         "cdc_max": 16384}
 
@@ -68,7 +64,6 @@ def stored_chunks(s) -> set[str]:
     return {c.blob_id for c in chunk_store(s.content_store().blobs).iter_blobs()}
 
 
-@MANIFEST_READLINE
 def test_a_folder_stored_chunked_on_s3_reads_back_as_its_canonical_tar(tmp_path, s3_bucket, s3_options):
     blobs = open_blobstore(f"s3://{s3_bucket}/team/ds", s3_options)
     assert blobs.ensure_format() == "chunked"
@@ -84,7 +79,6 @@ def test_a_folder_stored_chunked_on_s3_reads_back_as_its_canonical_tar(tmp_path,
     assert file_tree(tmp_path / "out" / "data") == file_tree(src)
 
 
-@MANIFEST_READLINE
 def test_an_experiment_stored_chunked_on_s3_loads_and_stores_again(session, workdir):
     src = folder(workdir / "src", 4)
     blob = persist(session, "a", src)
@@ -95,7 +89,6 @@ def test_an_experiment_stored_chunked_on_s3_loads_and_stores_again(session, work
     assert file_tree(Path(loaded.fields.data.get_target()) / "data") == file_tree(src)
 
 
-@MANIFEST_READLINE
 def test_gc_at_grace_0_on_s3_deletes_the_orphan_chunks_and_keeps_the_named_ones(session, workdir):
     src = folder(workdir / "src", 2)
     first = persist(session, "a", src)
@@ -114,7 +107,6 @@ def test_gc_at_grace_0_on_s3_deletes_the_orphan_chunks_and_keeps_the_named_ones(
     assert file_tree(Path(loaded.fields.data.get_target()) / "data") == file_tree(src)
 
 
-@MANIFEST_READLINE
 def test_verify_on_s3_reports_a_deleted_chunk_as_damage_to_its_blob(session, workdir):
     blob = persist(session, "a", folder(workdir / "src", 3))
     store = session.content_store()

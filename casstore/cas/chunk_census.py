@@ -36,18 +36,15 @@ def stored_chunks(blobs: BlobStore, strangers: list[ObjectStat] | None = None) -
     return found
 
 
-def census(blobs: BlobStore, manifests: list[BlobStat] | None = None, *,
-           skip: frozenset[str] = frozenset()) -> ChunkCensus:
+def census(blobs: BlobStore, manifests: list[BlobStat] | None = None) -> ChunkCensus:
     """The chunks stored and those the manifests name: `manifests` (the chunked copies of a
-    blob listing) or every one stored, except those of the blob ids in `skip` (gc's dry run
-    counts as if the blobs it would delete were gone)."""
+    blob listing) or every one stored."""
     result = ChunkCensus()
     result.stored = stored_chunks(blobs, result.strangers)
     if manifests is None:
         manifests = [b for b in blobs.iter_blobs() if b.codec == "chunked"]
     for manifest in manifests:
-        if manifest.blob_id not in skip:
-            _count(blobs, manifest, result)
+        _count(blobs, manifest, result)
     return result
 
 

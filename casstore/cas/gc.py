@@ -95,8 +95,9 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     report.deleted += [Deleted(ref.blob_id, None, 0, "orphaned_ref") for ref in orphaned]
     report.deleted += _leftovers(store, now, grace_s, dry_run)
     report.deleted += _past_damage(store, {b.blob_id for b in stored}, now, grace_s, dry_run)
-    gone = frozenset(b.blob_id for b in candidates) if dry_run else frozenset()
-    report.deleted += _delete_chunks(store, now, grace_s, dry_run, gone, report)
+    gone = frozenset(d.blob for d in report.deleted if d.kind == "unreferenced" and d.blob)
+    manifests = [b for b in stored if b.codec == "chunked" and b.blob_id not in gone]
+    report.deleted += _delete_chunks(store, now, grace_s, dry_run, manifests, report)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
     return report
 
@@ -151,13 +152,15 @@ def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: flo
     return [Deleted(None, key, size, kind) for key, size, kind in found]
 
 
-def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: bool, gone: frozenset[str],
+def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: bool, manifests: list[BlobStat],
                    report: GcReport) -> list[Deleted]:
-    """Step 7: chunks no manifest names (`gone`: blob ids the dry run counts as deleted)."""
+    """Step 7: chunks no manifest names. `manifests`: the chunked copies of step 2's listing
+    that step 5 left (the dry run: that it would leave); a manifest published since is the
+    work of a writer whose lease covers its chunks, and the second look lists them again."""
     chunks = chunk_store(store.blobs)
     leased = leased_blob_ids(store.blobs, now)  # leases before manifests, as for blobs
     window = leased_since(store.blobs, now)
-    found = census(store.blobs, skip=gone)
+    found = census(store.blobs, manifests)
     if found.unreadable:
         report.kept += [f"every unreferenced chunk: the manifest of blob {blob_id} does not read ({why})"
                         for blob_id, why in sorted(found.unreadable.items())]
@@ -167,6 +170,8 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
     if dry_run:
         return [Deleted(c.blob_id, None, c.stored_size, "unreferenced_chunk") for c in candidates]
     trashed = [(c, key) for c in candidates if (key := chunks.move_to_trash(c)) is not None]
+    if not trashed:
+        return []
     unreadable: dict[str, str] = {}
     try:
         window = leased_since(store.blobs)

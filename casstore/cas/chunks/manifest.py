@@ -39,8 +39,29 @@ class ChunkRef:
     codec: str
 
 
-class Lines(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Lines:
+    """Lines of a stream, each at most `limit` bytes, read through `read` alone (a
+    backend's file may have no bounded `readline`: fsspec's takes no size)."""
+
+    def __init__(self, stream: Readable, block: int = 64 << 10):
+        self._stream = stream
+        self._block = block
+        self._buffer = b""
+        self._eof = False
+
+    def readline(self, limit: int) -> bytes:
+        while b"\n" not in self._buffer[:limit] and len(self._buffer) < limit and not self._eof:
+            more = self._stream.read(self._block)
+            self._eof = not more
+            self._buffer += more
+        end = self._buffer.find(b"\n", 0, limit)
+        cut = limit if end < 0 else end + 1
+        line, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        return line
 
 
 def chunk_line(ref: ChunkRef) -> bytes:
@@ -51,10 +72,12 @@ def end_line(blob_id: str, size: int, count: int) -> bytes:
     return f"end {blob_id} {size} {count}\n".encode()
 
 
-def iter_manifest(stream: Lines, blob_id: str, size: int | None = None) -> Iterator[ChunkRef]:
-    """The chunks of the manifest `stream` holds for `blob_id`, read line by line; the last
-    ones are yielded only once the end line checked out. CorruptBlob ("unreadable") for
-    anything that is not exactly a manifest of `blob_id` (with `size` bytes, if known)."""
+def iter_manifest(source: Readable, blob_id: str, size: int | None = None) -> Iterator[ChunkRef]:
+    """The chunks of the manifest `source` holds for `blob_id`, read line by line. CorruptBlob
+    ("unreadable") for anything that is not exactly a manifest of `blob_id` (with `size`
+    bytes, if known), at the first line that is not: a caller that must trust the whole
+    list reads it to the end."""
+    stream = _Lines(source)
     if stream.readline(len(MAGIC) + 1) != MAGIC:
         raise _corrupt(blob_id, "it does not start as a casstore manifest")
     total = count = 0
