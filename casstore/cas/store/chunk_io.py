@@ -95,8 +95,15 @@ class ChunkStager:
                     self._settled[chunk_id] = StoredChunk(ChunkRef(chunk_id, sizes[chunk_id], copy.codec),
                                                           copy.stored_size, False)
         new = {i: data for i, data in batch if i not in self._settled and i not in self._pending}
-        for chunk_id, ingest in zip(new, self._pool.map(self._stage, new.values())):
-            self._pending[chunk_id] = (ingest, sizes[chunk_id])
+        staged = [(chunk_id, self._pool.submit(self._stage, data)) for chunk_id, data in new.items()]
+        failed: BaseException | None = None
+        for chunk_id, future in staged:  # every staged file is kept track of, so that exit drops it
+            try:
+                self._pending[chunk_id] = (future.result(), sizes[chunk_id])
+            except BaseException as exc:  # raised below, once every other one is settled
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         self._order.extend(sizes if len(sizes) == len(batch) else (i for i, _ in batch))
         if len(self._pending) >= MAX_PENDING:
             self._publish()
