@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from dedup_report import render
-from dedup_tools import Casstore, Tool, cas_worker, ensure_borg, ensure_dvc, ensure_restic
+from dedup_tools import Casstore, CasstoreWhole, Tool, cas_worker, ensure_borg, ensure_dvc, ensure_restic
 from run import _filesystem, _tree_bytes, _write_small
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -252,7 +252,7 @@ class Bench:
                 before = _tree_bytes(tool.store_dir()) if os.path.exists(tool.store_dir()) else 0
                 seconds = tool.store(f"{sc.name}-{step.name}", step.arc_dir)
                 self.record(sc.name, step.name, tool.name, _tree_bytes(tool.store_dir()) - before, seconds)
-                if isinstance(tool, Casstore):
+                if isinstance(tool, Casstore) and tool.name == "casstore":
                     self.record(sc.name, step.name, "casstore (subprocess wall)", 0, tool.last_wall)
         for tool in tools:
             self.record(sc.name, "total", tool.name, _tree_bytes(tool.store_dir()), None)
@@ -260,7 +260,7 @@ class Bench:
             shutil.rmtree(base)
 
     def tools(self) -> list[Tool]:
-        found: list[Optional[Tool]] = [Casstore(), ensure_dvc(os.path.abspath(self.args.dvc_venv), self.log),
+        found: list[Optional[Tool]] = [Casstore(), CasstoreWhole(), ensure_dvc(os.path.abspath(self.args.dvc_venv), self.log),
                                        ensure_restic(self.log), ensure_borg(self.log)]
         return [t for t in found if t is not None]
 

@@ -65,6 +65,7 @@ class Tool:
 
 class Casstore(Tool):
     name = "casstore"
+    format = "chunked"  # the datastore's format: a new datastore's default
 
     def __init__(self) -> None:
         code = "import casstore; print(casstore.__version__, casstore.__file__)"
@@ -79,7 +80,7 @@ class Casstore(Tool):
         os.makedirs(root)
 
     def store(self, step: str, arc_dir: str) -> float:
-        spec = {"root": self.root, "src": self.src, "name": step, "arc_dir": arc_dir}
+        spec = {"root": self.root, "src": self.src, "name": step, "arc_dir": arc_dir, "format": self.format}
         os.sync()
         self.last_wall, out = run_child([sys.executable, os.path.join(HERE, "dedup.py"), "--worker", json.dumps(spec)],
                                         cwd=self.root)
@@ -93,7 +94,14 @@ def cas_worker(spec: dict) -> dict:
     """In the worker process: persist `src` as a new experiment `name`; seconds around persist()."""
     from casstore import ArchiveStore, create_session, options
 
+    from casstore.cas.backends.local import LocalBlobStore
+
     root = spec["root"]
+    blobs = LocalBlobStore(os.path.join(root, "datastore"))
+    if not blobs.exists():
+        os.makedirs(blobs.root, exist_ok=True)
+        blobs.ensure_format()
+        blobs.set_format(spec.get("format", "chunked"))
     options().set("datastore.url", os.path.join(root, "datastore"))
     options().set("archivestore.url", "file:///" + os.path.join(root, "archivestore"))
     options().set("statcache.path", os.path.join(root, "statcache.sqlite"))
@@ -103,6 +111,14 @@ def cas_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     experiment.persist()
     return {"seconds": time.perf_counter() - t0, "blob_id": experiment.fields.data.blob_id}
+
+
+class CasstoreWhole(Casstore):
+    """casstore with a whole datastore (format 1: each blob one file): today's storage, the
+    reference issue 13's speed targets are ratios of."""
+
+    name = "casstore whole"
+    format = "whole"
 
 
 class Restic(Tool):
