@@ -15,18 +15,22 @@ from casstore.errors import DamagedIndex
 @dataclass(frozen=True, slots=True)
 class BlobFacts:
     """The facts of one blob. `new` says whether the write that returned these facts
-    published the copy (False for facts read back from the index); it is not compared."""
+    published the copy (False for facts read back from the index), `added` how many bytes it
+    added to the datastore; neither is compared."""
 
     blob_id: str
     size: int
     stored_size: int
     codec: str
     new: bool = field(default=False, compare=False)
+    added: int = field(default=0, compare=False)  # bytes the write added to the datastore (its copy, new chunks)
 
 
-def facts_of(copy: BlobStat, size: int, new: bool = False) -> BlobFacts:
-    """The facts of a stored copy whose canonical TAR has `size` bytes."""
-    return BlobFacts(copy.blob_id, size, copy.stored_size, copy.codec, new)
+def facts_of(copy: BlobStat, size: int, new: bool = False, chunk_bytes: int = 0) -> BlobFacts:
+    """The facts of a stored copy whose canonical TAR has `size` bytes; `chunk_bytes`: the
+    stored bytes of the chunks the write published for it."""
+    return BlobFacts(copy.blob_id, size, copy.stored_size, copy.codec, new,
+                     (copy.stored_size if new else 0) + chunk_bytes)
 
 
 def checked_facts(blob_id: str, size: Any, stored_size: Any, codec: Any) -> BlobFacts:

@@ -98,7 +98,7 @@ class TarIngest:
             manifest = chunks.finish(blob_id, size)
             if manifest is not None:
                 with manifest:
-                    return self._commit_checked(manifest, blob_id, "chunked", size, head.data)
+                    return self._commit_checked(manifest, blob_id, "chunked", size, head.data, chunks.new_bytes)
             assert chunks.small is not None
             return self._store_small(bytes(chunks.small), blob_id, codec, level, head.data)
 
@@ -168,12 +168,13 @@ class TarIngest:
 
         return damaged, record
 
-    def _commit_checked(self, ingest: Ingest, blob_id: str, codec: str, size: int, head: bytes) -> BlobFacts:
+    def _commit_checked(self, ingest: Ingest, blob_id: str, codec: str, size: int, head: bytes,
+                        chunk_bytes: int = 0) -> BlobFacts:
         check, record = self._damage_check(blob_id, size, head)
         found, new = ingest.commit(blob_id, codec, check)
         if record is not None:
             self._forget_damage(blob_id)
-        return facts_of(found, size, new)
+        return facts_of(found, size, new, chunk_bytes)
 
     def _forget_damage(self, blob_id: str) -> None:
         try:

@@ -228,7 +228,8 @@ class _Run:
         blob_id = digest.blob_id()
         found = self.store.blobs.find(blob_id)
         new = found is None and blob_id not in self.new_blobs
-        return BlobFacts(blob_id, size, found.stored_size if found else size, found.codec if found else self.codec, new)
+        stored = found.stored_size if found else size
+        return BlobFacts(blob_id, size, stored, found.codec if found else self.codec, new, stored if new else 0)
 
     def _ingest(self, f: Any, members: list[LegacyMember], lease: Lease) -> BlobFacts:
         """Store the canonical TAR of `members` (read from `f`) through the content store's
@@ -309,7 +310,7 @@ class _Run:
             if s.info.new and s.info.blob_id not in self.new_blobs:
                 self.new_blobs.add(s.info.blob_id)
                 r.blobs_new += 1
-                r.new_bytes += s.info.stored_size
+                r.new_bytes += s.info.added
 
     def _clean(self, done: list[tuple[LegacyRef, _Stored]]) -> None:
         for _, s in done:
