@@ -30,6 +30,7 @@ from casstore.cas.live.leases import Lease
 from casstore.cas.store.chunk_io import ChunkedReader, chunk_store
 from casstore.cas.store.codecs import check_codec, decompressed
 from casstore.cas.store.copy_checks import Recorded, StoredFacts, cheap_damage, disagrees, matches_facts
+from casstore.cas.store.extract_cache import ExtractCache
 from casstore.cas.store.ingest import Progress, TarIngest, TarWriter
 from casstore.cas.store.no_space import no_space
 from casstore.cas.store.reader import UNSIZED_LIMIT, Tee, VerifyingReader, prefer_digest_error
@@ -185,16 +186,25 @@ class ContentStore:
 
     def extract(self, blob_id: str, target: str, *, size: int | None = None,
                 members: list[str] | None = None, recorded: StoredFacts | None = None) -> list[str]:
-        """Extract a blob into `target`, only after its digest checked out."""
+        """Extract a blob into `target`, only after its digest checked out. A whole blob
+        (no `members`) is not read at all if the target still holds exactly what its last
+        extraction there wrote (extract_cache.py); a full extraction is recorded for that."""
+        cache = ExtractCache(self.statcache, target, blob_id) if self.statcache and members is None else None
+        skipped = cache.still_there() if cache else None
+        if skipped is not None:
+            return skipped
         with no_space(f"into {target}"), self.open_tar(blob_id, size, recorded) as reader, \
-                Extraction(target, members) as extraction:
+                Extraction(target, members, digests=cache is not None) as extraction:
             try:
                 extraction.stage(_stream(reader))
             except (CorruptBlob, UnsafeArchive) as exc:
                 prefer_digest_error(reader, exc)
                 raise
             reader.verify()
-            return extraction.publish()
+            done = extraction.publish()
+        if cache:
+            cache.record(extraction.written)
+        return done
 
     def copy_checked(self, blob_id: str, size: int | None, out: Sink, recorded: StoredFacts | None = None) -> None:
         """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on

@@ -7,7 +7,11 @@ again. Racy-timestamp guard: a listing with any file modified within RACY_WINDOW
 start of hashing is not cached, since a write landing in the same timestamp tick would
 otherwise go unseen. The cache lives in the user's cache folder because inodes and mtimes
 mean nothing on another machine. Any failure of the cache only costs speed: it is logged and
-the cache turns itself off for the process."""
+the cache turns itself off for the process.
+
+It also keeps, per extraction target and blob, what a load wrote there (the `extractions`
+table, read and written by extract_cache.py): the same facts per file, so that a load into a
+target that holds exactly the blob's files already writes nothing."""
 
 from __future__ import annotations
 
@@ -78,6 +82,9 @@ class StatCache:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("CREATE TABLE IF NOT EXISTS listings (key TEXT PRIMARY KEY, blob_id TEXT NOT NULL, size INTEGER NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS extractions (target TEXT NOT NULL, blob_id TEXT NOT NULL, "
+                         "made_ns INTEGER NOT NULL, names BLOB NOT NULL, facts BLOB NOT NULL, "
+                         "PRIMARY KEY (target, blob_id))")
             self._local.conn = conn
         return conn
 
@@ -104,6 +111,27 @@ class StatCache:
         if not self._broken:
             try:
                 self._conn().execute("DELETE FROM listings WHERE key = ?", (key,))
+            except (sqlite3.Error, OSError) as exc:
+                self._disable(exc)
+
+    def extraction(self, target: str, blob_id: str) -> tuple[int, bytes, bytes] | None:
+        """The record of the last full extraction of `blob_id` into `target` (a real path):
+        when it was made, and its names and facts as extract_cache.py encodes them."""
+        if self._broken:
+            return None
+        try:
+            row = self._conn().execute("SELECT made_ns, names, facts FROM extractions WHERE target = ? AND blob_id = ?",
+                                       (target, blob_id)).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
+            return None
+        return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def put_extraction(self, target: str, blob_id: str, made_ns: int, names: bytes, facts: bytes) -> None:
+        if not self._broken:
+            try:
+                self._conn().execute("INSERT OR REPLACE INTO extractions (target, blob_id, made_ns, names, facts) "
+                                     "VALUES (?, ?, ?, ?, ?)", (target, blob_id, made_ns, names, facts))
             except (sqlite3.Error, OSError) as exc:
                 self._disable(exc)
 

@@ -1,6 +1,9 @@
 """Extract a TAR stream safely, staged: members are written into a hidden folder inside the
 target, the caller checks the blob's digest, and only then are they renamed into place.
 A corrupt or hostile blob therefore leaves the target as it was.
+With `digests`, each file's XXH3-128 is computed from its bytes as they are written (no
+second read) and `Extraction.written` lists what `publish` put into the target, for the
+load cache (casstore/cas/store/extract_cache.py).
 
 Each member passes `rules.MemberRules` while it is staged (read with `read.TarStream`);
 `Extraction.publish` checks what only the target can tell before the first rename."""
@@ -13,12 +16,20 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import xxhash
+
 from casstore.cas.tar.header import DIRECTORY, FILE, FILE_KINDS, HARDLINK, SYMLINK, Member
 from casstore.cas.tar.read import TarStream
 from casstore.cas.tar.rules import NAME_MAX, MemberRules, check_name_length, safe_name
 from casstore.errors import TargetConflict
 
 STAGING_PREFIX = ".casstore-extract-"
+new_file_hasher = xxhash.xxh3_128  # the digest of a written file's bytes (or a symlink's target)
+
+
+def bytes_digest(data: bytes) -> str:
+    """The file digest (new_file_hasher) of a symlink's target."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 def _remove_abandoned_staging(target: str) -> None:
@@ -48,6 +59,18 @@ class _Staged:
     kind: bytes
     staged: str = ""
     link: str = ""
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class Written:
+    """One member `publish` put into the target: target-relative name, kind (FILE for
+    files and hard links, SYMLINK, DIRECTORY) and, for files and symlinks, the hex digest
+    (new_file_hasher) of its bytes or link target."""
+
+    name: str
+    kind: bytes
+    digest: str
 
 
 class Extraction:
@@ -58,12 +81,14 @@ class Extraction:
     before the first rename, so that a refused archive leaves the target as it was.
     Use as a context manager: the staging folder is always removed on exit."""
 
-    def __init__(self, target: str, members: list[str] | None = None):
+    def __init__(self, target: str, members: list[str] | None = None, *, digests: bool = False):
         self.target = os.path.abspath(target)
         self.selected = None if members is None else {safe_name(os.fsencode(m)) for m in members}
+        self.digests = digests
+        self.written: list[Written] = []
         self._staging = ""
         self._items: list[_Staged] = []
-        self._files: dict[str, str] = {}
+        self._files: dict[str, _Staged] = {}
         self._rules = MemberRules()
 
     def __enter__(self) -> Extraction:
@@ -94,25 +119,30 @@ class Extraction:
 
     def _stage_file(self, reader: TarStream, member: Member, name: str) -> None:
         path = self._stage_path()
+        hasher = new_file_hasher() if self.digests else None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            reader.copy_data(member, fd)
+            reader.copy_data(member, fd, None if hasher is None else hasher.update)
             os.fchmod(fd, member.mode & 0o777)
         finally:
             os.close(fd)
-        self._files[name] = path
-        self._items.append(_Staged(name, FILE, path))
+        item = _Staged(name, FILE, path, digest="" if hasher is None else hasher.hexdigest())
+        self._files[name] = item
+        self._items.append(item)
 
     def _stage_symlink(self, name: str, target: str) -> None:
         path = self._stage_path()
         os.symlink(target, path)
-        self._items.append(_Staged(name, SYMLINK, path, target))
+        digest = bytes_digest(os.fsencode(target)) if self.digests else ""
+        self._items.append(_Staged(name, SYMLINK, path, target, digest))
 
     def _stage_hardlink(self, name: str, link: str) -> None:
         path = self._stage_path()
-        os.link(self._files[link], path)
-        self._files[name] = path
-        self._items.append(_Staged(name, HARDLINK, path, link))
+        source = self._files[link]
+        os.link(source.staged, path)
+        item = _Staged(name, HARDLINK, path, link, source.digest)
+        self._files[name] = item
+        self._items.append(item)
 
     def publish(self) -> list[str]:
         """Move the staged members into the target; return their paths, target-relative.
@@ -131,6 +161,8 @@ class Extraction:
             else:
                 self._replace(item.staged, os.path.join(self.target, item.name))
             done.append(item.name)
+            if self.digests:
+                self.written.append(Written(item.name, FILE if item.kind == HARDLINK else item.kind, item.digest))
         return done
 
     def _disk_link(self, rel: str) -> str | None:

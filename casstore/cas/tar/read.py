@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from casstore.cas.tar.header import BLOCK, CHUNK, FILE_KINDS, Member
 from casstore.errors import CorruptBlob, UnsafeArchive
@@ -155,14 +155,15 @@ class TarStream:
         _read_exact(self._stream, -size % BLOCK)
         return data
 
-    def copy_data(self, member: Member, fd: int) -> None:
-        """Write the data of the member just yielded to file descriptor `fd`.
+    def copy_data(self, member: Member, fd: int, on_data: Callable[[memoryview], object] | None = None) -> None:
+        """Write the data of the member just yielded to file descriptor `fd`, and hand each
+        piece to `on_data` (a hasher's update: the file's digest without reading it again).
 
         Reads with `readinto` into one buffer of this stream (allocated on first use, at
         most CHUNK bytes) where the stream has it, instead of a new bytes object per read."""
         readinto = getattr(self._stream, "readinto", None)
         if readinto is None:
-            self._copy_data_by_read(member, fd)
+            self._copy_data_by_read(member, fd, on_data)
             return
         remaining = member.size
         buffer = self._chunk_buffer() if remaining else _NO_BUFFER
@@ -171,6 +172,8 @@ class TarStream:
             if not n:
                 raise CorruptBlob(f"archive truncated inside member {member.name!r}")
             view = buffer[:n]
+            if on_data is not None:
+                on_data(view)
             while view:
                 view = view[os.write(fd, view):]
             remaining -= n
@@ -183,13 +186,15 @@ class TarStream:
             self._buffer = memoryview(bytearray(CHUNK))
         return self._buffer
 
-    def _copy_data_by_read(self, member: Member, fd: int) -> None:
+    def _copy_data_by_read(self, member: Member, fd: int, on_data: Callable[[memoryview], object] | None) -> None:
         remaining = member.size
         while remaining:
             chunk = self._stream.read(min(remaining, CHUNK))
             if not chunk:
                 raise CorruptBlob(f"archive truncated inside member {member.name!r}")
             view = memoryview(chunk)
+            if on_data is not None:
+                on_data(view)
             while view:
                 view = view[os.write(fd, view):]
             remaining -= len(chunk)
