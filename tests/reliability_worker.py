@@ -26,7 +26,8 @@ Commands:
 - io-extract: `url`, `target`, optional `fsize_limit` (as persist-one): extract the
   ArchiveStoreIO archive `url` into `target`, report an error as an event (exit 0 either way).
 - gc-once: one gc.collect(grace_s=`grace`).
-- gc-loop: gc.collect(grace_s=`grace`) until the `stop` file appears (at most `max_s`).
+- gc-loop: gc.collect(grace_s=`grace`) until the `stop` file appears (at most `max_s`); its
+  "done" counts the runs, the blobs and the chunks it deleted.
 - migrate: migrate the legacy MLtraq project (`db`, `datastore`) in place; prints a
   "progress" event at each stage of each experiment (stored, committed, cleaned).
 - load-loop: load experiment `name` `count` times (after the `go` barrier if given, else
@@ -206,7 +207,7 @@ def cmd_gc_loop(cfg: dict) -> None:
     index, store = _gc_args(cfg)
     open(cfg["ready_file"], "w").close()
     wait_for(cfg["go"])
-    runs = deleted = 0
+    runs = deleted = chunks_deleted = 0
     deadline = time.monotonic() + cfg.get("max_s", 60)
     while not os.path.exists(cfg["stop"]) and time.monotonic() < deadline:
         try:
@@ -216,7 +217,8 @@ def cmd_gc_loop(cfg: dict) -> None:
             raise
         runs += 1
         deleted += sum(1 for d in report.deleted if d.kind == "unreferenced")
-    emit("done", runs=runs, deleted=deleted)
+        chunks_deleted += sum(1 for d in report.deleted if d.kind == "unreferenced_chunk")
+    emit("done", runs=runs, deleted=deleted, chunks_deleted=chunks_deleted)
 
 
 def cmd_load_loop(cfg: dict) -> None:
