@@ -10,7 +10,8 @@ still reads every event printed before the kill:
     {"event": "error", "type": ..., "mro": [...], "errno": ..., "message": ...}
 
 Config keys shared by every command: `db` (SQLite file path), `datastore`, `archivestore`
-(absolute folders), `statcache` (a file path, or null to disable the stat cache).
+(absolute folders), `statcache` (a file path, or null to disable the stat cache), and
+optionally `chunks` (option datastore.chunks: where a chunked datastore's writer cuts).
 
 Commands:
 - persist-loop: `src`, `prefix`, `count`, `codecs` (cycled), `slots`: before each persist,
@@ -25,7 +26,8 @@ Commands:
 - io-extract: `url`, `target`, optional `fsize_limit` (as persist-one): extract the
   ArchiveStoreIO archive `url` into `target`, report an error as an event (exit 0 either way).
 - gc-once: one gc.collect(grace_s=`grace`).
-- gc-loop: gc.collect(grace_s=`grace`) until the `stop` file appears (at most `max_s`).
+- gc-loop: gc.collect(grace_s=`grace`) until the `stop` file appears (at most `max_s`); its
+  "done" counts the runs, the blobs and the chunks it deleted.
 - migrate: migrate the legacy MLtraq project (`db`, `datastore`) in place; prints a
   "progress" event at each stage of each experiment (stored, committed, cleaned).
 - load-loop: load experiment `name` `count` times (after the `go` barrier if given, else
@@ -64,6 +66,8 @@ def setup(cfg: dict):
 
     options().set("datastore.url", "file:///" + cfg["datastore"])  # absolute: file:////abs
     options().set("archivestore.url", "file:///" + cfg["archivestore"])
+    if cfg.get("chunks"):
+        options().set("datastore.chunks", cfg["chunks"])
     if cfg.get("statcache"):
         options().set("statcache.path", cfg["statcache"])
     else:
@@ -203,7 +207,7 @@ def cmd_gc_loop(cfg: dict) -> None:
     index, store = _gc_args(cfg)
     open(cfg["ready_file"], "w").close()
     wait_for(cfg["go"])
-    runs = deleted = 0
+    runs = deleted = chunks_deleted = 0
     deadline = time.monotonic() + cfg.get("max_s", 60)
     while not os.path.exists(cfg["stop"]) and time.monotonic() < deadline:
         try:
@@ -213,7 +217,8 @@ def cmd_gc_loop(cfg: dict) -> None:
             raise
         runs += 1
         deleted += sum(1 for d in report.deleted if d.kind == "unreferenced")
-    emit("done", runs=runs, deleted=deleted)
+        chunks_deleted += sum(1 for d in report.deleted if d.kind == "unreferenced_chunk")
+    emit("done", runs=runs, deleted=deleted, chunks_deleted=chunks_deleted)
 
 
 def cmd_load_loop(cfg: dict) -> None:
@@ -322,18 +327,43 @@ if __name__ == "__main__":
 
 WORKER = os.path.abspath(__file__)
 
+FORMATS = ("whole", "chunked")
+"""The two ways a datastore stores blobs; the tests about blob storage run on both."""
+TINY_CHUNKS = {"whole_below": 16384, "large_file": 65536, "block": 16384, "cdc_min": 1024, "cdc_avg": 4096,
+               "cdc_max": 16384}
+"""Option datastore.chunks of the chunked runs: the default policy scaled down 64x, so that a
+test folder of 16 KiB of TAR or more is cut into many chunks."""
+
+
+def pin_format(datastore: str, fmt: str) -> None:
+    """Make `datastore` (a folder) a datastore of format `fmt` before anything uses it."""
+    from casstore.cas.backends.local import LocalBlobStore
+
+    blobs = LocalBlobStore(datastore)
+    blobs.ensure_format()
+    blobs.set_format(fmt)
+
 
 class Project:
-    """One project: an SQLite file, a datastore and an extraction root under `root`."""
+    """One project: an SQLite file, a datastore and an extraction root under `root`.
 
-    def __init__(self, root, statcache: bool = False):
+    `fmt`: None leaves the datastore as casstore makes it (chunked, default cut sizes);
+    "whole" pins its format to whole before first use; "chunked" keeps the new datastore's
+    format and has every writer (this process and the workers) cut at TINY_CHUNKS."""
+
+    def __init__(self, root, statcache: bool = False, fmt: str | None = None):
+        assert fmt in (None, *FORMATS), fmt
         root = os.path.abspath(os.fspath(root))
         self.root = root
         self.db = os.path.join(root, "project.db")
         self.datastore = os.path.join(root, "datastore")
         self.archivestore = os.path.join(root, "archivestore")
         self.statcache = os.path.join(root, "statcache.sqlite") if statcache else None
+        self.fmt = fmt
+        self.chunks = TINY_CHUNKS if fmt == "chunked" else None
         os.makedirs(root, exist_ok=True)
+        if fmt == "whole":
+            pin_format(self.datastore, "whole")
 
     @property
     def url(self) -> str:
@@ -341,10 +371,13 @@ class Project:
 
     def cfg(self, **extra) -> dict:
         return {"db": self.db, "datastore": self.datastore, "archivestore": self.archivestore,
-                "statcache": self.statcache, **extra}
+                "statcache": self.statcache, "chunks": self.chunks, **extra}
 
     def configure(self) -> None:
-        """Point this (the test's) process's options at the project."""
+        """Point this (the test's) process's options at the project (and its cut sizes)."""
+        from casstore import options
+
+        options().set("datastore.chunks", self.chunks or {})
         setup(self.cfg())
 
     def session(self):
@@ -372,6 +405,20 @@ class Project:
         found = [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith(hexdigest[2:] + ".")]
         assert len(found) == 1, found
         return found[0]
+
+    def manifests(self) -> list[str]:
+        """The chunked blobs' manifests (`<rest>.chunks`) under blobs/."""
+        return [path for path in self.blob_files() if path.endswith(".chunks")]
+
+    def assert_format_used(self) -> None:
+        """The blobs are stored as the project's format says: a chunked run wrote manifests
+        (its folders were big enough to be cut), a whole run wrote none and no chunk."""
+        if self.fmt == "chunked":
+            assert self.manifests(), "the chunked run stored no manifest: its folders are too small to be cut"
+        elif self.fmt == "whole":
+            chunks = os.path.join(self.datastore, "casstore", "chunks")
+            assert self.manifests() == [] and not any(files for _d, _s, files in os.walk(chunks)), \
+                "the whole run stored chunks"
 
     def target(self, experiment) -> str:
         return os.path.join(self.archivestore, str(experiment.id_experiment))
@@ -452,6 +499,55 @@ def check_every_blob(store) -> int:
             store.check(parsed[0])
             n += 1
     return n
+
+
+def check_every_chunk(store) -> int:
+    """Every file under chunks/ is a complete chunk whose bytes (uncompressed) hash to its
+    id: no half chunk is ever visible under an id, named by a manifest or not. Returns the count."""
+    import zstandard
+
+    from casstore.cas.backends.layout import CHUNKS
+    from casstore.cas.digest import digest_bytes, parse_id
+
+    n = 0
+    for copy in store.blobs.view(CHUNKS).iter_blobs():
+        with open(os.path.join(store.blobs.root, *copy.key.split("/")), "rb") as f:
+            data = f.read()
+        if copy.codec == "zstd":
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=16 << 20)
+        assert digest_bytes(data, parse_id(copy.blob_id)[0]) == copy.blob_id, f"half chunk under {copy.key}"
+        n += 1
+    return n
+
+
+def named_chunks(store) -> set[str]:
+    """The chunks the manifests under blobs/ name."""
+    from casstore.cas.chunks.manifest import iter_manifest
+
+    named: set[str] = set()
+    for copy in store.blobs.iter_blobs():
+        if copy.codec == "chunked":
+            with store.blobs.open_copy(copy.blob_id, "chunked")[0] as f:
+                named.update(ref.chunk_id for ref in iter_manifest(f, copy.blob_id))
+    return named
+
+
+def manifest_holes(store) -> list[str]:
+    """What is wrong with each manifest under blobs/ that does not read, or names a chunk
+    that is not stored (a manifest published before its chunks): "<blob id>: <why>"."""
+    from casstore.cas.store.chunk_io import chunk_store, manifest_damage
+
+    holes = []
+    chunks = chunk_store(store.blobs)
+    for copy in store.blobs.iter_blobs():
+        if copy.codec != "chunked":
+            continue
+        f, found = store.blobs.open_copy(copy.blob_id, "chunked")
+        with f:
+            why = manifest_damage(f, found, None, chunks)
+        if why is not None:
+            holes.append(f"{copy.blob_id}: {why}")
+    return holes
 
 
 def problems(project, deep: bool = False) -> list:

@@ -95,11 +95,12 @@ def walk_keys(root: str) -> list[str]:
 class Campaign:
     """The project, the model of what it must hold, and one method per operation."""
 
-    def __init__(self, root, server: rw.ForkServer, rnd: random.Random):
+    def __init__(self, root, server: rw.ForkServer, rnd: random.Random, fmt: str):
         self.root = str(root)
         self.server = server
         self.rnd = rnd
-        self.project = rw.Project(os.path.join(self.root, "p"))
+        self.fmt = fmt
+        self.project = rw.Project(os.path.join(self.root, "p"), fmt=fmt)
         self.session = self.project.session()
         self.store = self.project.store()
         self.live: dict[str, Source] = {}  # committed experiments and the source each must load as
@@ -151,6 +152,7 @@ class Campaign:
         Returns what it holds."""
         assert_no_damage(self.project, self.session, deep=True)
         check_new_blobs(self.store, self.seen_blobs)
+        assert rw.manifest_holes(self.store) == []
         stored = {name for _id, name in self.session.index.list_experiments()}
         assert stored - {in_flight} == set(self.live) - {in_flight}, (stored, sorted(self.live))
         for name, source in self.live.items():
@@ -270,7 +272,7 @@ class Campaign:
             os.utime(os.path.join(self.store.blobs.root, *item.key.split("/")), (old, old))
 
     def migrate(self, n: int) -> None:
-        legacy = legacy_copy(os.path.join(self.root, f"legacy-{n}"))
+        legacy = legacy_copy(os.path.join(self.root, f"legacy-{n}"), self.fmt)
         self.strike("migrate", "migrate", legacy.cfg())
         legacy.configure()
         for ref in migrate.plan(legacy.url, legacy.datastore).refs:  # still legacy: its file must be there
@@ -316,15 +318,18 @@ class Campaign:
             left[op] -= not calibrating
 
 
-def test_crash_campaign_of_kill_9_at_random_instants_loses_nothing(tmp_path):
-    print(f"crash campaign: seed {SEED} (replay with CASSTORE_CRASH_SEED={SEED})")
+@pytest.mark.parametrize("fmt", rw.FORMATS)
+def test_crash_campaign_of_kill_9_at_random_instants_loses_nothing(tmp_path, fmt):
+    print(f"crash campaign ({fmt} datastore): seed {SEED} (replay with CASSTORE_CRASH_SEED={SEED})")
     assert os.path.isdir(LEGACY_FIXTURE)
     started = time.monotonic()
     with rw.ForkServer(str(tmp_path / "server.err")) as server:
-        campaign = Campaign(tmp_path, server, random.Random(SEED))
+        campaign = Campaign(tmp_path, server, random.Random(SEED), fmt)
         campaign.run()
     kills = campaign.kills
     assert rw.check_every_blob(campaign.store) > 0
+    rw.check_every_chunk(campaign.store)
+    campaign.project.assert_format_used()
     assert_no_damage(campaign.project, campaign.session, deep=True)
     per_op = {op: sum(k.op == op for k in kills) for op in KILLS}
     mid = {op: sum(k.op == op and k.mid_work for k in kills) for op in KILLS}

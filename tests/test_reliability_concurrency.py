@@ -82,8 +82,9 @@ def arc_dir_of(experiment) -> str:
     return experiment.fields.data.params.arc_dir
 
 
-def test_four_writers_persisting_same_and_different_folders_all_succeed_and_dedup(tmp_path):
-    project = rw.Project(tmp_path / "p")
+@pytest.mark.parametrize("fmt", rw.FORMATS)
+def test_four_writers_persisting_same_and_different_folders_all_succeed_and_dedup(tmp_path, fmt):
+    project = rw.Project(tmp_path / "p", fmt=fmt)
     project.session().index.dispose()  # the database exists; its datastore is set by the writers
     shared = str(tmp_path / "shared")
     shared_tree = make_folder(shared, 1)
@@ -111,16 +112,19 @@ def test_four_writers_persisting_same_and_different_folders_all_succeed_and_dedu
     assert len(project.blob_files()) == len(distinct), project.blob_files()
     report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == []
+    assert rw.manifest_holes(project.store()) == []
+    project.assert_format_used()
 
 
-def test_six_processes_opening_a_fresh_database_at_once_all_persist(tmp_path):
+@pytest.mark.parametrize("fmt", rw.FORMATS)
+def test_six_processes_opening_a_fresh_database_at_once_all_persist(tmp_path, fmt):
     """A new project started by several jobs at once: schema creation, datastore fact,
     registry entry, all concurrent. Three new projects, 6 processes each (more processes
     than cores, as on a busy machine)."""
     src = [str(tmp_path / f"src{i}") for i in range(6)]
     trees = [make_folder(p, 200 + i, big=1 << 12) for i, p in enumerate(src)]
     for round_ in range(3):
-        project = rw.Project(tmp_path / f"p{round_}")
+        project = rw.Project(tmp_path / f"p{round_}", fmt=fmt)
         assert not os.path.exists(project.db)
         workers = [("persist-jobs", project.cfg(open_after_go=True, jobs=[{"name": f"fresh{i}", "src": src[i]}]))
                    for i in range(6)]
@@ -129,13 +133,15 @@ def test_six_processes_opening_a_fresh_database_at_once_all_persist(tmp_path):
         s = project.session()
         assert_loads(project, s, {f"fresh{i}": trees[i] for i in range(6)})
         assert verify(s.index, project.store(), field_roots=field_roots, deep=True).problems == []
+        project.assert_format_used()
         s.index.dispose()
 
 
-def test_concurrent_loads_of_one_experiment_into_the_same_target_are_safe(tmp_path):
+@pytest.mark.parametrize("fmt", rw.FORMATS)
+def test_concurrent_loads_of_one_experiment_into_the_same_target_are_safe(tmp_path, fmt):
     """Every load succeeds and the final bytes are right. (Which load's inode each name ends
     up with is a race, so hard-linked names are compared by content, not by inode.)"""
-    project = rw.Project(tmp_path / "p")
+    project = rw.Project(tmp_path / "p", fmt=fmt)
     src = tmp_path / "src"
     make_folder(str(src), 7, big=2 << 20)
     os.link(src / "big.bin", src / "big-hardlink.bin")
@@ -151,6 +157,7 @@ def test_concurrent_loads_of_one_experiment_into_the_same_target_are_safe(tmp_pa
     options().set("archivestore.codec", "zstd")
     e = s.create_experiment("shared-load", data=ArchiveStore(src_dir=str(src)))
     e.persist()
+    project.assert_format_used()
     loaders = 4
     workers = [("load-loop", project.cfg(name="shared-load", count=8)) for _ in range(loaders)]
     results = run_barrier(tmp_path, workers)
@@ -160,10 +167,33 @@ def test_concurrent_loads_of_one_experiment_into_the_same_target_are_safe(tmp_pa
     assert [n for n in os.listdir(target) if n.startswith(".casstore-extract-")] == []
 
 
-def test_gc_grace_zero_looping_during_persists_never_loses_a_blob(tmp_path):
+def with_gc_looping(tmp_path, project, workers) -> tuple[list, dict]:
+    """Run `workers` (run_barrier) while a gc worker loops at grace 0; the workers' results
+    and the gc's "done" event, once gc exited cleanly."""
+    stop = str(tmp_path / "stop")
+    gc_cfg = project.cfg(grace=0.0, stop=stop, max_s=90)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    go = str(gate / "go")
+    gc_proc = rw.start("gc-loop", {**gc_cfg, "ready_file": str(gate / "gc-ready"), "go": go},
+                       stderr_path=str(gate / "gc-stderr"))
+    try:
+        rw.wait_files([str(gate / "gc-ready")])
+        results = run_barrier(tmp_path, workers)
+    finally:
+        open(stop, "w").close()
+    gc_rc, gc_events = rw.finish(gc_proc)
+    assert gc_rc == 0, (gc_events, (gate / "gc-stderr").read_text()[-3000:])
+    gc_done = [e for e in gc_events if e["event"] == "done"][0]
+    print("gc loop:", gc_done)
+    return results, gc_done
+
+
+@pytest.mark.parametrize("fmt", rw.FORMATS)
+def test_gc_grace_zero_looping_during_persists_never_loses_a_blob(tmp_path, fmt):
     """Writers keep persisting (and deleting) experiments over the same content, so that the
     blob they dedup onto is unreferenced most of the time, while gc --grace 0 loops."""
-    project = rw.Project(tmp_path / "p", statcache=True)
+    project = rw.Project(tmp_path / "p", statcache=True, fmt=fmt)
     project.session().index.dispose()
     shared = str(tmp_path / "shared")
     shared_tree = make_folder(shared, 3, big=1 << 16)
@@ -186,36 +216,67 @@ def test_gc_grace_zero_looping_during_persists_never_loses_a_blob(tmp_path):
             if k % 3:
                 expected[f"w{w}-own-{k}"] = tree
         workers.append(("persist-jobs", project.cfg(jobs=jobs)))
-    stop = str(tmp_path / "stop")
-    gc_cfg = project.cfg(grace=0.0, stop=stop, max_s=90)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    go = str(gate / "go")
-    gc_proc = rw.start("gc-loop", {**gc_cfg, "ready_file": str(gate / "gc-ready"), "go": go},
-                       stderr_path=str(gate / "gc-stderr"))
-    try:
-        rw.wait_files([str(gate / "gc-ready")])
-        results = run_barrier(tmp_path, workers)
-    finally:
-        open(stop, "w").close()
-    gc_rc, gc_events = rw.finish(gc_proc)
-    assert gc_rc == 0, (gc_events, (gate / "gc-stderr").read_text()[-3000:])
+    results, gc_done = with_gc_looping(tmp_path, project, workers)
     assert_all_succeeded(results)
-    gc_done = [e for e in gc_events if e["event"] == "done"][0]
-    print("gc loop:", gc_done)
     assert gc_done["runs"] >= 3 and gc_done["deleted"] >= 1, gc_done
     s = project.session()
     assert_loads(project, s, expected)
     report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == []
+    assert rw.manifest_holes(project.store()) == []
+    project.assert_format_used()
 
 
-def _persisted(tmp_path, codec: str, seed: int):
-    """A project with one experiment "a", persisted with `codec`, of a folder made from `seed`:
-    (the project, the folder, the session, the experiment)."""
+def test_gc_grace_zero_racing_chunked_writers_that_reuse_orphan_chunks_never_loses_a_chunk(tmp_path):
+    """Every persist is a new blob (a new manifest) whose large file is the same bytes, so
+    its fixed blocks are chunks of blobs deleted a moment ago: unreferenced, and gc --grace 0,
+    looping, keeps deleting them while writers reuse them. A writer that reuses an
+    unreferenced chunk never ends with a manifest naming a chunk gc deleted."""
+    import shutil
+
+    from casstore import ArchiveStore
+
+    project = rw.Project(tmp_path / "p", fmt="chunked")
+    base = random.Random(11).randbytes(12 * rw.TINY_CHUNKS["block"])
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "big.bin").write_bytes(base)
+    s = project.session()  # old orphan chunks: the large file's blocks, of a deleted experiment
+    s.create_experiment("first", data=ArchiveStore(src_dir=str(first))).persist().delete()
+    s.index.dispose()
+    writers, rounds = 3, 12
+    workers, expected = [], {}
+    for w in range(writers):
+        jobs = []
+        for k in range(rounds):
+            src = tmp_path / f"v-{w}-{k}"
+            src.mkdir()
+            shutil.copyfile(first / "big.bin", src / "big.bin")
+            (src / "note.txt").write_bytes(b"writer %d round %d" % (w, k))
+            kept = k == rounds - 1 or k % 4 == 1
+            jobs.append({"name": f"w{w}-{k}", "src": str(src), "codec": "zstd" if (w + k) % 2 else "none",
+                         "delete_after": not kept})
+            if kept:
+                expected[f"w{w}-{k}"] = rw.tree(src)
+        workers.append(("persist-jobs", project.cfg(jobs=jobs)))
+    results, gc_done = with_gc_looping(tmp_path, project, workers)
+    assert_all_succeeded(results)
+    assert gc_done["runs"] >= 3 and gc_done["chunks_deleted"] >= 1, gc_done
+    store = project.store()
+    assert rw.manifest_holes(store) == []
+    s = project.session()
+    assert_loads(project, s, expected)
+    assert verify(s.index, store, field_roots=field_roots, deep=True).problems == []
+    project.assert_format_used()
+
+
+def _persisted(tmp_path, codec: str, seed: int, fmt: str | None = None):
+    """A project with one experiment "a", persisted with `codec`, of a folder made from `seed`
+    (datastore format `fmt`, as rw.Project takes it): (the project, the folder, the session,
+    the experiment)."""
     from casstore import ArchiveStore, options
 
-    project = rw.Project(tmp_path / "p")
+    project = rw.Project(tmp_path / "p", fmt=fmt)
     src = str(tmp_path / "src")
     make_folder(src, seed, big=1 << 16)
     s = project.session()
@@ -225,8 +286,9 @@ def _persisted(tmp_path, codec: str, seed: int):
     return project, src, s, e
 
 
+@pytest.mark.parametrize("fmt", rw.FORMATS)
 @pytest.mark.parametrize("first, second", [("none", "zstd"), ("zstd", "none")])
-def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_true(tmp_path, first, second):
+def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_true(tmp_path, first, second, fmt):
     """What the gc loop above runs into: a blob is collected once nothing references it, and
     the same content is stored again later with another codec. The index must then describe
     the blob that is stored (its codec and stored size), or verify reports damage that is
@@ -234,15 +296,16 @@ def test_blob_collected_then_stored_again_with_another_codec_keeps_index_facts_t
     from casstore import ArchiveStore, options
     from casstore.cas.gc import collect
 
-    project, src, s, e = _persisted(tmp_path, first, seed=5)
+    project, src, s, e = _persisted(tmp_path, first, seed=5, fmt=fmt)
     e.delete()
     report = collect(s.index, project.store(), field_roots=field_roots, grace_s=0)
-    assert [d.kind for d in report.deleted] == ["unreferenced"]
+    assert [d.kind for d in report.deleted if d.kind != "unreferenced_chunk"] == ["unreferenced"]
     options().set("archivestore.codec", second)
     s.create_experiment("b", data=ArchiveStore(src_dir=src)).persist()
     assert rw.tree(project.target(s.load_experiment("b"))) == rw.tree(src)
     report = verify(s.index, project.store(), field_roots=field_roots, deep=True)
     assert report.problems == [], report.problems
+    project.assert_format_used()
 
 
 @pytest.mark.parametrize("first, second", [("none", "zstd"), ("zstd", "none")])

@@ -130,11 +130,14 @@ def zstd_bomb(inflated: int = 1 << 30) -> bytes:
 
 
 class Victim:
-    """An experiment with two fields: `data` (the blob to tamper with) and `good`."""
+    """An experiment with two fields: `data` (the blob to tamper with) and `good`. `fmt` and
+    `chunks` as rw.Project takes them (chunks: the cut sizes, replacing the format's)."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, fmt: str | None = None, chunks: dict | None = None):
         self.tmp_path = tmp_path
-        self.project = rw.Project(tmp_path / "p")
+        self.project = rw.Project(tmp_path / "p", fmt=fmt)
+        if chunks is not None:
+            self.project.chunks = chunks
         self.outside = str(tmp_path / "outside")
         os.makedirs(self.outside)
         for name, files in (("src-data", {"d.txt": b"data field " * 100}), ("src-good", {"g.txt": b"good field"})):
@@ -220,11 +223,17 @@ def test_tampered_blob_is_refused_and_nothing_escapes(tmp_path, case, codec):
     assert [p.blob for p in report.problems] == [blob_id]
 
 
+CUT_EVERY_BLOB = {**rw.TINY_CHUNKS, "whole_below": 0}
+"""The chunked runs' cut sizes, with every blob chunked however small (the hostile archives are)."""
+
+
+@pytest.mark.parametrize("fmt", rw.FORMATS)
 @pytest.mark.parametrize("case", HOSTILE)
-def test_forged_blob_under_its_own_digest_is_refused_by_member_validation(tmp_path, case):
+def test_forged_blob_under_its_own_digest_is_refused_by_member_validation(tmp_path, case, fmt):
     """The attacker also wrote the index: the blob's digest checks out, so only the member
-    validation stands between the archive and the file system."""
-    victim = Victim(tmp_path)
+    validation stands between the archive and the file system (chunked: read through its
+    manifest, each chunk checking out too)."""
+    victim = Victim(tmp_path, fmt, CUT_EVERY_BLOB if fmt == "chunked" else None)
     data = finish_tar(hostile_archives(victim.outside)[case])
     with victim.store.lease() as lease:
         info = victim.store.put_tar_bytes(data, lease=lease)
@@ -232,6 +241,7 @@ def test_forged_blob_under_its_own_digest_is_refused_by_member_validation(tmp_pa
     e = victim.persist(forged)
     err = victim.assert_refused(e, info.blob_id)
     assert isinstance(err.failures[0].error, UnsafeArchive), err.failures[0].error
+    assert info.codec == ("chunked" if fmt == "chunked" else "none")
 
 
 @pytest.mark.parametrize("codec", ["none", "zstd"])
