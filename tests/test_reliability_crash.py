@@ -461,8 +461,6 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
     assert interrupted >= MIGRATE_KILLS // 2, "the kills did not land inside migrations"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: migrate's executor builds its ContentStore without "
-                   "policy=chunk_policy(), so it ignores option datastore.chunks")
 def test_migrate_cuts_legacy_tars_at_option_datastore_chunks(tmp_path):
     """What makes the chunked migrate kills above kill chunked writes: migrate cuts where
     option datastore.chunks says, as every other writer does."""
