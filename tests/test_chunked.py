@@ -195,3 +195,13 @@ def test_a_manifest_starts_with_its_magic_line(tmp_path):
     with pytest.raises(CorruptBlob, match="does not start as a casstore manifest"):
         list(iter_manifest(io.BytesIO(b"casstore-manifest 2\n"), "xxh128:" + "0" * 32))
     assert MAGIC == b"casstore-manifest 1\n"
+
+
+def test_a_block_repeated_in_a_file_is_stored_once_and_named_each_time(tmp_path):
+    block = os.urandom(TINY.block)
+    make_folder(tmp_path / "src", {"zeros.bin": block * 6 + b"tail"})
+    cs = store(tmp_path / "ds")
+    facts = put(cs, tmp_path / "src")
+    refs = _manifest_refs(cs, facts)
+    assert [r.size for r in refs].count(TINY.block) == 6 and len({r.chunk_id for r in refs if r.size == TINY.block}) == 1
+    assert cat(cs, facts) == tar_of(tmp_path / "src")

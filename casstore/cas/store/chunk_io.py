@@ -104,7 +104,7 @@ class ChunkStager:
                 failed = failed or exc
         if failed is not None:
             raise failed
-        self._order.extend(sizes if len(sizes) == len(batch) else (i for i, _ in batch))
+        self._order.extend(chunk_id for chunk_id, _ in batch)  # a chunk twice in the batch: twice in the manifest
         if len(self._pending) >= MAX_PENDING:
             self._publish()
         return self._ready()
