@@ -205,3 +205,35 @@ def test_a_block_repeated_in_a_file_is_stored_once_and_named_each_time(tmp_path)
     refs = _manifest_refs(cs, facts)
     assert [r.size for r in refs].count(TINY.block) == 6 and len({r.chunk_id for r in refs if r.size == TINY.block}) == 1
     assert cat(cs, facts) == tar_of(tmp_path / "src")
+
+
+def test_persisting_the_folder_again_repairs_a_chunk_a_read_found_damaged(tmp_path):
+    src = folder(tmp_path / "src")
+    cs = store(tmp_path / "ds")
+    facts = put(cs, src)
+    ref = _manifest_refs(cs, facts)[2]
+    path = tmp_path / "ds" / CHUNKS.blob_key(ref.chunk_id, ref.codec)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptBlob, match="is corrupt"):
+        cat(cs, facts)
+    put(cs, src)
+    assert cat(cs, facts) == tar_of(src)
+    assert list((tmp_path / "ds" / "casstore" / "chunk-quarantine").iterdir())
+    assert not list(cs.blobs.list_objects("casstore/damaged-chunks"))
+
+
+def test_a_chunk_that_reads_correctly_is_kept_whatever_its_damage_record_says(tmp_path):
+    src = folder(tmp_path / "src")
+    cs = store(tmp_path / "ds")
+    facts = put(cs, src)
+    ref = _manifest_refs(cs, facts)[2]
+    chunks = chunk_store(cs.blobs)
+    inode = (tmp_path / "ds" / CHUNKS.blob_key(ref.chunk_id, ref.codec)).stat().st_ino
+    from casstore.cas.damage import record_damage
+    record_damage(chunks, chunks.find(ref.chunk_id), "digest", "a false record")
+    put(cs, src)
+    assert (tmp_path / "ds" / CHUNKS.blob_key(ref.chunk_id, ref.codec)).stat().st_ino == inode
+    assert not list(cs.blobs.list_objects("casstore/damaged-chunks"))

@@ -17,6 +17,7 @@ from casstore.cas.chunks.manifest import iter_manifest
 from casstore.cas.gc import collect
 from casstore.cas.stats import project_stats
 from casstore.cas.store.chunk_io import chunk_store
+from casstore.errors import LoadError
 from casstore.opts import options
 from casstore.session import field_roots
 
@@ -170,3 +171,38 @@ def test_stats_counts_a_chunk_shared_by_two_blobs_once(session, workdir):
     assert (stats.chunked_blobs, stats.chunks) == (2, len(distinct))
     assert stats.stored_bytes == chunk_bytes + manifests
     assert stats.dedup_ratio > 1.5
+
+
+def _flip_a_chunk(session, blob: str):
+    ref = chunks_of(session, blob)[1]
+    path = Path(session.content_store().blobs.root) / CHUNKS.blob_key(ref.chunk_id, ref.codec)
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return ref
+
+
+def test_verify_without_deep_reports_a_chunk_a_load_found_damaged(session, workdir):
+    blob = persist(session, "a", folder(workdir / "a", 11))
+    ref = _flip_a_chunk(session, blob)
+    with pytest.raises(LoadError):
+        session.load_experiment("a")
+    problems = verify_json(code=1)["problems"]
+    assert [(p["blob"], p["kind"]) for p in problems] == [(blob, "chunk")]
+    assert ref.chunk_id in problems[0]["detail"] and "persisting the folder again repairs" in problems[0]["detail"]
+
+
+def test_gc_drops_the_quarantined_chunk_and_the_record_once_a_persist_repaired_it(session, workdir):
+    src = folder(workdir / "a", 12)
+    blob = persist(session, "a", src)
+    _flip_a_chunk(session, blob)
+    with pytest.raises(LoadError):
+        session.load_experiment("a")
+    persist(session, "a", src)  # the stat cache sees the record, the write re-checks the chunk and repairs it
+    blobs = session.content_store().blobs
+    assert list(blobs.list_objects("casstore/chunk-quarantine")) and verify_json("--deep", code=0)["problems"] == []
+    report = collect(session.index, session.content_store(), field_roots=field_roots, grace_s=0)
+    assert "quarantined" in {d.kind for d in report.deleted}
+    assert not list(blobs.list_objects("casstore/chunk-quarantine"))
+    assert session.load_experiment("a") is not None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from casstore.cas.backends.base import BlobStat, BlobStore, ObjectStat
 from casstore.cas.chunks.manifest import iter_manifest
+from casstore.cas.damage import damaged_ids
 from casstore.cas.store.chunk_io import chunk_store, zstd_bound
 from casstore.errors import BlobNotFound, CorruptBlob
 
@@ -25,7 +26,9 @@ class ChunkCensus:
     missing: dict[str, list[str]] = field(default_factory=dict)  # blob id -> chunks its manifest lacks
     unreadable: dict[str, str] = field(default_factory=dict)  # blob id -> why its manifest does not read
     uses: dict[str, int] = field(default_factory=dict)  # blob id -> stored bytes of its distinct chunks
+    recorded: dict[str, list[str]] = field(default_factory=dict)  # blob id -> its chunks a read found damaged
     strangers: list[ObjectStat] = field(default_factory=list)  # what under chunks/ is no chunk
+    damaged: set[str] = field(default_factory=set)  # chunk ids with a damage record
 
 
 def stored_chunks(blobs: BlobStore, strangers: list[ObjectStat] | None = None) -> dict[str, BlobStat]:
@@ -41,6 +44,7 @@ def census(blobs: BlobStore, manifests: list[BlobStat] | None = None) -> ChunkCe
     blob listing) or every one stored."""
     result = ChunkCensus()
     result.stored = stored_chunks(blobs, result.strangers)
+    result.damaged = damaged_ids(chunk_store(blobs))
     if manifests is None:
         manifests = [b for b in blobs.iter_blobs() if b.codec == "chunked"]
     for manifest in manifests:
@@ -81,7 +85,9 @@ def _count(blobs: BlobStore, manifest: BlobStat, result: ChunkCensus) -> None:
                 stored = result.stored.get(ref.chunk_id)
                 if stored is None or not _fits(stored, ref.size):
                     result.missing.setdefault(manifest.blob_id, []).append(ref.chunk_id)
-                elif ref.chunk_id not in distinct:
+                elif ref.chunk_id in result.damaged:
+                    result.recorded.setdefault(manifest.blob_id, []).append(ref.chunk_id)
+                if stored is not None and ref.chunk_id not in distinct:
                     distinct.add(ref.chunk_id)
                     result.uses[manifest.blob_id] = result.uses.get(manifest.blob_id, 0) + stored.stored_size
     except (CorruptBlob, OSError) as exc:

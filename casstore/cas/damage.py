@@ -21,10 +21,11 @@ from casstore.cas.digest import id_or_none, parse_id
 from casstore.errors import UnreadableObject
 
 DAMAGE_PREFIX = f"{INTERNAL}/damaged"
+CHUNK_DAMAGE_PREFIX = f"{INTERNAL}/damaged-chunks"  # the same for chunks (a chunk store: blobs.ns is CHUNKS)
 DAMAGE_FORMAT = "casstore-damage-1"
 MAX_RECORD_BYTES = 4096
 _DETAIL_CHARS = 500
-_DAMAGE_KEY = re.compile(rf"{DAMAGE_PREFIX}/(xxh128|sha256)/([0-9a-f]{{32,64}})\.json")
+_DAMAGE_NAME = r"/(xxh128|sha256)/([0-9a-f]{32,64})\.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +38,19 @@ class DamageRecord:
     seen: float
 
 
-def damage_key(blob_id: str) -> str:
+def damage_prefix(blobs: BlobStore) -> str:
+    """Where the damage records of the objects `blobs` works on live: blobs' or chunks'."""
+    return DAMAGE_PREFIX if blobs.ns.what == "blob" else CHUNK_DAMAGE_PREFIX
+
+
+def damage_key(blob_id: str, prefix: str = DAMAGE_PREFIX) -> str:
     algorithm, hexdigest = parse_id(blob_id)
-    return f"{DAMAGE_PREFIX}/{algorithm}/{hexdigest}.json"
+    return f"{prefix}/{algorithm}/{hexdigest}.json"
 
 
-def parse_damage_key(key: str) -> str | None:
-    """The blob id a damage record's key names, None for any other key (matched whole)."""
-    match = _DAMAGE_KEY.fullmatch(key)
+def parse_damage_key(key: str, prefix: str = DAMAGE_PREFIX) -> str | None:
+    """The id a damage record's key below `prefix` names, None for any other key (matched whole)."""
+    match = re.fullmatch(re.escape(prefix) + _DAMAGE_NAME, key)
     if match is None:
         return None
     return id_or_none(match.group(1), match.group(2))
@@ -54,7 +60,7 @@ def record_damage(blobs: BlobStore, copy: BlobStat, reason: str, detail: str) ->
     """Record that `copy` (the stored copy a reader used) failed its check."""
     body = {"format": DAMAGE_FORMAT, "blob": copy.blob_id, "codec": copy.codec, "stored_size": copy.stored_size,
             "reason": reason, "detail": detail[:_DETAIL_CHARS], "seen": time.time()}
-    blobs.put_object(damage_key(copy.blob_id), json.dumps(body).encode())
+    blobs.put_object(damage_key(copy.blob_id, damage_prefix(blobs)), json.dumps(body).encode())
 
 
 def read_damage(blobs: BlobStore, blob_id: str) -> DamageRecord | None:
@@ -63,7 +69,7 @@ def read_damage(blobs: BlobStore, blob_id: str) -> DamageRecord | None:
     writer re-read the copy."""
     fallback = DamageRecord(blob_id, None, None, "unreadable", "the damage record does not read", 0.0)
     try:
-        data = blobs.get_object(damage_key(blob_id), max_bytes=MAX_RECORD_BYTES)
+        data = blobs.get_object(damage_key(blob_id, damage_prefix(blobs)), max_bytes=MAX_RECORD_BYTES)
     except UnreadableObject:
         return fallback
     if data is None:
@@ -83,7 +89,13 @@ def read_damage(blobs: BlobStore, blob_id: str) -> DamageRecord | None:
 
 
 def clear_damage(blobs: BlobStore, blob_id: str) -> None:
-    blobs.delete_object(damage_key(blob_id))
+    blobs.delete_object(damage_key(blob_id, damage_prefix(blobs)))
+
+
+def damaged_ids(blobs: BlobStore) -> set[str]:
+    """The ids with a damage record, from one listing of the records' folder."""
+    prefix = damage_prefix(blobs)
+    return {i for o in blobs.list_objects(prefix) if (i := parse_damage_key(o.key, prefix)) is not None}
 
 
 def describes(record: DamageRecord, copy: BlobStat) -> bool:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from casstore.cas.backends.base import BlobStat, BlobStore
-from casstore.cas.damage import DAMAGE_PREFIX, parse_damage_key
+from casstore.cas.damage import DAMAGE_PREFIX, damage_prefix, parse_damage_key
 from casstore.cas.index.queries import Index
 from casstore.cas.chunk_census import census, named_chunks
 from casstore.cas.live.leases import leased_blob_ids, leased_since, read_leases
@@ -98,6 +98,7 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     gone = frozenset(d.blob for d in report.deleted if d.kind == "unreferenced" and d.blob)
     manifests = [b for b in stored if b.codec == "chunked" and b.blob_id not in gone]
     report.deleted += _delete_chunks(store, now, grace_s, dry_run, manifests, report)
+    report.deleted += _past_chunk_damage(store, now, grace_s, dry_run)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
     return report
 
@@ -197,3 +198,19 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
 def _put_back(chunks: BlobStore, trashed: list[tuple[BlobStat, str]]) -> None:
     for _chunk, key in trashed:
         chunks.restore_from_trash(key)
+
+
+def _past_chunk_damage(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
+    """Step 6 for chunks: quarantined chunk copies moved aside at least the grace period ago,
+    and damage records at least that old of chunks no longer stored (records are few: each is
+    looked up)."""
+    chunks = chunk_store(store.blobs)
+    prefix = damage_prefix(chunks)
+    found = [(q.key, q.size, "quarantined") for q in chunks.iter_quarantine() if now - q.moved >= grace_s]
+    found += [(o.key, o.size, "damage_record") for o in chunks.list_objects(prefix)
+              if (chunk_id := parse_damage_key(o.key, prefix)) is not None and now - o.mtime >= grace_s
+              and chunks.find(chunk_id) is None]
+    if not dry_run:
+        for key, _size, _kind in found:
+            chunks.delete_object(key)
+    return [Deleted(None, key, size, kind) for key, size, kind in found]

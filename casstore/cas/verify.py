@@ -107,7 +107,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         described = _described(found, known)
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
             _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
-            or _check_chunks(chunks, blob_id, found) \
+            or _check_chunks(chunks, blob_id, found, deep) \
             or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
             or (None if deep else _check_recorded(store, blob_id, described, recorded)) \
             or (("reference", refused[blob_id]) if blob_id in refused else None)
@@ -267,9 +267,10 @@ def _rehash(store: ContentStore, blob_id: str, known: BlobFacts,
     return None
 
 
-def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat]) -> tuple[str, str] | None:
+def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], deep: bool) -> tuple[str, str] | None:
     """A manifest of the blob that does not read, or names chunks that are not stored (or
-    not of the size it gives): damage to the blob, though its manifest is intact."""
+    not of the size it gives), or (without `deep`, whose re-read decides) chunks a read
+    found damaged: damage to the blob, though its manifest is intact."""
     if not any(c.codec == "chunked" for c in copies):
         return None
     if blob_id in chunks.unreadable:
@@ -279,6 +280,10 @@ def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat]) -> 
         more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
         return "chunk", (f"its manifest names {len(lacking)} chunk(s) not stored (or not of the size it gives): "
                          f"{', '.join(lacking[:3])}{more}; persisting the folder again stores them")
+    recorded = chunks.recorded.get(blob_id)
+    if recorded and not deep:
+        return "chunk", (f"a read found its chunk(s) {', '.join(recorded[:3])} damaged; persisting the folder again "
+                         "repairs them, `casstore verify --deep` checks them again")
     return None
 
 

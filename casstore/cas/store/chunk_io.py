@@ -10,6 +10,7 @@ not hash to its id is refused: damage to every blob that uses it ("chunk")."""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,9 +22,12 @@ import zstandard
 from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest
 from casstore.cas.backends.layout import CHUNKS
 from casstore.cas.chunks.manifest import ChunkRef, iter_manifest
+from casstore.cas.damage import clear_damage, damaged_ids, record_damage
 from casstore.cas.digest import digest_bytes, parse_id
 from casstore.cas.live.leases import Lease
-from casstore.errors import BlobNotFound, CorruptBlob
+from casstore.errors import BlobNotFound, CasStoreError, CorruptBlob
+
+log = logging.getLogger(__name__)
 
 
 def chunk_store(blobs: BlobStore) -> BlobStore:
@@ -73,6 +77,8 @@ class ChunkStager:
         self._pending: dict[str, tuple[Ingest, int]] = {}
         self._pool = ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="casstore-stage")
         self._publishing: Future[dict[str, StoredChunk]] | None = None
+        self._suspects: set[str] | None = None  # chunks a read found damaged: re-checked, not reused
+        self._repaired: set[str] = set()
 
     def __enter__(self) -> ChunkStager:
         return self
@@ -86,9 +92,13 @@ class ChunkStager:
     def add(self, batch: list[tuple[str, bytes]]) -> list[StoredChunk]:
         sizes = {chunk_id: len(data) for chunk_id, data in batch}
         found = {chunk_id: self._chunks.find(chunk_id) for chunk_id in sizes if chunk_id not in self._settled}
-        reused = sorted(i for i, copy in found.items() if copy is not None and _plausible(copy, sizes[i]))
-        if reused:
-            self._lease.add_many(reused)
+        if self._suspects is None:
+            self._suspects = damaged_ids(self._chunks)
+        there = sorted(i for i, copy in found.items() if copy is not None and _plausible(copy, sizes[i]))
+        reused = [i for i in there if i not in self._suspects]
+        if there:
+            self._lease.add_many(there)  # a suspect kept after its re-check is an old chunk too
+            self._repaired.update(i for i in there if i in self._suspects)
             for chunk_id in reused:
                 copy = self._chunks.find_leased(chunk_id)
                 if copy is not None:
@@ -151,7 +161,10 @@ class ChunkStager:
     def _settle_published(self, wait: bool) -> None:
         if self._publishing is not None and (wait or self._publishing.done()):
             done, self._publishing = self._publishing, None
-            self._settled.update(done.result())
+            settled = done.result()
+            self._settled.update(settled)
+            for chunk_id in self._repaired & settled.keys():  # checked (and replaced if damaged)
+                _forget_damage(self._chunks, chunk_id)
 
     def _ready(self) -> list[StoredChunk]:
         """The chunks from the start of the order that are settled, taken off the order;
@@ -165,6 +178,13 @@ class ChunkStager:
             if stored.new:
                 self._settled[chunk_id] = StoredChunk(stored.ref, stored.stored_size, False)
         return ready
+
+
+def _forget_damage(chunks: BlobStore, chunk_id: str) -> None:
+    try:
+        clear_damage(chunks, chunk_id)
+    except OSError as exc:  # the next writer re-checks the chunk once more: only costs time
+        log.warning("could not drop the damage record of chunk %s: %s", chunk_id, exc)
 
 
 def _plausible(copy: BlobStat, size: int) -> bool:
@@ -216,12 +236,26 @@ def read_chunk(chunks: BlobStore, ref: ChunkRef, blob_id: str) -> bytes:
         try:
             data = chunk_bytes(f, found, ref.size)
         except CorruptBlob as exc:
+            _note_damage(chunks, found, str(exc))
             raise CorruptBlob(f"blob {blob_id}: {exc}", "chunk") from exc
     found_id = digest_bytes(data, parse_id(ref.chunk_id)[0])
     if found_id != ref.chunk_id:
+        _note_damage(chunks, found, f"its bytes hash to {found_id}")
         raise CorruptBlob(f"blob {blob_id}: its chunk {ref.chunk_id} is corrupt (its bytes hash to {found_id})",
                           "chunk")
     return data
+
+
+def _note_damage(chunks: BlobStore, copy: BlobStat, detail: str) -> None:
+    """Record what a read found in a chunk's bytes, for the next writer that holds them
+    (ChunkStager re-checks a recorded chunk instead of reusing it). A manifest's size for the
+    chunk is the manifest's word, but the chunk's digest is its own: the record is a
+    reason to re-read, never to replace a chunk that reads correctly. A datastore that takes
+    no writes only loses the hint."""
+    try:
+        record_damage(chunks, copy, "digest", detail)
+    except (OSError, CasStoreError) as error:
+        log.warning("could not record the damage of chunk %s: %s", copy.blob_id, error)
 
 
 READ_AHEAD = 4
@@ -307,11 +341,15 @@ class ChunkedReader:
 def manifest_damage(f: BinaryIO, copy: BlobStat, size: int | None, chunks: BlobStore) -> str | None:
     """What is wrong with the manifest open in `f` (copy `copy` of a blob of `size` bytes)
     without reading its chunks: it must parse, add up to the blob, and every chunk it names
-    must be stored. None if nothing is."""
+    must be stored, with no damage recorded for it (a writer that holds the bytes then
+    re-checks it). None if nothing is."""
+    suspects = damaged_ids(chunks)
     try:
         for ref in iter_manifest(f, copy.blob_id, size):
             if chunks.find(ref.chunk_id) is None:
                 return f"its chunk {ref.chunk_id} is missing"
+            if ref.chunk_id in suspects:
+                return f"a read found its chunk {ref.chunk_id} damaged"
     except CorruptBlob as exc:
         return str(exc)
     return None
