@@ -90,6 +90,9 @@ class BlobStore(ABC):
 
     url: str
     ns: Namespace = BLOBS
+    read_ahead = 1
+    """How many chunks a chunked read fetches ahead of the one being read: where each is a
+    request with its latency (an object store), several overlap it."""
 
     def view(self, ns: Namespace) -> BlobStore:
         """This datastore, working on the objects of `ns` (the chunks, say): the same

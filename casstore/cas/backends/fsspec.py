@@ -31,6 +31,8 @@ READ_BLOCK = 8 * MiB            # read-ahead of a blob being read
 class FsspecBlobStore(BlobStore):
     """A datastore below an fsspec URL."""
 
+    read_ahead = 4  # a GET per chunk: four at a time overlap their latency
+
     extra: str | None = None
     """The casstore extra that installs this backend's filesystem, named when it is missing."""
 

@@ -258,14 +258,10 @@ def _note_damage(chunks: BlobStore, copy: BlobStat, detail: str) -> None:
         log.warning("could not record the damage of chunk %s: %s", copy.blob_id, error)
 
 
-READ_AHEAD = 4
-"""Chunks read ahead of the one being consumed, by as many threads: on an object store each
-chunk is a request, whose latency they overlap."""
-
-
 class ChunkedReader:
     """The canonical TAR of a chunked blob, from its manifest (open in `manifest`) and its
-    chunks, each checked against its id as it is read (READ_AHEAD of them at a time). The
+    chunks, each checked against its id as it is read (the store's `read_ahead` of them ahead
+    of the one being read, by as many threads: on an object store each is a request). The
     whole blob's digest is the caller's to check (VerifyingReader), as for any copy. Use as
     a context manager (or `close`): it stops the reads ahead."""
 
@@ -293,13 +289,13 @@ class ChunkedReader:
             self._pool = None
 
     def _top_up(self) -> None:
-        while self._refs is not None and len(self._ahead) < READ_AHEAD:
+        while self._refs is not None and len(self._ahead) < self._chunks.read_ahead:
             ref = next(self._refs, None)
             if ref is None:
                 self._refs = None
                 return
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="casstore-read")
+                self._pool = ThreadPoolExecutor(self._chunks.read_ahead, thread_name_prefix="casstore-read")
             self._ahead.append(self._pool.submit(read_chunk, self._chunks, ref, self._blob_id))
 
     def _fill(self) -> bool:
