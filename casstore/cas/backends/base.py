@@ -74,6 +74,10 @@ class Ingest(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
+    def start_writeback(self) -> None:
+        """Start writing what was written to disk, without waiting (a hint, where a
+        backend has one): the durable point that follows then waits less."""
+
     def make_durable(self) -> None:
         """Make what was written durable ahead of `commit` (commit_many does it for a batch
         at once); commit still does whatever it needs."""

@@ -327,8 +327,7 @@ class LocalBlobStore(BlobStore):
         link is (P4: a chunk is durable before a manifest names it)."""
         ingests = [ingest for ingest, *_ in batch]
         for ingest in ingests:
-            if isinstance(ingest, LocalIngest):
-                ingest.start_writeback()
+            ingest.start_writeback()
         with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="casstore-fsync") as pool:
             list(pool.map(lambda ingest: ingest.make_durable(), ingests))
             folders: set[str] = set()

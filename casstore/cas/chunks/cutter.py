@@ -29,7 +29,7 @@ class TarCutter:
         self._policy = policy
         self._emit = emit
         self._cdc = FastCDC(policy.cdc_avg, min_size=policy.cdc_min, max_size=policy.cdc_max)
-        self._cut_at = 4 * policy.cdc_max
+        self._cut_at = 2 * policy.cdc_max
         self._pending = bytearray()  # bytes to cut by content
         self._head = bytearray()  # a header block being gathered
         self._skip = 0  # bytes of member data (and padding) before the next header

@@ -52,7 +52,7 @@ MAX_PENDING = 256
 the first, each finds its data written), then linked, then each folder fsynced once."""
 
 
-STAGE_THREADS = 4
+STAGE_THREADS = 2
 
 
 class ChunkStager:
@@ -133,6 +133,7 @@ class ChunkStager:
                     compressor = self._local.zstd = zstandard.ZstdCompressor(level=self._level)
                 data = compressor.compress(data)
             ingest.write(data)
+            ingest.start_writeback()  # the disk writes overlap the staging of the next chunks
         except BaseException:
             ingest.abort()
             raise

@@ -27,7 +27,7 @@ from casstore.cas.digest import digest_bytes
 from casstore.cas.live.leases import Lease
 from casstore.cas.store.chunk_io import ChunkStager, StoredChunk, chunk_store
 
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 8 << 20
 IN_FLIGHT = 2
 
 
