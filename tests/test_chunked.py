@@ -166,16 +166,22 @@ def test_a_missing_chunk_fails_the_read_and_leaves_the_target_as_it_was(tmp_path
     assert not (tmp_path / "out" / "data").exists()
 
 
-def test_a_chunk_whose_bytes_changed_fails_the_read(tmp_path):
-    src = folder(tmp_path / "src")
-    cs = store(tmp_path / "ds")
-    facts = put(cs, src)
+def _flip_a_byte_of_a_chunk(cs: ContentStore, facts, root):
+    """Damage the third chunk of a blob in place, keeping its size; its ref."""
     ref = _manifest_refs(cs, facts)[2]
-    path = tmp_path / "ds" / CHUNKS.blob_key(ref.chunk_id, ref.codec)
+    path = root / CHUNKS.blob_key(ref.chunk_id, ref.codec)
     data = bytearray(path.read_bytes())
     data[10] ^= 1
     path.chmod(0o644)
     path.write_bytes(bytes(data))
+    return ref
+
+
+def test_a_chunk_whose_bytes_changed_fails_the_read(tmp_path):
+    src = folder(tmp_path / "src")
+    cs = store(tmp_path / "ds")
+    facts = put(cs, src)
+    ref = _flip_a_byte_of_a_chunk(cs, facts, tmp_path / "ds")
     with pytest.raises(CorruptBlob, match=f"chunk {ref.chunk_id} is corrupt"):
         cat(cs, facts)
 
@@ -211,12 +217,7 @@ def test_persisting_the_folder_again_repairs_a_chunk_a_read_found_damaged(tmp_pa
     src = folder(tmp_path / "src")
     cs = store(tmp_path / "ds")
     facts = put(cs, src)
-    ref = _manifest_refs(cs, facts)[2]
-    path = tmp_path / "ds" / CHUNKS.blob_key(ref.chunk_id, ref.codec)
-    data = bytearray(path.read_bytes())
-    data[10] ^= 1
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
+    _flip_a_byte_of_a_chunk(cs, facts, tmp_path / "ds")
     with pytest.raises(CorruptBlob, match="is corrupt"):
         cat(cs, facts)
     put(cs, src)
