@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 from dedup_report import render
 from dedup_tools import Casstore, CasstoreWhole, Tool, cas_worker, ensure_borg, ensure_dvc, ensure_restic
-from run import _filesystem, _tree_bytes, _write_small
+from run import _filesystem, _tree_bytes, _write_small, reusable_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20
@@ -198,18 +198,8 @@ class Bench:
     def ensure_data(self) -> None:
         marker = os.path.join(self.data, "COMPLETE.json")
         spec = dict(self.size, version=1)
-        try:
-            with open(marker) as f:
-                if json.load(f) == spec:
-                    self.log(f"reusing data in {self.data}")
-                    return
-        except (OSError, ValueError):
-            pass
-        if os.path.exists(self.data):
-            stale = f"{self.data}.stale-{self.stamp}"
-            os.rename(self.data, stale)
-            self.log(f"moved an older data set aside to {stale}: delete it when convenient")
-        self.log(f"generating data in {self.data} ...")
+        if reusable_data(self.data, spec, self.stamp, self.log):
+            return
         os.makedirs(os.path.join(self.data, "big"))
         for i in range(self.size["big_files"]):
             _write_random(os.path.join(self.data, "big", f"part-{i:02d}.bin"), self.size["big_mib"] * MIB)

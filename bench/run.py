@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -210,19 +211,8 @@ class Bench:
     def ensure_data(self) -> None:
         marker = os.path.join(self.data, "COMPLETE.json")
         spec = dict(self.size, version=2)
-        try:
-            with open(marker) as f:
-                if json.load(f) == spec:
-                    self.log(f"reusing data in {self.data}")
-                    return
-        except (OSError, ValueError):
-            pass
-        if os.path.exists(self.data):
-            # An older or interrupted data set: move it aside (never re-create a tree in place).
-            stale = f"{self.data}.stale-{self.stamp}"
-            os.rename(self.data, stale)
-            self.log(f"moved an older data set aside to {stale}: delete it when convenient")
-        self.log(f"generating data in {self.data} ...")
+        if reusable_data(self.data, spec, self.stamp, self.log):
+            return
         t0 = time.perf_counter()
         os.makedirs(self.data)
         rng = random.Random(5)
@@ -483,6 +473,25 @@ class Bench:
 
 
 # --------------------------------------------------------------------------- data
+
+def reusable_data(data: str, spec: dict, stamp: str, log: Callable[[str], None]) -> bool:
+    """Whether the data set in `data` was generated complete for `spec` (its COMPLETE.json);
+    if not, an older or interrupted one is moved aside (a tree is never re-created in place)
+    and the caller generates it."""
+    try:
+        with open(os.path.join(data, "COMPLETE.json")) as f:
+            if json.load(f) == spec:
+                log(f"reusing data in {data}")
+                return True
+    except (OSError, ValueError):
+        pass
+    if os.path.exists(data):
+        stale = f"{data}.stale-{stamp}"
+        os.rename(data, stale)
+        log(f"moved an older data set aside to {stale}: delete it when convenient")
+    log(f"generating data in {data} ...")
+    return False
+
 
 def _write_csv(folder: str, nbytes: int, rng: random.Random) -> None:
     """A compressible CSV of about `nbytes`: ids, dates, categories, floats, short text."""

@@ -32,6 +32,7 @@ from casstore.cas.backends.layout import MANIFESTS, WHOLES
 from casstore.cas.chunks.manifest import iter_manifest
 from casstore.cas.index.facts import BlobFacts
 from casstore.cas.index.queries import Index
+from casstore.cas.store.codecs import ZSTD_MAX_FRAME_HEADER
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import rehash_damage
 from casstore.cas.store.ingest import Progress, TarIngest
@@ -121,7 +122,7 @@ def _size_of(store: ContentStore, blob: BlobStat) -> int:
     f, copy = store.blobs.open_copy(blob.blob_id, blob.codec)
     with f:
         if copy.codec == "zstd":
-            size = zstandard.get_frame_parameters(f.read(18)).content_size
+            size = zstandard.get_frame_parameters(f.read(ZSTD_MAX_FRAME_HEADER)).content_size
             if size == zstandard.CONTENTSIZE_UNKNOWN:
                 raise CorruptBlob(f"blob {blob.blob_id}: its zstd frame does not record its size")
             return int(size)

@@ -84,15 +84,15 @@ class ContentStore:
         `recorded` gives the facts the caller's index holds for a blob id, if any: a copy
         found under the id that disagrees with them is re-hashed before it is trusted."""
         check_codec(codec, level)
-        self._ready_for_writes()
+        datastore_format = self._ready_for_writes()  # a datastore that cannot be used is refused before the scan
         entries = scan(src_dir, arc_dir, include, exclude)
         key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
         cached = self._cached(key, lease, recorded)
         if cached is not None:
             return cached
         started_ns = time.time_ns()
-        facts = self.put_tar_stream(functools.partial(write_tar, entries), lease=lease, codec=codec, level=level,
-                                    progress=progress, recorded=recorded, source="the folder")
+        ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, "the folder")
+        facts = self._ingest(ingest, functools.partial(write_tar, entries), datastore_format, codec, level, progress)
         if self.statcache:
             self.statcache.put(key, facts.blob_id, facts.size, entries, started_ns)
         return facts
@@ -108,9 +108,13 @@ class ContentStore:
         SourceChanged ("<source> changed while it was archived"). A copy already under the id
         is checked before it is trusted, and re-hashed if `recorded` disagrees with it."""
         check_codec(codec, level)
-        chunked = self._ready_for_writes() == "chunked"
         ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, source)
-        if chunked:
+        return self._ingest(ingest, write, self._ready_for_writes(), codec, level, progress, hash_first)
+
+    def _ingest(self, ingest: TarIngest, write: TarWriter, datastore_format: str, codec: str, level: int,
+                progress: Progress | None, hash_first: bool = False) -> BlobFacts:
+        """The write the datastore's format and the codec call for."""
+        if datastore_format == "chunked":
             return ingest.chunked(write, codec, level, self.policy, progress)
         if codec == "zstd":
             return ingest.zstd(write, level, progress)
