@@ -19,9 +19,9 @@ from casstore.cas.digest import checked_id
 from casstore.cas.gc import DEFAULT_GRACE_S, GcReport, collect
 from casstore.cas.index.engine import safe_url
 from casstore.cas.index.facts import BlobFacts, facts_of
-from casstore.cas.index.queries import DATASTORE_KEY, ExperimentRecord, Index, Ref
+from casstore.cas.index.queries import ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
-from casstore.cas.live.registry import register
+from casstore.cas.live.moves import record_datastore, settle_registration
 from casstore.cas.live.roots import FieldRoot
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.verify import VerifyReport, verify
@@ -53,6 +53,7 @@ class Session:
         `read_only` opens the database without ever writing it (loads only)."""
         self.index = Index.open(url or options().get("database.url"), read_only=read_only)
         self._datastore = datastore
+        self._settled: set[str] = set()  # datastores this session registered in
 
     def __repr__(self) -> str:
         return f"Session(db={self.index.engine.url.render_as_string(hide_password=True)!r})"
@@ -61,21 +62,47 @@ class Session:
 
     def content_store(self, for_write: bool = False) -> ContentStore:
         """The project's content store: the datastore the database records, else the
-        option's, recorded (with this database registered in it) at the first write."""
+        option's, recorded (with this database registered in it) at the first write. A
+        write also brings the records up to date (a moved project's absolute one follows it:
+        cas/live/moves.py); any use of a writable session registers the project where it is."""
         url, source = stores.project_datastore(self.index, self._datastore)
         if source == "recorded":
-            self._check_option_agrees(url)
+            self._check_recorded(url)
         store = stores.content_store(url)
-        if source == "option" and for_write:
-            store.blobs.ensure_format()
-            self.index.set_fact(DATASTORE_KEY, store.blobs.url)
+        if for_write and source != "given":
+            if source == "option":
+                store.blobs.ensure_format()
+            record_datastore(self.index, store.blobs.url)
+        if source == "recorded" and not for_write and not self.index.read_only:
+            self._settle(store, strict=False)
         return store
 
-    def _check_option_agrees(self, recorded: str) -> None:
+    def _settle(self, store: ContentStore, strict: bool = True) -> None:
+        """Register this project in the datastore where it is now, once per session
+        (moves.settle_registration); a load that cannot write the datastore goes on."""
+        if store.blobs.url in self._settled:
+            return
+        try:
+            settle_registration(store.blobs, self.index)
+        except (CasStoreError, OSError) as exc:
+            if strict:
+                raise
+            log.info("could not register this database in datastore %s: %s", store.blobs.url, exc)
+            return
+        self._settled.add(store.blobs.url)
+
+    def _check_recorded(self, recorded: str) -> None:
+        """The recorded datastore must be there, and option datastore.url, if set, must
+        name it: writing elsewhere would split the project."""
+        relocate = f"casstore relocate --db {safe_url(self.index.url)} --datastore PATH"
+        if "://" not in recorded and not os.path.isdir(os.path.join(recorded, "casstore")):
+            raise DatastoreError(f"this database uses datastore {recorded}, which is not there: if the project's "
+                                 f"datastore moved, run `{relocate}` with its new place")
         option = options().get("datastore.url")
         if option != DEFAULT_VALUES["datastore"]["url"] and stores.datastore_url() != recorded:
             raise DatastoreError(f"this database uses datastore {recorded}, but option datastore.url "
-                                 f"names {stores.datastore_url()}")
+                                 f"names {stores.datastore_url()}: if the project's datastore moved there, run "
+                                 f"`{relocate.replace('PATH', stores.datastore_url())}`")
 
     # experiments
 
@@ -167,7 +194,7 @@ class Session:
         with store.lease() as lease:
             facts = [self._store_archive(store, archive, lease) for _, archive in archives]
             if archives:
-                register(store.blobs, self.index.engine.url, self.index.project_id())
+                self._settle(store)
             refs = [Ref(path, f.blob_id, a.params.arc_dir) for (path, a), f in zip(archives, facts)]
             record = ExperimentRecord(experiment.id_experiment, experiment.name,
                                       datapak.dumps(experiment.fields, path="fields", fallback=frames.encode),

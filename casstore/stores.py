@@ -13,6 +13,7 @@ from casstore.cas.backends.base import BlobStore
 from casstore.cas.backends.factory import open_blobstore, open_existing_blobstore
 from casstore.cas.backends.urls import file_url_to_path
 from casstore.cas.index.queries import DATASTORE_KEY, Index
+from casstore.cas.live.moves import recorded_datastore
 from casstore.cas.store.codecs import check_codec
 from casstore.cas.chunks.policy import ChunkPolicy, policy_from
 from casstore.cas.store.content_store import ContentStore
@@ -43,10 +44,11 @@ def project_datastore(index: Index, given: str | None = None) -> tuple[str, Data
     """The datastore of the project whose database `index` opens, and where it came from:
     `given` (the caller's override: --datastore, `Session(datastore=...)`; an empty one names
     the options'), else the one the database records, else option datastore.url (which the
-    first persist with archives records)."""
+    first persist with archives records). A database in a folder that holds its datastore
+    records it relative to itself too, and that record is read first (cas/live/moves.py)."""
     if given is not None:
         return given or datastore_url(), "given"
-    recorded = index.get_fact(DATASTORE_KEY)
+    recorded = recorded_datastore(index)
     if recorded == "":  # casstore never records one: damage, and guessing could split the project
         raise DatastoreError(f"this database records an empty datastore ({DATASTORE_KEY!r} in casstore_meta): "
                              "name the datastore explicitly (--datastore, Session(datastore=...))")

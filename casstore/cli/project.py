@@ -11,6 +11,7 @@ an empty project, and a database file the CLI refuses is left byte for byte as i
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,6 +26,8 @@ from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaO
 if TYPE_CHECKING:
     from casstore.cas.index.queries import Index
     from casstore.cas.store.content_store import ContentStore
+
+log = logging.getLogger(__name__)
 
 # How the messages name where the datastore came from (casstore.stores.project_datastore).
 DATASTORE_SOURCES = {"given": "--datastore", "recorded": "recorded by the database",
@@ -109,21 +112,19 @@ class Project:
             self._store = self._open_store()
         return self._store
 
-    def datastore_url(self) -> tuple[str, str]:
-        """(url, where it came from)."""
-        from casstore import stores
-
-        url, source = stores.project_datastore(self.index, self.datastore_arg or None)
-        return url, DATASTORE_SOURCES[source]
-
     def _open_store(self) -> ContentStore:
         from casstore import stores
 
-        url, source = self.datastore_url()
+        url, source = stores.project_datastore(self.index, self.datastore_arg or None)
         try:
-            return stores.existing_content_store(url, named_by=source)
+            store = stores.existing_content_store(url, named_by=DATASTORE_SOURCES[source])
         except DatastoreError as exc:
-            raise Unusable(str(exc)) from exc
+            hint = (f": if the project's datastore moved, run `casstore relocate --db {safe_url(self.db)} "
+                    "--datastore PATH` with its new place") if source == "recorded" else ""
+            raise Unusable(f"{exc}{hint}") from exc
+        if source == "recorded":
+            _settle(store, self.index)
+        return store
 
     def close(self) -> None:
         if self._index is not None:
@@ -132,6 +133,18 @@ class Project:
 
     def emit(self, document: Any) -> None:
         emit_json(document)
+
+
+def _settle(store: ContentStore, index: Index) -> None:
+    """Register the project where it is now (a moved project protects its blobs again as
+    soon as any command opens it: cas/live/moves.py); a datastore this process cannot write
+    only costs that."""
+    from casstore.cas.live.moves import settle_registration
+
+    try:
+        settle_registration(store.blobs, index)
+    except (CasStoreError, OSError) as exc:
+        log.info("could not register the database in datastore %s: %s", store.blobs.url, exc)
 
 
 def project_command(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -56,6 +56,36 @@ def registry(project: Project, forget: str | None, trust: str | None, revoke: st
     _print_registry(project, entries, broken, mine, forgotten)
 
 
+@main.command()
+@project_command
+def relocate(project: Project) -> None:
+    """Re-point a moved project at its datastore and register it there.
+
+    A project whose database and datastore moved together, in one folder, needs no command:
+    the database records the datastore relative to itself. Run this on the database that
+    moved when its datastore is elsewhere now (give it with --datastore), or when gc refuses
+    because a registry entry names the database where it was before it moved to another
+    disk, machine or backup: the database records the datastore, registers itself there,
+    and the entries of this project whose database file is gone are dropped. The datastore
+    must hold every blob the project references, else nothing changes.
+
+    \b
+    Example:
+      casstore relocate --db sqlite:////new/place/runs.db --datastore /new/place/datastore
+    """
+    from casstore.cas.live.moves import relocate as relocate_project
+
+    index = project.writable_index()
+    settled = relocate_project(index, project.store.blobs)
+    url = project.store.blobs.url
+    if project.as_json:
+        project.emit({"datastore": url, "registered": settled.registered, "dropped": list(settled.dropped)})
+        return
+    click.echo(f"this database uses datastore {url}, registered there as {settled.registered}")
+    for key in settled.dropped:
+        click.echo(f"dropped registry entry {key}, which named this database where it was before")
+
+
 def _print_registry(project: Project, entries: list[Entry], broken: list[BrokenEntry], mine: str | None,
                     forgotten: list[str]) -> None:
     from casstore.cas.live.trust import entry_statuses

@@ -7,7 +7,8 @@ their process, and nothing could ever open them again).
 
 An entry is `casstore/registry/<sha256(url)[:32]>.json`, holding
 `{"format": "casstore-registry-2", "project": <uuid>, "url": ..., "registered": <unix time>}`
-(docs/datastore.md). casstore 0.1.0 wrote `{"url": ..., "registered": ...}`: such an entry is
+and, for an SQLite file, `"file": [st_dev, st_ino]`, which tells the same file renamed
+(moves.py) from another one (docs/datastore.md). casstore 0.1.0 wrote `{"url": ..., "registered": ...}`: such an entry is
 read, and protects its database, as one without a project id. The key stays the hash of the
 URL: copies of one database file share a project id, and keyed by URL they never overwrite
 each other's entry; the project id tells a database that moved from one that was replaced.
@@ -49,6 +50,7 @@ class Entry:
     url: str
     project: str | None
     registered: float
+    file: tuple[int, int] | None = None  # (st_dev, st_ino) of an SQLite file when it registered
 
     @property
     def file_exists(self) -> bool | None:
@@ -98,8 +100,13 @@ def register(blobs: BlobStore, url: str | URL, project: str) -> str | None:
         return None
     key = entry_key(reg)
     current = _read_entry(blobs, key)
-    if not (isinstance(current, Entry) and current.url == reg and current.project == project):
-        body = {"format": REGISTRY_FORMAT, "project": project, "url": reg, "registered": time.time()}
+    if not (isinstance(current, Entry) and current.url == reg and current.project == project
+            and current.file == file_identity(reg)):
+        body: dict[str, object] = {"format": REGISTRY_FORMAT, "project": project, "url": reg,
+                                   "registered": time.time()}
+        identity = file_identity(reg)
+        if identity is not None:
+            body["file"] = list(identity)
         blobs.put_object(_object_key(key), json.dumps(body).encode())
     return reg
 
@@ -199,7 +206,24 @@ def parse_entry(key: str, data: bytes) -> Entry | BrokenEntry:
     registered_at = body.get("registered")
     if isinstance(registered_at, bool) or not isinstance(registered_at, (int, float)):
         return BrokenEntry(key, "its registration time is not a number")
-    return Entry(key, body["url"], project, float(registered_at))  # project None: written by casstore 0.1.0
+    file = body.get("file")
+    if file is not None and not (isinstance(file, list) and len(file) == 2
+                                 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in file)):
+        return BrokenEntry(key, "its file is not a pair of numbers")
+    return Entry(key, body["url"], project, float(registered_at),  # project None: written by casstore 0.1.0
+                 None if file is None else (file[0], file[1]))
+
+
+def file_identity(url: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the SQLite file `url` names, if it is one and is there."""
+    found = sqlite_file(url)
+    if found is None or found.memory:
+        return None
+    try:
+        st = os.stat(found.path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def url_problem(url: object) -> str | None:

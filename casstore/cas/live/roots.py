@@ -1,6 +1,11 @@
 """What keeps a blob alive: references in every database registered with the datastore (the
 reference rows and the archive values of the fields), named references (ArchiveStoreIO) in
-the datastore (their format: refs.py), and leases of writes in progress."""
+the datastore (their format: refs.py), and leases of writes in progress.
+
+An entry whose SQLite file is gone but whose file is the one another entry (or this
+database) names now, renamed or moved within its file system (cas/live/moves.py), is the
+entry that move left behind: skipped, since that file's references are read. Any other entry
+that cannot be read stops gc."""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from casstore.cas.index.engine import make_engine, sqlite_file
 from casstore.cas.index.queries import PROJECT_KEY, Index
 from casstore.cas.live.leases import leased_blob_ids
 from casstore.cas.live.refs import named_refs
-from casstore.cas.live.registry import Entry, entries, registry_url
+from casstore.cas.live.moves import renamed_from
+from casstore.cas.live.registry import Entry, entries, file_identity, registry_url
 from casstore.cas.live.trust import trusted_urls
 from casstore.errors import FieldsUnreadable, UnresolvedRegistryEntry
 
@@ -65,11 +71,19 @@ def registered_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots)
     reached or trusted: deleting on a partial view is how other stores lost data."""
     ids = referenced_blob_ids(index, field_roots)
     mine = registry_url(index.engine.url)
+    files = [] if mine is None else [file_identity(mine)]  # the files whose references are counted
+    left: list[Entry] = []  # entries whose SQLite file is not there
     for entry in entries(blobs):
         if entry.url == mine:
             _check_project(entry, index.get_fact(PROJECT_KEY))
+        elif entry.file_exists is False:
+            left.append(entry)
         else:
             ids |= _read_other(entry, index.engine.url, field_roots)
+            files.append(file_identity(entry.url))
+    for entry in left:
+        if not any(renamed_from(entry, f) for f in files):
+            _check_sqlite_file(entry, _sqlite_path(entry))
     return ids
 
 
@@ -100,13 +114,23 @@ def _read_other(entry: Entry, own: URL, field_roots: FieldRoots) -> set[str]:
     return ids
 
 
+def _sqlite_path(entry: Entry) -> str:
+    found = sqlite_file(entry.url)
+    assert found is not None  # file_exists is None for a server
+    return found.path
+
+
 def _check_sqlite_file(entry: Entry, path: str) -> None:
     forget = f"casstore registry --forget {entry.key}"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise UnresolvedRegistryEntry(entry.key, f"registered database {entry.url} (registry entry {entry.key}) "
-                                      f"does not exist; if it is gone for good, run `{forget}`") from None
+        project = f", project {entry.project}" if entry.project else ""
+        raise UnresolvedRegistryEntry(
+            entry.key, f"registered database {entry.url} (registry entry {entry.key}{project}) does not exist, and "
+            "gc deletes nothing that project may reference: if that database moved, run `casstore relocate --db "
+            "URL` with its URL where it is now (renamed within one file system, any casstore command on it is "
+            f"enough); if it is gone for good, run `{forget}`") from None
     except OSError as exc:
         raise UnresolvedRegistryEntry(entry.key, f"cannot read registered database {entry.url} (registry entry "
                                       f"{entry.key}): {exc.strerror}; if it is gone for good, run `{forget}`") from exc

@@ -25,10 +25,10 @@ from casstore.cas.chunks.policy import policy_from
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.engine import write_transaction
 from casstore.cas.index.facts import BlobFacts
-from casstore.cas.index.queries import DATASTORE_KEY, Index, Ref
+from casstore.cas.index.queries import Index, Ref
 from casstore.cas.live.leases import Lease
 from casstore.cas.live.refs import RefFacts, named_ref_data
-from casstore.cas.live.registry import register
+from casstore.cas.live.moves import record_datastore, recorded_datastore, settle_registration
 from casstore.cas.store.codecs import CODECS
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.tar.write import Sink
@@ -107,14 +107,13 @@ class _Run:
             return
         self.index = Index.open(self.plan.db_url)
         blobs = self.store.blobs
-        recorded = self.index.get_fact(DATASTORE_KEY)
+        recorded = recorded_datastore(self.index)
         if recorded is not None and os.path.abspath(recorded) != blobs.url:
             raise DatastoreError(f"the database already uses datastore {recorded}, not {blobs.url}: migrate "
                                  "with --datastore pointing at the folder MLtraq wrote, as that one")
         blobs.ensure_format()
-        if recorded is None:
-            self.index.set_fact(DATASTORE_KEY, blobs.url)
-        register(blobs, self.index.engine.url, self.index.project_id())
+        record_datastore(self.index, blobs.url)
+        settle_registration(blobs, self.index)
 
     def close(self) -> None:
         if self.index is not None:
