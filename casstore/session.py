@@ -22,6 +22,7 @@ from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import ExperimentRecord, Index, Ref
 from casstore.cas.live.leases import Lease
 from casstore.cas.live.moves import record_datastore, settle_registration
+from casstore.cas.live.registry import register
 from casstore.cas.live.roots import FieldRoot
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.verify import VerifyReport, verify
@@ -78,9 +79,12 @@ class Session:
         return store
 
     def _settle(self, store: ContentStore, strict: bool = True) -> None:
-        """Register this project in the datastore where it is now, once per session
-        (moves.settle_registration); a load that cannot write the datastore goes on."""
+        """Register this project in the datastore where it is now (moves.settle_registration,
+        once per session; then each persist only repairs its own entry); a load that cannot
+        write the datastore goes on."""
         if store.blobs.url in self._settled:
+            if strict:  # each persist repairs its own entry, as it always did
+                register(store.blobs, self.index.engine.url, self.index.project_id())
             return
         try:
             settle_registration(store.blobs, self.index)
