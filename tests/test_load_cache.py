@@ -36,7 +36,7 @@ def target(tmp_path) -> Path:
 @pytest.fixture
 def by_stat_alone(monkeypatch):
     """No member is racy: what a test proves is then proven by stat alone."""
-    monkeypatch.setattr(extract_cache, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(extract_cache.ExtractCache, "_racy_from", lambda self: 1 << 62)
 
 
 def stats(root) -> dict:
@@ -56,7 +56,7 @@ def drop_blob(ds, blob_id: str) -> None:
 
 def records(cache_path: str) -> int:
     with sqlite3.connect(cache_path) as conn:
-        return conn.execute("SELECT count(*) FROM extractions").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM extraction_records").fetchone()[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,12 +189,12 @@ def same_tick_record(cache_path: str, path: Path, name: bytes) -> None:
     landing in the timestamp tick of the load's own write leaves behind."""
     st = os.lstat(path)
     with sqlite3.connect(cache_path) as conn:
-        names, facts = conn.execute("SELECT names, facts FROM extractions").fetchone()
+        names, facts = conn.execute("SELECT names, facts FROM extraction_records").fetchone()
         rows = list(extract_cache._FACT.iter_unpack(facts))
         i = names.split(b"\0").index(name)
         rows[i] = (rows[i][0], st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
                    rows[i][7])
-        conn.execute("UPDATE extractions SET facts = ?", (b"".join(struct.pack("<cIQqqQQ16s", *r) for r in rows),))
+        conn.execute("UPDATE extraction_records SET facts = ?", (b"".join(struct.pack("<cIQqqQQ16s", *r) for r in rows),))
 
 
 def test_a_change_in_the_same_tick_as_the_load_is_caught_by_content(cs, stored, target, cache_path):
@@ -208,7 +208,7 @@ def test_a_change_in_the_same_tick_as_the_load_is_caught_by_content(cs, stored, 
 
 
 def test_racy_members_are_checked_by_content_once_then_by_stat(cs, stored, target, monkeypatch):
-    monkeypatch.setattr(extract_cache, "RACY_WINDOW_NS", 50_000_000)
+    monkeypatch.setattr(extract_cache, "RACY_TICK_NS", 50_000_000)
     hashed: list[bytes] = []
     real = extract_cache._file_digest
     monkeypatch.setattr(extract_cache, "_file_digest", lambda path, fact: hashed.append(path) or real(path, fact))
@@ -282,3 +282,49 @@ def test_option_statcache_disable_makes_every_reload_extract(workdir):
         path.unlink()
     with pytest.raises(LoadError):
         loaded.reload()
+
+
+def _hashed(monkeypatch) -> list[bytes]:
+    hashed: list[bytes] = []
+    real = extract_cache._file_digest
+    monkeypatch.setattr(extract_cache, "_file_digest", lambda path, fact: hashed.append(path) or real(path, fact))
+    return hashed
+
+
+def test_members_stamped_a_tick_before_the_probe_are_trusted_at_the_very_next_load(cs, stored, target, monkeypatch):
+    monkeypatch.setattr(extract_cache, "RACY_TICK_NS", 1_000_000)
+    real = extract_cache.ExtractCache.record
+    monkeypatch.setattr(extract_cache.ExtractCache, "record",
+                        lambda self, written: (time.sleep(0.05), real(self, written))[1])
+    hashed = _hashed(monkeypatch)
+    cs.extract(stored.blob_id, str(target), size=stored.size)
+    before = stats(target)
+    cs.extract(stored.blob_id, str(target), size=stored.size)
+    assert hashed == [] and stats(target) == before
+
+
+def test_without_a_probe_members_of_the_last_second_are_racy(cs, stored, target, monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise PermissionError("read-only target")
+
+    monkeypatch.setattr(extract_cache, "file_system_now", no_probe)
+    hashed = _hashed(monkeypatch)
+    cs.extract(stored.blob_id, str(target), size=stored.size)
+    cs.extract(stored.blob_id, str(target), size=stored.size)
+    assert len(hashed) == 3
+
+
+def test_the_probe_leaves_nothing_in_the_target(cs, stored, target):
+    cs.extract(stored.blob_id, str(target), size=stored.size)
+    assert not [p for p in os.listdir(target) if p.startswith(".casstore")]
+
+
+def test_the_stat_cache_keeps_only_the_latest_load_records(cs, stored, tmp_path, cache_path, monkeypatch):
+    from casstore.cas.store import statcache
+
+    monkeypatch.setattr(statcache, "MAX_EXTRACTIONS", 3)
+    for i in range(5):
+        cs.extract(stored.blob_id, str(tmp_path / f"t{i}"), size=stored.size)
+    with sqlite3.connect(cache_path) as conn:
+        kept = sorted(os.path.basename(r[0]) for r in conn.execute("SELECT target FROM extraction_records"))
+    assert kept == ["t2", "t3", "t4"]

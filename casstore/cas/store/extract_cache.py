@@ -12,32 +12,43 @@ target that the blob does not hold play no part (a load never deletes).
 
 Racy timestamps (as git's index): a change made in the same timestamp tick as the write it
 follows leaves size, mtime and ctime as they were, so a member whose mtime or ctime is
-within RACY_WINDOW_NS of when the record was made cannot be trusted by its stat alone. At
-the next load such members are read and hashed and compared with the recorded digest; if
-they all match, the record is made again (now), and members that have aged out of the window
-are from then on checked by stat alone. Every failure of the cache only costs speed."""
+in the last tick before the record was made cannot be trusted by its stat alone. "When the
+record was made" is read from the file system's own clock, not the process's: a probe (an
+empty staging folder made and removed in the target) gives the time the file system stamps
+now, and members stamped within RACY_TICK_NS of it are racy (the probe failing, within
+RACY_WINDOW_NS of the process's clock, as the stat cache's listings are). At the next load
+racy members are read and hashed and compared with the recorded digest; if they all match,
+the record is made again (now), and members that have aged out are from then on checked by
+stat alone. So a second load right after a first one hashes only the files written in its
+last moments. Every failure of the cache only costs speed.
+
+The stat cache keeps at most MAX_EXTRACTIONS records (statcache.py), the latest ones."""
 
 from __future__ import annotations
 
 import os
 import stat
 import struct
+import tempfile
 import time
 from dataclasses import dataclass
 
 from casstore.cas.store.statcache import RACY_WINDOW_NS, StatCache
-from casstore.cas.tar.extract import Written, bytes_digest, new_file_hasher
+from casstore.cas.tar.extract import STAGING_PREFIX, Written, bytes_digest, new_file_hasher
 from casstore.cas.tar.header import CHUNK, DIRECTORY, SYMLINK
 
 _FACT = struct.Struct("<cIQqqQQ16s")  # kind, st_mode, size, mtime_ns, ctime_ns, inode, device, digest
 _NO_DIGEST = bytes(16)
+RACY_TICK_NS = 100_000_000
+"""Members stamped this close before the probe are racy: more than the coarse clock's tick
+that Linux file systems stamp with (one jiffy, 10 ms at most), with room to spare."""
 _PARENT = b"P"  # a folder made on the way to a member, not a member: checked, not listed
 Fact = tuple[bytes, int, int, int, int, int, int, bytes]
 
 
 @dataclass
 class _Record:
-    made_ns: int
+    racy_from_ns: int
     names: list[bytes]
     facts: list[Fact]
 
@@ -57,7 +68,7 @@ class ExtractCache:
         record = self._load()
         if record is None:
             return None
-        horizon = record.made_ns - RACY_WINDOW_NS
+        horizon = record.racy_from_ns
         racy: list[int] = []
         for i, (name, fact) in enumerate(zip(record.names, record.facts)):
             if not self._stat_matches(name, fact):
@@ -67,7 +78,7 @@ class ExtractCache:
         if not all(self._content_matches(record.names[i], record.facts[i]) for i in racy):
             return None
         if racy:
-            self._save(time.time_ns(), record.names, record.facts)
+            self._save(self._racy_from(), record.names, record.facts)
         return [os.fsdecode(name) for name, fact in zip(record.names, record.facts) if fact[0] != _PARENT]
 
     def record(self, written: list[Written]) -> None:
@@ -81,7 +92,18 @@ class ExtractCache:
             names.append(name)
             facts.append((kind, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
                           bytes.fromhex(digest) if digest else _NO_DIGEST))
-        self._save(time.time_ns(), names, facts)
+        self._save(self._racy_from(), names, facts)
+
+    def _racy_from(self) -> int:
+        """The stamp from which a member is racy: RACY_TICK_NS before the file system's
+        clock now (a probe folder's mtime, made after every member was stat'ed), or
+        RACY_WINDOW_NS before the process's clock if no probe can be made."""
+        now = time.time_ns()
+        try:
+            stamped = file_system_now(os.fsdecode(self.root))
+        except OSError:
+            return now - RACY_WINDOW_NS
+        return min(stamped, now) - RACY_TICK_NS
 
     def _stat_matches(self, name: bytes, fact: Fact) -> bool:
         try:
@@ -109,20 +131,31 @@ class ExtractCache:
         row = self.statcache.extraction(self.key, self.blob_id)
         if row is None:
             return None
-        made_ns, names, packed = row
+        racy_from_ns, names, packed = row
         try:
             facts: list[Fact] = list(_FACT.iter_unpack(packed))
         except struct.error:
             return None
         split = names.split(b"\0") if names else []
-        return _Record(made_ns, split, facts) if len(split) == len(facts) else None
+        return _Record(racy_from_ns, split, facts) if len(split) == len(facts) else None
 
-    def _save(self, made_ns: int, names: list[bytes], facts: list[Fact]) -> None:
+    def _save(self, racy_from_ns: int, names: list[bytes], facts: list[Fact]) -> None:
         try:
             packed = b"".join([_FACT.pack(*fact) for fact in facts])
         except struct.error:  # a number the format cannot hold: no record, no skip
             return
-        self.statcache.put_extraction(self.key, self.blob_id, made_ns, b"\0".join(names), packed)
+        self.statcache.put_extraction(self.key, self.blob_id, racy_from_ns, b"\0".join(names), packed)
+
+
+def file_system_now(folder: str) -> int:
+    """The time the file system of `folder` stamps now: the mtime of a probe folder made
+    (and removed) there, named like a staging folder so that one a crash leaves is cleaned
+    up by the next load."""
+    probe = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-probe-", dir=folder)
+    try:
+        return os.lstat(probe).st_mtime_ns
+    finally:
+        os.rmdir(probe)
 
 
 def _facts(st: os.stat_result) -> tuple[int, int, int, int, int, int]:

@@ -9,8 +9,8 @@ otherwise go unseen. The cache lives in the user's cache folder because inodes a
 mean nothing on another machine. Any failure of the cache only costs speed: it is logged and
 the cache turns itself off for the process.
 
-It also keeps, per extraction target and blob, what a load wrote there (the `extractions`
-table, read and written by extract_cache.py): the same facts per file, so that a load into a
+It also keeps, per extraction target and blob, what a load wrote there (the
+`extraction_records` table, read and written by extract_cache.py): the same facts per file, so that a load into a
 target that holds exactly the blob's files already writes nothing."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from casstore.cas.tar.scan import Entry
 log = logging.getLogger(__name__)
 
 RACY_WINDOW_NS = 1_000_000_000
+MAX_EXTRACTIONS = 512
+"""Load records kept (the latest): a record of 20,000 files is about 2 MB."""
 
 
 def default_path() -> str:
@@ -82,8 +84,9 @@ class StatCache:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("CREATE TABLE IF NOT EXISTS listings (key TEXT PRIMARY KEY, blob_id TEXT NOT NULL, size INTEGER NOT NULL)")
-            conn.execute("CREATE TABLE IF NOT EXISTS extractions (target TEXT NOT NULL, blob_id TEXT NOT NULL, "
-                         "made_ns INTEGER NOT NULL, names BLOB NOT NULL, facts BLOB NOT NULL, "
+            conn.execute("DROP TABLE IF EXISTS extractions")  # its records judged racy members otherwise
+            conn.execute("CREATE TABLE IF NOT EXISTS extraction_records (target TEXT NOT NULL, blob_id TEXT NOT NULL, "
+                         "racy_from_ns INTEGER NOT NULL, names BLOB NOT NULL, facts BLOB NOT NULL, "
                          "PRIMARY KEY (target, blob_id))")
             self._local.conn = conn
         return conn
@@ -116,22 +119,27 @@ class StatCache:
 
     def extraction(self, target: str, blob_id: str) -> tuple[int, bytes, bytes] | None:
         """The record of the last full extraction of `blob_id` into `target` (a real path):
-        when it was made, and its names and facts as extract_cache.py encodes them."""
+        the stamp from which its members are racy, and its names and facts as
+        extract_cache.py encodes them."""
         if self._broken:
             return None
         try:
-            row = self._conn().execute("SELECT made_ns, names, facts FROM extractions WHERE target = ? AND blob_id = ?",
-                                       (target, blob_id)).fetchone()
+            row = self._conn().execute("SELECT racy_from_ns, names, facts FROM extraction_records "
+                                       "WHERE target = ? AND blob_id = ?", (target, blob_id)).fetchone()
         except (sqlite3.Error, OSError) as exc:
             self._disable(exc)
             return None
         return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
 
-    def put_extraction(self, target: str, blob_id: str, made_ns: int, names: bytes, facts: bytes) -> None:
+    def put_extraction(self, target: str, blob_id: str, racy_from_ns: int, names: bytes, facts: bytes) -> None:
+        """Record an extraction; beyond MAX_EXTRACTIONS records, the oldest go."""
         if not self._broken:
             try:
-                self._conn().execute("INSERT OR REPLACE INTO extractions (target, blob_id, made_ns, names, facts) "
-                                     "VALUES (?, ?, ?, ?, ?)", (target, blob_id, made_ns, names, facts))
+                conn = self._conn()
+                conn.execute("INSERT OR REPLACE INTO extraction_records (target, blob_id, racy_from_ns, names, facts) "
+                             "VALUES (?, ?, ?, ?, ?)", (target, blob_id, racy_from_ns, names, facts))
+                conn.execute("DELETE FROM extraction_records WHERE rowid NOT IN (SELECT rowid FROM extraction_records "
+                             "ORDER BY racy_from_ns DESC LIMIT ?)", (MAX_EXTRACTIONS,))
             except (sqlite3.Error, OSError) as exc:
                 self._disable(exc)
 
