@@ -71,10 +71,10 @@ def id_or_none(algorithm: str, hexdigest: str) -> str | None:
     return blob_id
 
 
-def digest_bytes(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
+def digest_bytes(data: bytes | bytearray | memoryview, algorithm: str = DEFAULT_ALGORITHM) -> str:
     """The blob id of `data` (in-memory archives)."""
     hasher = new_hasher(algorithm)
-    hasher.update(data)
+    hasher.update(memoryview(data))
     return hasher_id(hasher, algorithm)
 
 

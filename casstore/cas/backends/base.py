@@ -74,6 +74,11 @@ class Ingest(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
+    def write_whole(self, data: bytes | bytearray) -> None:
+        """Write the whole content at once, nothing written before (a chunk): where a
+        backend can do better than `write` with that knowledge, it does."""
+        self.write(memoryview(data))
+
     def start_writeback(self) -> None:
         """Start writing what was written to disk, without waiting (a hint, where a
         backend has one): the durable point that follows then waits less."""

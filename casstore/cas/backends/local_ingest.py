@@ -3,9 +3,12 @@ writes started as it grows, fsynced and hard-linked to its id at commit (local.p
 
 from __future__ import annotations
 
+import errno
 import functools
+import mmap
 import os
 import sys
+import threading
 from typing import BinaryIO, Callable
 
 from casstore.cas.backends.base import BlobStat, DamageCheck, Ingest
@@ -34,6 +37,59 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     func.restype = ctypes.c_int
     return func
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT wants buffer, offset and length aligned to the logical block size
+DIRECT_MIN = 256 << 10
+_direct = threading.local()
+_direct_refused: set[int] = set()  # devices whose file system refused O_DIRECT
+
+
+def direct_write(path: str, fd: int, data: bytes | bytearray) -> bool:
+    """Write `data` into the empty file `path`, its bytes up to the last whole
+    DIRECT_ALIGN with O_DIRECT (the disk reads them from an aligned buffer of this thread,
+    nothing goes through the page cache), the few after through the page cache (on `fd`,
+    the file opened as usual); False,
+    having written nothing, where that cannot be done: under DIRECT_MIN bytes, no O_DIRECT
+    (not Linux), or a file system that refuses it. Makes nothing durable: the fsync at
+    commit does (it also flushes the disk's cache)."""
+    size = len(data)
+    aligned = size - size % DIRECT_ALIGN
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag or aligned < DIRECT_MIN:
+        return False
+    device = os.fstat(fd).st_dev
+    if device in _direct_refused:
+        return False
+    try:
+        direct = os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return False
+    try:
+        buffer = _aligned_buffer(aligned)
+        buffer[:aligned] = memoryview(data)[:aligned]
+        try:
+            done = os.write(direct, memoryview(buffer)[:aligned])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _direct_refused.add(device)
+            return False
+    finally:
+        os.close(direct)
+    while done < size:  # the unaligned tail, and the rest of a short write
+        done += os.pwrite(fd, memoryview(data)[done:], done)
+    return True
+
+
+def _aligned_buffer(size: int) -> mmap.mmap:
+    """This thread's page-aligned buffer, at least `size` bytes (kept for the next chunk)."""
+    buffer: mmap.mmap | None = getattr(_direct, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        if buffer is not None:
+            buffer.close()
+        buffer = _direct.buffer = mmap.mmap(-1, size)
+    return buffer
 
 
 class LocalIngest(Ingest):
@@ -73,6 +129,17 @@ class LocalIngest(Ingest):
             if sync_file_range is not None:
                 sync_file_range(self._file.fileno(), self._kicked, self._written - self._kicked, _SYNC_FILE_RANGE_WRITE)
             self._kicked = self._written
+
+    def write_whole(self, data: bytes | bytearray) -> None:
+        """Write `data`, the whole file, around the page cache where the size allows it
+        (`direct_write`): a chunk is written once and rarely read soon, and copying it
+        into the page cache was most of a chunked persist's time (docs/performance.md).
+        Elsewhere, or if the file system refuses, as `write`."""
+        assert self._file is not None
+        if self._written == 0 and direct_write(self.path, self._file.fileno(), data):
+            self._written = self._kicked = self._file.seek(len(data))  # a later write appends
+            return
+        self.write(memoryview(data))
 
     def start_writeback(self) -> None:
         """Start the disk writes of everything written so far, without waiting (the hint

@@ -18,7 +18,7 @@ from casstore.cas.tar.header import BLOCK, FILE_KINDS
 from casstore.cas.tar.read import number_field
 from casstore.errors import CorruptBlob
 
-Emit = Callable[[bytes], None]
+Emit = Callable[[bytes | bytearray], None]  # a chunk, handed over: the cutter keeps no reference
 _ZERO_BLOCK = bytes(BLOCK)
 
 
@@ -34,7 +34,8 @@ class TarCutter:
         self._head = bytearray()  # a header block being gathered
         self._skip = 0  # bytes of member data (and padding) before the next header
         self._file_left = 0  # bytes left of a large file's data, cut in blocks
-        self._block = bytearray()
+        self._slot: bytearray | None = None  # a block of a large file being gathered
+        self._filled = 0
         self._lost = False  # the stream stopped parsing as a TAR: cut the rest by content
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -52,9 +53,7 @@ class TarCutter:
                 view = self._take_header(view)
 
     def finish(self) -> None:
-        if self._block:
-            self._emit(bytes(self._block))
-            self._block.clear()
+        self._emit_block()
         self._pending += self._head
         self._head.clear()
         self._cut_all()
@@ -86,22 +85,34 @@ class TarCutter:
             self._skip = size + -size % BLOCK
 
     def _take_file(self, view: memoryview) -> memoryview:
+        """A large file's data in blocks: a whole block in the writer's buffer is copied out
+        once; one spread over several writes is gathered into a block of its own (one copy
+        too), which is emitted as it is."""
         block_size = self._policy.block
         take = min(len(view), self._file_left)
         self._file_left -= take
         piece, view = view[:take], view[take:]
-        if not self._block:  # whole blocks straight from the writer's buffer, no copy in between
-            while len(piece) >= block_size:
+        while piece:
+            if not self._filled and len(piece) >= block_size:
                 self._emit(bytes(piece[:block_size]))
                 piece = piece[block_size:]
-        self._block += piece
-        while len(self._block) >= block_size:
-            self._emit(bytes(self._block[:block_size]))
-            del self._block[:block_size]
-        if not self._file_left and self._block:
-            self._emit(bytes(self._block))
-            self._block.clear()
+                continue
+            if self._slot is None:
+                self._slot = bytearray(block_size)
+            n = min(len(piece), block_size - self._filled)
+            self._slot[self._filled:self._filled + n] = piece[:n]
+            self._filled += n
+            piece = piece[n:]
+            if self._filled == block_size:
+                self._emit_block()
+        if not self._file_left:
+            self._emit_block()
         return view
+
+    def _emit_block(self) -> None:
+        if self._slot is not None and self._filled:
+            slot, filled, self._slot, self._filled = self._slot, self._filled, None, 0
+            self._emit(slot if filled == len(slot) else bytes(memoryview(slot)[:filled]))
 
     def _cut_some(self) -> None:
         """Cut what is pending once there is plenty: every chunk but the last, which the

@@ -89,7 +89,7 @@ class ChunkStager:
             ingest.abort()
         self._pending.clear()
 
-    def add(self, batch: list[tuple[str, bytes]]) -> list[StoredChunk]:
+    def add(self, batch: list[tuple[str, bytes | bytearray]]) -> list[StoredChunk]:
         sizes = {chunk_id: len(data) for chunk_id, data in batch}
         found = {chunk_id: self._chunks.find(chunk_id) for chunk_id in sizes if chunk_id not in self._settled}
         if self._suspects is None:
@@ -124,7 +124,7 @@ class ChunkStager:
         self._settle_published(wait=True)
         return self._ready()
 
-    def _stage(self, data: bytes) -> Ingest:
+    def _stage(self, data: bytes | bytearray) -> Ingest:
         ingest = self._chunks.begin_ingest()
         try:
             if self._codec == "zstd":
@@ -132,7 +132,7 @@ class ChunkStager:
                 if compressor is None:
                     compressor = self._local.zstd = zstandard.ZstdCompressor(level=self._level)
                 data = compressor.compress(data)
-            ingest.write(data)
+            ingest.write_whole(data)
             ingest.start_writeback()  # the disk writes overlap the staging of the next chunks
         except BaseException:
             ingest.abort()

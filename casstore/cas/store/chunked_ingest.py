@@ -45,7 +45,7 @@ class ChunkedWrite:
         self._policy = policy
         self.small: bytearray | None = bytearray()  # the stream while it is under whole_below
         self._cutter: TarCutter | None = None
-        self._batch: list[tuple[str, bytes]] = []
+        self._batch: list[tuple[str, bytes | bytearray]] = []
         self._batch_bytes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="casstore-chunks")
         self._in_flight: deque[Future[list[StoredChunk]]] = deque()
@@ -94,7 +94,7 @@ class ChunkedWrite:
         manifest, self._manifest = self._manifest, None
         return manifest
 
-    def _chunk(self, data: bytes) -> None:
+    def _chunk(self, data: bytes | bytearray) -> None:
         self._batch.append((digest_bytes(data, self._algorithm), data))
         self._batch_bytes += len(data)
         if self._batch_bytes >= BATCH_BYTES:
