@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -151,9 +153,11 @@ def gc(project: Project, dry_run: bool, grace: float) -> None:
 
     index = project.index if dry_run else project.writable_index()
     report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run)
+    reclaim_now = project.suggest("gc", "--grace", "0")
     if project.as_json:
         project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
-                      "freed_bytes": report.freed_bytes, "kept": report.kept})
+                      "freed_bytes": report.freed_bytes, "kept": report.kept,
+                      "grace": _grace_json(report, reclaim_now)})
         return
     for why in report.kept:
         warn(f"kept {why}")
@@ -164,6 +168,37 @@ def gc(project: Project, dry_run: bool, grace: float) -> None:
     freed = "would free" if dry_run else "freed"
     click.echo(f"{verb} {len(report.deleted)} item(s), {freed} {report.freed_bytes} bytes "
                f"({human_bytes(report.freed_bytes)})" + (" (dry run)" if dry_run else ""))
+    if report.held:
+        click.echo(_grace_text(report, reclaim_now))
+
+
+def _grace_text(report: Any, reclaim_now: str) -> str:
+    """What the grace period keeps, until when, and the command that deletes it now."""
+    first, last = report.first_reclaimable, report.last_reclaimable
+    since = f" (the first from {_when(first)})" if len(report.held) > 1 and last - first >= 1 else ""
+    return (f"{len(report.held)} item(s) ({human_bytes(report.held_bytes)}) are kept by the grace period "
+            f"({human_age(report.grace_s)}) until {_when(last)}{since}; to reclaim them now: {reclaim_now}")
+
+
+def _when(epoch: float) -> str:
+    """An ISO time (UTC) and how far off it is: '2026-12-02T09:41:00Z (in 58.0m)'."""
+    iso = _iso(epoch)
+    ahead = epoch - time.time()
+    return f"{iso} (in {human_age(ahead)})" if ahead > 0 else f"{iso} (now)"
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _grace_json(report: Any, reclaim_now: str) -> dict[str, Any]:
+    return {"grace_s": report.grace_s, "held_items": len(report.held), "held_bytes": report.held_bytes,
+            "first_reclaimable": _iso(report.first_reclaimable), "last_reclaimable": _iso(report.last_reclaimable),
+            "held": [{**_blob_or_path(h.kind, h.blob, h.path, h.bytes), "reclaimable_at": _iso(h.reclaimable_at)}
+                     for h in report.held],
+            "reclaim_now": reclaim_now if report.held else None}
 
 
 def _without_kind(item: dict[str, Any]) -> dict[str, Any]:

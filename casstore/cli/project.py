@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.engine import Engine, make_url
@@ -75,6 +76,22 @@ def open_index(url: str, read_only: bool = True) -> Index:
         raise Unusable(f"cannot open database {safe_url(url)}: {exc}") from exc
 
 
+def command_line(*words: str) -> str:
+    """`casstore` and `words` as one line a shell runs as it is (each word quoted where a shell
+    would split or expand it): what a message tells the user to run. A database password is
+    shown as *** (the user types it in), never printed."""
+    return " ".join(["casstore", *(shlex.quote(w) for w in words)])
+
+
+def shown_url(url: str) -> str:
+    """A database URL as a suggested command gives it: as the user gave it, but a password."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
 class Project:
     """What a command works on: the database of --db and the datastore it uses, each
     opened on first use."""
@@ -129,6 +146,12 @@ class Project:
         if self._index is not None:
             self._index.dispose()
             self._index = None
+
+    def suggest(self, *words: str) -> str:
+        """A command on this project as the user gave it: `words`, then --db and --datastore
+        (if given), quoted for a shell (`command_line`)."""
+        where = ["--db", shown_url(self.db)] + (["--datastore", self.datastore_arg] if self.datastore_arg else [])
+        return command_line(*words, *where)
 
     def emit(self, document: Any) -> None:
         emit_json(document)
