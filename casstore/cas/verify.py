@@ -17,7 +17,6 @@ quarantine, reference rows of experiments that no longer exist."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,10 +26,9 @@ from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, descr
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing, field_label
 from casstore.cas.chunk_census import ChunkCensus, census
-from casstore.cas.live.leases import leased_blob_ids, leased_since, read_leases
-from casstore.cas.store.chunk_io import chunk_store
-from casstore.cas.live.refs import NamedRef, named_refs
-from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
+from casstore.cas.live.refs import named_refs
+from casstore.cas.live.roots import FieldRoot, FieldRoots
+from casstore.cas.reclaim import Reclaimable, reclaimable, stored_copies
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
@@ -44,15 +42,6 @@ class Problem:
     experiment: str | None
     field: str | None
     detail: str
-
-
-@dataclass(frozen=True)
-class Reclaimable:
-    kind: str
-    blob: str | None
-    path: str | None
-    bytes: int
-    age_s: float
 
 
 @dataclass
@@ -69,12 +58,11 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     store.check_readable()
     report = VerifyReport()
     strangers: list[ObjectStat] = []
-    copies = _stored_copies(store, strangers)
+    copies = stored_copies(store, strangers)
     damaged: dict[str, str] = {}
     facts = {f.blob_id: f for f in index.iter_blob_facts(damaged)}
     orphaned = index.orphaned_refs()
-    gone = {(r.id_experiment, r.id_run, r.field) for r in orphaned}
-    rows = [r for r in index.iter_refs() if (r.id_experiment, r.id_run, r.field) not in gone]
+    rows = list(index.iter_refs())  # the orphaned rows are not among them
     try:
         roots: list[FieldRoot] | None = list(field_roots(index))
     except FieldsUnreadable as exc:
@@ -160,19 +148,6 @@ def _disagreements(rows: list[RefListing], roots: list[FieldRoot]) -> list[Probl
             detail = f"the fields name blob {', '.join(in_fields)}; the reference row names {in_row}"
         problems.append(Problem("refs", blob, key[0], field_label(key[2], key[1]), detail))
     return problems
-
-
-def _stored_copies(store: ContentStore, strangers: list[ObjectStat] | None = None) -> dict[str, list[BlobStat]]:
-    """Every stored blob by id, from one listing; the copy readers use comes first (`find`'s
-    codec order). Two writers racing with different codecs can leave a `.tar` and a
-    `.tar.zst` of one id (docs/datastore.md); both are sound."""
-    order = list(CODEC_SUFFIX)
-    copies: dict[str, list[BlobStat]] = {}
-    for blob in store.blobs.iter_blobs(strangers):
-        copies.setdefault(blob.blob_id, []).append(blob)
-    for found in copies.values():
-        found.sort(key=lambda b: order.index(b.codec))
-    return copies
 
 
 def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | None:
@@ -285,26 +260,3 @@ def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], dee
         return "chunk", (f"a read found its chunk(s) {', '.join(recorded[:3])} damaged; persisting the folder again "
                          "repairs them, `casstore verify --deep` checks them again")
     return None
-
-
-def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
-                copies: dict[str, list[BlobStat]] | None = None,
-                chunks: ChunkCensus | None = None) -> list[Reclaimable]:
-    """What gc could delete, ignoring the grace period (gc applies it)."""
-    now = time.time()
-    copies = copies if copies is not None else _stored_copies(store)
-    chunks = chunks if chunks is not None else census(store.blobs)
-    live = live_blob_ids(store.blobs, index, field_roots)
-    items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
-             for found in copies.values() for b in found if b.blob_id not in live]
-    items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
-    items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
-              for lease in read_leases(store.blobs) if lease.expired(now)]
-    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved) for q in store.blobs.iter_quarantine()]
-    leased, window = leased_blob_ids(store.blobs, now), leased_since(store.blobs, now)
-    items += [Reclaimable("unreferenced_chunk", c.blob_id, None, c.stored_size, now - c.mtime)
-              for c in chunks.stored.values()
-              if c.blob_id not in chunks.named and c.blob_id not in leased and c.mtime < window]
-    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved)
-              for q in chunk_store(store.blobs).iter_quarantine()]
-    return items

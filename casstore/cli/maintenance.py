@@ -22,25 +22,38 @@ from casstore.errors import InvalidInput
 @main.command()
 @project_command
 def stats(project: Project) -> None:
-    """Blobs and references of the project, logical vs stored bytes, and the dedup ratio.
+    """Blobs and references of the project, logical vs stored bytes, the dedup ratio, and
+    what the datastore holds on disk: referenced by some project, or reclaimable.
 
     logical_bytes sums the uncompressed archive size over references; stored_bytes sums what
     the distinct referenced blobs take in the datastore (a chunked blob's manifest, and each
-    chunk once however many blobs use it); dedup_ratio = logical / stored."""
+    chunk once however many blobs use it); dedup_ratio = logical / stored. on_disk_bytes is
+    everything the datastore holds (every project's blobs and chunks, each once, the
+    quarantine, temp files); reclaimable_bytes what `casstore gc` could delete (its grace
+    period aside), referenced_bytes the rest. Standalone archives: named references
+    (ArchiveStoreIO), which verify checks too."""
     from casstore.cas.stats import project_stats
+    from casstore.session import field_roots
 
-    result = project_stats(project.index, project.store)
+    result = project_stats(project.index, project.store, field_roots)
     if result.missing_blobs:
-        warn(f"{result.missing_blobs} referenced blob(s) are missing from the datastore: run `casstore verify`")
+        warn(f"{result.missing_blobs} referenced blob(s) are missing from the datastore: "
+             f"run `{project.suggest('verify')}`")
+    if result.reclaimable_unknown is not None:
+        warn(f"reclaimable bytes unknown: {result.reclaimable_unknown}")
     if project.as_json:
         project.emit({**asdict(result), "datastore": project.store.blobs.url})
         return
+    click.echo("\n".join(key_values(_stats_rows(project, result))))
+
+
+def _stats_rows(project: Project, result: Any) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("datastore", project.store.blobs.url),
         ("blobs", result.blobs),
         ("references", result.references),
-        ("logical bytes", f"{result.logical_bytes} ({human_bytes(result.logical_bytes)})"),
-        ("stored bytes", f"{result.stored_bytes} ({human_bytes(result.stored_bytes)})"),
+        ("logical bytes", _bytes(result.logical_bytes)),
+        ("stored bytes", f"{_bytes(result.stored_bytes)}, what this project's blobs take"),
         ("dedup ratio", f"{result.dedup_ratio:.2f}")]
     if result.chunked_blobs:
         rows.append(("chunked blobs", f"{result.chunked_blobs}, using {result.chunks} distinct chunk(s), "
@@ -49,7 +62,20 @@ def stats(project: Project) -> None:
         rows.append(("missing blobs", result.missing_blobs))
     if result.unknown_size:
         rows.append(("unknown sizes", f"{result.unknown_size} reference(s) whose blob has no facts in the index"))
-    click.echo("\n".join(key_values(rows)))
+    if result.standalone_archives:
+        rows.append(("standalone archives", f"{result.standalone_archives} named reference(s) (ArchiveStoreIO)"))
+    rows.append(("on disk", f"{_bytes(result.on_disk_bytes)}, all the datastore holds"))
+    if result.reclaimable_bytes is None:
+        rows.append(("reclaimable", "unknown (see the warning)"))
+    else:
+        rows.append(("referenced", f"{_bytes(result.referenced_bytes)}, by this or another project"))
+        rows.append(("reclaimable", f"{_bytes(result.reclaimable_bytes)}, not referenced: `casstore gc` deletes "
+                     f"what is older than its grace period (`{project.suggest('gc', '--dry-run')}` lists it)"))
+    return rows
+
+
+def _bytes(n: int) -> str:
+    return f"{n} ({human_bytes(n)})"
 
 
 @main.command()
