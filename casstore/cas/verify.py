@@ -31,9 +31,12 @@ from casstore.cas.live.roots import FieldRoot, FieldRoots
 from casstore.cas.reclaim import Reclaimable, reclaimable, stored_copies
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
-from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
+from casstore.cas.verify_sample import Sample, SamplePlan, SampleReport, plan_sample, rehash_chunks
+from casstore.errors import CorruptBlob, FieldsUnreadable, InvalidInput, UnsafeArchive
 
 log = logging.getLogger(__name__)
+
+Referrer = tuple[str | None, str | None]  # (experiment id, field) or (None, named reference key)
 
 @dataclass(frozen=True)
 class Problem:
@@ -49,12 +52,17 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     reclaimable: list[Reclaimable] = field(default_factory=list)
     blobs_checked: int = 0
+    sample: SampleReport | None = None  # the part a sampled deep verify re-hashed
 
 
 def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: bool = False,
-           progress: Callable[[int], None] | None = None) -> VerifyReport:
+           progress: Callable[[int], None] | None = None, sample: Sample | None = None) -> VerifyReport:
     """`field_roots` decodes the fields (roots.FieldRoots): every archive value they hold is
-    compared with the reference rows, and its blob checked."""
+    compared with the reference rows, and its blob checked. With `deep` and a `sample`
+    (verify_sample.Sample), only a random part of the objects is re-hashed; every cheap
+    check still covers every blob, and `report.sample` says which part."""
+    if sample is not None and not deep:
+        raise InvalidInput("a sample is a part to re-hash: it needs deep=True (`--deep`)")
     store.check_readable()
     report = VerifyReport()
     strangers: list[ObjectStat] = []
@@ -70,7 +78,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         roots = None
     if roots is not None:
         report.problems += _disagreements(rows, roots)
-    referenced: dict[str, tuple[str | None, str | None]] = {}
+    referenced: dict[str, Referrer] = {}
     for ref in rows:
         referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.label))
     for root in roots or []:
@@ -89,21 +97,26 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
+    plan = _plan(store, sample, deep, referenced, copies, facts)
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
         found = copies.get(blob_id, [])
         described = _described(found, known)
+        rehash = deep and (plan is None or blob_id in plan.whole)
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
-            _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
-            or _check_chunks(chunks, blob_id, found, deep) \
-            or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
-            or (None if deep else _check_recorded(store, blob_id, described, recorded)) \
+            _check_blob(store, blob_id, described, known, rehash, progress, trashed, blob_id in quarantined) \
+            or _check_chunks(chunks, blob_id, found, rehash) \
+            or _check_other_copies(store, [c for c in found if c is not described], known, rehash) \
+            or (None if rehash else _check_recorded(store, blob_id, described, recorded)) \
             or (("reference", refused[blob_id]) if blob_id in refused else None)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
-        elif deep and blob_id in recorded:
+        elif rehash and blob_id in recorded:
             _drop_refuted_record(store, blob_id)
         report.blobs_checked += 1
+    if plan is not None:
+        report.sample = plan.report
+        report.problems += _sampled_chunk_damage(store, plan, referenced, report.problems, progress)
     report.problems += [Problem("foreign", "", None, None, f"{o.key!r} is not a blob casstore wrote (a name no blob has, "
                                 "or not a regular file): "
                                 "it is never read and gc never deletes it; remove it once you know where it came from")
@@ -112,6 +125,27 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         report.reclaimable = reclaimable(index, store, field_roots, copies, chunks)
         report.reclaimable += [Reclaimable("orphaned_ref", r.blob_id, None, 0, 0.0) for r in orphaned]
     return report
+
+
+def _plan(store: ContentStore, sample: Sample | None, deep: bool, referenced: dict[str, Referrer],
+          copies: dict[str, list[BlobStat]], facts: dict[str, BlobFacts]) -> SamplePlan | None:
+    if sample is None or not deep:
+        return None
+    described = {b: d for b in referenced if (d := _described(copies.get(b, []), facts.get(b))) is not None}
+    return plan_sample(store.blobs, sample, described)
+
+
+def _sampled_chunk_damage(store: ContentStore, plan: SamplePlan, referenced: dict[str, Referrer],
+                          found: list[Problem], progress: Callable[[int], None] | None) -> list[Problem]:
+    """The picked chunks no whole re-hash read, each re-hashed once: damage to every
+    referenced blob that uses it and has no other problem."""
+    reported = {p.blob for p in found}
+    problems = []
+    for blob_id, detail in sorted(rehash_chunks(store.blobs, plan, progress).items()):
+        if blob_id not in reported:
+            experiment, fld = referenced[blob_id]
+            problems.append(Problem("chunk", blob_id, experiment, fld, detail))
+    return problems
 
 
 def _named_facts(facts: dict[str, BlobFacts], blob_id: str, size: int, named: StoredFacts | None,

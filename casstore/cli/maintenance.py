@@ -80,8 +80,12 @@ def _bytes(n: int) -> str:
 
 @main.command()
 @click.option("--deep", is_flag=True, help="Re-hash every referenced blob (reads all of them; progress bar on a terminal).")
+@click.option("--sample", metavar="PART", help="With --deep, re-hash only a random part of the stored objects "
+              "(blobs stored whole, chunks): a percentage (10%) or a byte budget (2GiB, 500MB).")
+@click.option("--seed", type=click.IntRange(min=0), help="The seed of --sample's random pick (default: a new one, "
+              "printed): the same seed picks the same objects again.")
 @project_command
-def verify(project: Project, deep: bool) -> None:
+def verify(project: Project, deep: bool, sample: str | None, seed: int | None) -> None:
     """Check the index against the datastore: damage and what gc could reclaim.
 
     Damage (exit 1): a referenced blob missing, of the wrong size, with --deep of the wrong
@@ -91,29 +95,66 @@ def verify(project: Project, deep: bool) -> None:
     decode, a file in the blobs folder that is not a blob (foreign).
     Reclaimable (exit 0): unreferenced blobs, leftovers of interrupted writes, expired leases,
     damaged copies a repair moved into the quarantine, reference rows of experiments that no
-    longer exist."""
+    longer exist.
+
+    With --deep --sample 10% (or a byte budget, --sample 2GiB) only a random part is
+    re-hashed, and the report says which (and the seed that repeats it: --seed N); the
+    other checks still cover every blob."""
     from casstore.cas.verify import verify as run_verify
     from casstore.session import field_roots
 
+    part = _sample(sample, seed, deep)
     index, store = project.index, project.store
     with contextlib.ExitStack() as stack:
         progress = None
         if deep and output.stderr_is_terminal():
-            sizes = {r.blob_id: r.size or 0 for r in index.iter_refs()}
-            bar = stack.enter_context(click.progressbar(length=sum(sizes.values()) or 1, label="re-hashing",
+            total = sum({r.blob_id: r.size or 0 for r in index.iter_refs()}.values())
+            bar = stack.enter_context(click.progressbar(length=_bar_length(total, part) or 1, label="re-hashing",
                                                         file=sys.stderr, show_pos=False))
             progress = bar.update
-        report = run_verify(index, store, field_roots=field_roots, deep=deep, progress=progress)
+        report = run_verify(index, store, field_roots=field_roots, deep=deep, progress=progress, sample=part)
     if project.as_json:
-        project.emit({
+        document: dict[str, Any] = {
             "problems": [{"kind": p.kind, "blob": p.blob, "experiment": p.experiment, "field": p.field,
                           "detail": p.detail} for p in report.problems],
             "reclaimable": [_blob_or_path(r.kind, r.blob, r.path, r.bytes) for r in report.reclaimable],
-        })
+        }
+        if report.sample is not None:
+            document["sample"] = {**asdict(report.sample), "repeat": _repeat(project, report.sample)}
+        project.emit(document)
     else:
         _print_verify(project, report, deep)
     if report.problems:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _sample(text: str | None, seed: int | None, deep: bool) -> Any:
+    """--sample and --seed as the library's Sample (None without --sample); usage errors
+    (exit 2) for a part that is no part, or either option without what it needs."""
+    from casstore.cas.verify_sample import Sample
+
+    if text is None:
+        if seed is not None:
+            raise click.UsageError("--seed picks the objects of --sample: pass --sample too")
+        return None
+    if not deep:
+        raise click.UsageError("--sample is a part to re-hash: pass --deep too (verify --deep --sample 10%)")
+    try:
+        return Sample.parse(text, seed)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--sample") from None
+
+
+def _bar_length(total: int, part: Any) -> int:
+    """The bytes the progress bar expects: all the referenced bytes, or about the sample's."""
+    if part is None:
+        return total
+    return int(total * part.percent / 100) if part.percent is not None else min(total, part.budget)
+
+
+def _repeat(project: Project, sample: Any) -> str:
+    return project.suggest("verify", "--deep", "--sample", sample.spec, "--seed",
+                           str(sample.seed))
 
 
 def _blob_or_path(kind: str, blob: str | None, path: str | None, size: int) -> dict[str, Any]:
@@ -141,9 +182,14 @@ def _print_verify(project: Project, report: Any, deep: bool) -> None:
         out.append(table(["KIND", "BLOB OR PATH", "SIZE", "AGE"],
                          [(r.kind, r.blob or r.path, human_bytes(r.bytes), human_age(r.age_s))
                           for r in report.reclaimable], right=[2, 3]))
-    how = "re-hashed" if deep else "checked"
+    how = "sampled" if report.sample is not None else "re-hashed" if deep else "checked"
     out.append(f"{report.blobs_checked} referenced blob(s) {how}: {len(report.problems)} problem(s), "
                f"{len(report.reclaimable)} reclaimable item(s) ({human_bytes(reclaim)})")
+    if report.sample is not None:
+        part = report.sample
+        out.append(f"re-hashed a sample of {part.spec}: {part.objects} of {part.objects_total} object(s), "
+                   f"{human_bytes(part.bytes)} of {human_bytes(part.bytes_total)}, seed {part.seed}; the other "
+                   f"objects were checked for existence and size only. Repeat it: {_repeat(project, part)}")
     click.echo("\n".join(out))
 
 
