@@ -23,6 +23,7 @@ from typing import Callable
 from casstore.cas.backends.base import BlobStat, ObjectStat
 from casstore.cas.backends.layout import CODEC_SUFFIX
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
+from casstore.cas.index.engine import cli_command
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing, field_label
 from casstore.cas.chunk_census import ChunkCensus, census
@@ -35,8 +36,16 @@ from casstore.cas.verify_sample import Sample, SamplePlan, SampleReport, plan_sa
 from casstore.errors import CorruptBlob, FieldsUnreadable, InvalidInput, UnsafeArchive
 
 log = logging.getLogger(__name__)
-
 Referrer = tuple[str | None, str | None]  # (experiment id, field) or (None, named reference key)
+
+
+@dataclass(frozen=True)
+class _Commands:
+    """The commands verify's messages suggest, on this database and datastore."""
+
+    gc: str
+    deep: str
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -97,6 +106,8 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
+    run = _Commands(cli_command(index.engine.url, "gc", datastore=store.blobs.url),
+                    cli_command(index.engine.url, "verify", "--deep", datastore=store.blobs.url))
     plan = _plan(store, sample, deep, referenced, copies, facts)
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
@@ -104,10 +115,10 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         described = _described(found, known)
         rehash = deep and (plan is None or blob_id in plan.whole)
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
-            _check_blob(store, blob_id, described, known, rehash, progress, trashed, blob_id in quarantined) \
-            or _check_chunks(chunks, blob_id, found, rehash) \
+            _check_blob(store, blob_id, described, known, rehash, progress, trashed, blob_id in quarantined, run) \
+            or _check_chunks(chunks, blob_id, found, rehash, run) \
             or _check_other_copies(store, [c for c in found if c is not described], known, rehash) \
-            or (None if rehash else _check_recorded(store, blob_id, described, recorded)) \
+            or (None if rehash else _check_recorded(store, blob_id, described, recorded, run)) \
             or (("reference", refused[blob_id]) if blob_id in refused else None)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
@@ -196,9 +207,9 @@ def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | No
 
 def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known: BlobFacts | None,
                 deep: bool, progress: Callable[[int], None] | None, trashed: set[str],
-                quarantined: bool = False) -> tuple[str, str] | None:
+                quarantined: bool, run: _Commands) -> tuple[str, str] | None:
     if found is None:
-        hint = " (it is in the trash of an interrupted gc: run `casstore gc` to restore it)" \
+        hint = f" (it is in the trash of an interrupted gc: run `{run.gc}` to restore it)" \
             if any(blob_id.split(":")[1][2:] in t for t in trashed) else \
             " (a damaged copy of it is in casstore/quarantine: persist the folder again to store it)" \
             if quarantined else ""
@@ -231,13 +242,13 @@ def _drop_refuted_record(store: ContentStore, blob_id: str) -> None:
 
 
 def _check_recorded(store: ContentStore, blob_id: str, copy: BlobStat | None,
-                    recorded: set[str]) -> tuple[str, str] | None:
+                    recorded: set[str], run: _Commands) -> tuple[str, str] | None:
     """Damage a load or an earlier `--deep` recorded for the copy that is there now."""
     record: DamageRecord | None = read_damage(store.blobs, blob_id) if blob_id in recorded and copy else None
     if record is None or copy is None or not describes(record, copy):
         return None
     return "damaged", (f"a read found it damaged ({record.reason}: {record.detail}); persisting the folder "
-                       f"again repairs it, `casstore verify --deep` checks it again")
+                       f"again repairs it, `{run.deep}` checks it again")
 
 
 def _check_other_copies(store: ContentStore, others: list[BlobStat], known: BlobFacts | None,
@@ -276,7 +287,8 @@ def _rehash(store: ContentStore, blob_id: str, known: BlobFacts,
     return None
 
 
-def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], deep: bool) -> tuple[str, str] | None:
+def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], deep: bool,
+                  run: _Commands) -> tuple[str, str] | None:
     """A manifest of the blob that does not read, or names chunks that are not stored (or
     not of the size it gives), or (without `deep`, whose re-read decides) chunks a read
     found damaged: damage to the blob, though its manifest is intact."""
@@ -292,5 +304,5 @@ def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], dee
     recorded = chunks.recorded.get(blob_id)
     if recorded and not deep:
         return "chunk", (f"a read found its chunk(s) {', '.join(recorded[:3])} damaged; persisting the folder again "
-                         "repairs them, `casstore verify --deep` checks them again")
+                         f"repairs them, `{run.deep}` checks them again")
     return None

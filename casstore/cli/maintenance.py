@@ -177,8 +177,8 @@ def _print_verify(project: Project, report: Any, deep: bool) -> None:
                            p.detail) for p in report.problems]))
     reclaim = sum(r.bytes for r in report.reclaimable)
     if report.reclaimable:
-        out.append(f"reclaimable ({len(report.reclaimable)}, {human_bytes(reclaim)}; `casstore gc` deletes "
-                   "those older than its grace period):")
+        out.append(f"reclaimable ({len(report.reclaimable)}, {human_bytes(reclaim)}; `{project.suggest('gc')}` "
+                   "deletes those older than its grace period):")
         out.append(table(["KIND", "BLOB OR PATH", "SIZE", "AGE"],
                          [(r.kind, r.blob or r.path, human_bytes(r.bytes), human_age(r.age_s))
                           for r in report.reclaimable], right=[2, 3]))

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import functools
 import os
-import shlex
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from casstore.cas.index.engine import safe_url, sqlite_file
+from casstore.cas.index.engine import cli_command, safe_url, sqlite_file
 from casstore.cli.app import Unusable, common_options, one_line_errors
 from casstore.cli.output import emit_json
 from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
@@ -74,22 +73,6 @@ def open_index(url: str, read_only: bool = True) -> Index:
         raise Unusable(str(exc)) from exc
     except (CasStoreError, SQLAlchemyError) as exc:
         raise Unusable(f"cannot open database {safe_url(url)}: {exc}") from exc
-
-
-def command_line(*words: str) -> str:
-    """`casstore` and `words` as one line a shell runs as it is (each word quoted where a shell
-    would split or expand it): what a message tells the user to run. A database password is
-    shown as *** (the user types it in), never printed."""
-    return " ".join(["casstore", *(shlex.quote(w) for w in words)])
-
-
-def shown_url(url: str) -> str:
-    """A database URL as a suggested command gives it: as the user gave it, but a password."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return url
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 class Project:
@@ -149,9 +132,8 @@ class Project:
 
     def suggest(self, *words: str) -> str:
         """A command on this project as the user gave it: `words`, then --db and --datastore
-        (if given), quoted for a shell (`command_line`)."""
-        where = ["--db", shown_url(self.db)] + (["--datastore", self.datastore_arg] if self.datastore_arg else [])
-        return command_line(*words, *where)
+        (if given), quoted for a shell (engine.cli_command)."""
+        return cli_command(self.db, *words, datastore=self.datastore_arg)
 
     def emit(self, document: Any) -> None:
         emit_json(document)
