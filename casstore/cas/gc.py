@@ -20,7 +20,11 @@ Safe by construction (docs/gc.md):
    writer named meanwhile are put back, the rest deleted. While a manifest does not read,
    no chunk is deleted (it may name any of them).
 A registered database that cannot be read stops gc before any blob is deleted: if that
-happens at step 4, the candidates go back from the trash first."""
+happens at step 4, the candidates go back from the trash first.
+
+What the grace period alone keeps (at steps 2, 6 and 7: blobs, leftovers, quarantined
+copies, chunks) is reported in `held`, with when each becomes reclaimable: a dry run that
+deletes nothing still says what verify's reclaimable bytes are waiting for."""
 
 from __future__ import annotations
 
