@@ -108,7 +108,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     recorded = _damage_recorded(store)
     run = _Commands(cli_command(index.engine.url, "gc", datastore=store.blobs.url),
                     cli_command(index.engine.url, "verify", "--deep", datastore=store.blobs.url))
-    plan = _plan(store, sample, deep, referenced, copies, facts)
+    plan = _plan(store, sample, deep, referenced, copies, facts, chunks)
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
         found = copies.get(blob_id, [])
@@ -139,11 +139,11 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
 
 
 def _plan(store: ContentStore, sample: Sample | None, deep: bool, referenced: dict[str, Referrer],
-          copies: dict[str, list[BlobStat]], facts: dict[str, BlobFacts]) -> SamplePlan | None:
+          copies: dict[str, list[BlobStat]], facts: dict[str, BlobFacts], chunks: ChunkCensus) -> SamplePlan | None:
     if sample is None or not deep:
         return None
     described = {b: d for b in referenced if (d := _described(copies.get(b, []), facts.get(b))) is not None}
-    return plan_sample(store.blobs, sample, described)
+    return plan_sample(store.blobs, sample, described, chunks.stored)
 
 
 def _sampled_chunk_damage(store: ContentStore, plan: SamplePlan, referenced: dict[str, Referrer],

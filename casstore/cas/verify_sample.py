@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Callable
 
 from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.chunk_census import stored_chunks
 from casstore.cas.chunks.manifest import ChunkRef, iter_manifest
 from casstore.cas.store.chunk_io import chunk_store, read_chunk
 from casstore.errors import BlobNotFound, CorruptBlob, InvalidInput
@@ -99,12 +100,13 @@ class _Object:
     stored: int
 
 
-def plan_sample(blobs: BlobStore, sample: Sample, described: dict[str, BlobStat]) -> SamplePlan:
+def plan_sample(blobs: BlobStore, sample: Sample, described: dict[str, BlobStat],
+                stored: dict[str, BlobStat] | None = None) -> SamplePlan:
     """Pick the objects of the referenced blobs `described` (blob id -> the copy verify
-    checks). A chunked blob's manifest that does not read names no chunk here (verify
-    reports it)."""
+    checks); `stored`: the stored chunks by id, if the caller listed them (ChunkCensus). A
+    chunked blob's manifest that does not read names no chunk here (verify reports it)."""
     seed = sample.seed if sample.seed is not None else random.SystemRandom().randrange(1 << 32)
-    stored = {c.blob_id: c for c in chunk_store(blobs).iter_blobs()}
+    stored = stored if stored is not None else stored_chunks(blobs)
     objects: dict[tuple[str, str], _Object] = {}
     refs: dict[str, ChunkRef] = {}
     users: dict[str, set[str]] = {}
