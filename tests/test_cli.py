@@ -338,6 +338,7 @@ def test_gc_dry_run_deletes_nothing(project):
     blob = _unreferenced_blob(project)
     path = project.blob_path(blob)
     doc = run_json("gc", *args(project), "--dry-run", "--grace", "0")
+    assert doc.pop("grace")["held"] == []
     assert doc == {"deleted": [{"blob": blob, "bytes": path.stat().st_size}], "freed_bytes": path.stat().st_size, "kept": []}
     assert path.exists()
     text = run("gc", *args(project), "--dry-run", "--grace", "0").stdout
@@ -347,7 +348,9 @@ def test_gc_dry_run_deletes_nothing(project):
 
 def test_gc_grace_period_keeps_young_blobs(project):
     blob = _unreferenced_blob(project)
-    assert run_json("gc", *args(project)) == {"deleted": [], "freed_bytes": 0, "kept": []}  # default 1h
+    doc = run_json("gc", *args(project))  # default 1h
+    assert [h["blob"] for h in doc.pop("grace")["held"]] == [blob]
+    assert doc == {"deleted": [], "freed_bytes": 0, "kept": []}
     assert project.blob_path(blob).exists()
 
 
@@ -355,6 +358,7 @@ def test_gc_grace_0_deletes_an_unreferenced_blob(project):
     blob = _unreferenced_blob(project)
     size = project.blob_path(blob).stat().st_size
     doc = run_json("gc", *args(project), "--grace", "0")
+    doc.pop("grace")
     assert doc == {"deleted": [{"blob": blob, "bytes": size}], "freed_bytes": size, "kept": []}
     assert LocalBlobStore(str(project.datastore)).find(blob) is None
     assert run_json("verify", *args(project), "--deep") == {"problems": [], "reclaimable": []}
@@ -367,6 +371,7 @@ def test_gc_deletes_leftovers(project):
     old = time.time() - 120
     os.utime(tmp / "x.partial", (old, old))
     doc = run_json("gc", *args(project), "--grace", "0s")
+    doc.pop("grace")
     assert doc == {"deleted": [{"path": "casstore/tmp/x.partial", "bytes": 99}], "freed_bytes": 99, "kept": []}
     assert not (tmp / "x.partial").exists()
 
@@ -376,6 +381,7 @@ def test_gc_keeps_a_temp_file_younger_than_a_minute_even_with_grace_zero(project
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "y.partial").write_bytes(b"\0" * 9)
     doc = run_json("gc", *args(project), "--grace", "0")
+    assert [h["path"] for h in doc.pop("grace")["held"]] == ["casstore/tmp/y.partial"]
     assert doc == {"deleted": [], "freed_bytes": 0, "kept": []}
     assert (tmp / "y.partial").exists()
 

@@ -30,6 +30,7 @@ import zstandard
 from casstore.cas.backends.base import BlobStat
 from casstore.cas.backends.layout import MANIFESTS, WHOLES
 from casstore.cas.chunks.manifest import iter_manifest
+from casstore.cas.index.engine import cli_command
 from casstore.cas.index.facts import BlobFacts
 from casstore.cas.index.queries import Index
 from casstore.cas.store.codecs import ZSTD_MAX_FRAME_HEADER
@@ -77,8 +78,10 @@ def change_format(store: ContentStore, target: str, *, convert: bool = False, in
     if target == "whole" and not convert:
         chunked = [b.blob_id for b in blobs.iter_blobs() if b.codec == "chunked"]
         if chunked:
+            convert_first = "`casstore format whole --convert`" if index is None else \
+                f"`{cli_command(index.engine.url, 'format', 'whole', '--convert', datastore=blobs.url)}`"
             raise InvalidInput(f"{len(chunked)} blob(s) of {blobs.url} are stored chunked (e.g. {chunked[0]}): "
-                               "`casstore format whole --convert` stores them whole first")
+                               f"{convert_first} stores them whole first")
     blobs.ensure_format()
     blobs.set_format(target)
     report = FormatReport(target)

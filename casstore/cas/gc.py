@@ -20,7 +20,11 @@ Safe by construction (docs/gc.md):
    writer named meanwhile are put back, the rest deleted. While a manifest does not read,
    no chunk is deleted (it may name any of them).
 A registered database that cannot be read stops gc before any blob is deleted: if that
-happens at step 4, the candidates go back from the trash first."""
+happens at step 4, the candidates go back from the trash first.
+
+What the grace period alone keeps (at steps 2, 6 and 7: blobs, leftovers, quarantined
+copies, chunks) is reported in `held`, with when each becomes reclaimable: a dry run that
+deletes nothing still says what verify's reclaimable bytes are waiting for."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from casstore.cas.backends.base import BlobStat, BlobStore
+from casstore.cas.backends.layout import Quarantined
 from casstore.cas.damage import DAMAGE_PREFIX, damage_prefix, parse_damage_key
 from casstore.cas.index.queries import Index
 from casstore.cas.chunk_census import census, named_chunks
@@ -53,12 +58,37 @@ class Deleted:
     kind: str
 
 
+@dataclass(frozen=True)
+class Held:
+    """Something gc would delete but for the grace period, and when it stops holding it."""
+
+    blob: str | None
+    path: str | None
+    bytes: int
+    kind: str
+    reclaimable_at: float  # epoch seconds: from then on a gc with the same grace period deletes it
+
+
 @dataclass
 class GcReport:
     deleted: list[Deleted] = field(default_factory=list)
     freed_bytes: int = 0
     dry_run: bool = False
     kept: list[str] = field(default_factory=list)  # why something that looked reclaimable was kept
+    held: list[Held] = field(default_factory=list)  # kept by the grace period alone
+    grace_s: float = DEFAULT_GRACE_S
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(h.bytes for h in self.held)
+
+    @property
+    def first_reclaimable(self) -> float | None:
+        return min((h.reclaimable_at for h in self.held), default=None)
+
+    @property
+    def last_reclaimable(self) -> float | None:
+        return max((h.reclaimable_at for h in self.held), default=None)
 
 
 def parse_duration(text: str) -> float:
@@ -75,7 +105,7 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
     if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s < math.inf:
         raise InvalidInput(f"the grace period must be a number of seconds >= 0, got {grace_s!r}")
     store.check_readable()
-    report = GcReport(dry_run=dry_run)
+    report = GcReport(dry_run=dry_run, grace_s=float(grace_s))
     blobs = store.blobs
     if not dry_run:
         for namespace in (blobs, chunk_store(blobs)):
@@ -88,17 +118,19 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
         live = live_blob_ids(blobs, index, field_roots)
     stored = list(blobs.iter_blobs())
     candidates = [b for b in stored if b.blob_id not in live and now - b.mtime >= grace_s]
+    report.held += [Held(b.blob_id, None, b.stored_size, "unreferenced", b.mtime + grace_s)
+                    for b in stored if b.blob_id not in live and now - b.mtime < grace_s]
     if dry_run:
         report.deleted = [Deleted(b.blob_id, None, b.stored_size, "unreferenced") for b in candidates]
     else:
         report.deleted = _delete_blobs(index, store, candidates, field_roots)
     report.deleted += [Deleted(ref.blob_id, None, 0, "orphaned_ref") for ref in orphaned]
-    report.deleted += _leftovers(store, now, grace_s, dry_run)
-    report.deleted += _past_damage(store, {b.blob_id for b in stored}, now, grace_s, dry_run)
+    report.deleted += _leftovers(store, now, grace_s, dry_run, report)
+    report.deleted += _past_damage(store, {b.blob_id for b in stored}, now, grace_s, dry_run, report)
     gone = frozenset(d.blob for d in report.deleted if d.kind == "unreferenced" and d.blob)
     manifests = [b for b in stored if b.codec == "chunked" and b.blob_id not in gone]
     report.deleted += _delete_chunks(store, now, grace_s, dry_run, manifests, report)
-    report.deleted += _past_chunk_damage(store, now, grace_s, dry_run)
+    report.deleted += _past_chunk_damage(store, now, grace_s, dry_run, report)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
     return report
 
@@ -124,10 +156,12 @@ def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat],
     return deleted
 
 
-def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
+def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool, report: GcReport) -> list[Deleted]:
     blobs = store.blobs
     min_age = max(grace_s, MIN_LEFTOVER_AGE_S)
-    stale = [o for o in leftovers(blobs) if now - o.mtime >= min_age]
+    found = leftovers(blobs)
+    stale = [o for o in found if now - o.mtime >= min_age]
+    report.held += [Held(None, o.key, o.size, "leftover", o.mtime + min_age) for o in found if now - o.mtime < min_age]
     expired = [lease.key for lease in read_leases(blobs) if lease.expired(now)]
     leases = [Deleted(None, key, 0, "expired_lease") for key in expired]
     if dry_run:
@@ -137,13 +171,16 @@ def _leftovers(store: ContentStore, now: float, grace_s: float, dry_run: bool) -
     return [Deleted(None, o.key, o.size, "leftover") for o in stale if blobs.delete_leftover(o.key)] + leases
 
 
-def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
+def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: float, dry_run: bool,
+                 report: GcReport) -> list[Deleted]:
     """Quarantined copies moved aside at least the grace period ago (the time is in their
     key: a rename keeps a blob's old mtime), and damage records at least that old whose id
     has no stored copy (the listing of step 2; a record younger than the grace period may
     be about a blob published since)."""
     blobs = store.blobs
-    found = [(q.key, q.size, "quarantined") for q in blobs.iter_quarantine() if now - q.moved >= grace_s]
+    quarantine = list(blobs.iter_quarantine())
+    found = [(q.key, q.size, "quarantined") for q in quarantine if now - q.moved >= grace_s]
+    report.held += _held_quarantine(quarantine, now, grace_s)
     found += [(o.key, o.size, "damage_record") for o in blobs.list_objects(DAMAGE_PREFIX)
               if (blob_id := parse_damage_key(o.key)) is not None and blob_id not in stored
               and now - o.mtime >= grace_s]
@@ -166,8 +203,11 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
         report.kept += [f"every unreferenced chunk: the manifest of blob {blob_id} does not read ({why})"
                         for blob_id, why in sorted(found.unreadable.items())]
         return []
-    candidates = [c for c in found.stored.values() if c.blob_id not in found.named and c.blob_id not in leased
-                  and c.mtime < window and now - c.mtime >= grace_s]
+    unnamed = [c for c in found.stored.values() if c.blob_id not in found.named and c.blob_id not in leased
+               and c.mtime < window]
+    candidates = [c for c in unnamed if now - c.mtime >= grace_s]
+    report.held += [Held(c.blob_id, None, c.stored_size, "unreferenced_chunk", c.mtime + grace_s)
+                    for c in unnamed if now - c.mtime < grace_s]
     if dry_run:
         return [Deleted(c.blob_id, None, c.stored_size, "unreferenced_chunk") for c in candidates]
     trashed = [(c, key) for c in candidates if (key := chunks.move_to_trash(c)) is not None]
@@ -200,13 +240,16 @@ def _put_back(chunks: BlobStore, trashed: list[tuple[BlobStat, str]]) -> None:
         chunks.restore_from_trash(key)
 
 
-def _past_chunk_damage(store: ContentStore, now: float, grace_s: float, dry_run: bool) -> list[Deleted]:
+def _past_chunk_damage(store: ContentStore, now: float, grace_s: float, dry_run: bool,
+                       report: GcReport) -> list[Deleted]:
     """Step 6 for chunks: quarantined chunk copies moved aside at least the grace period ago,
     and damage records at least that old of chunks no longer stored (records are few: each is
     looked up)."""
     chunks = chunk_store(store.blobs)
     prefix = damage_prefix(chunks)
-    found = [(q.key, q.size, "quarantined") for q in chunks.iter_quarantine() if now - q.moved >= grace_s]
+    quarantine = list(chunks.iter_quarantine())
+    found = [(q.key, q.size, "quarantined") for q in quarantine if now - q.moved >= grace_s]
+    report.held += _held_quarantine(quarantine, now, grace_s)
     found += [(o.key, o.size, "damage_record") for o in chunks.list_objects(prefix)
               if (chunk_id := parse_damage_key(o.key, prefix)) is not None and now - o.mtime >= grace_s
               and chunks.find(chunk_id) is None]
@@ -214,3 +257,7 @@ def _past_chunk_damage(store: ContentStore, now: float, grace_s: float, dry_run:
         for key, _size, _kind in found:
             chunks.delete_object(key)
     return [Deleted(None, key, size, kind) for key, size, kind in found]
+
+
+def _held_quarantine(quarantine: list[Quarantined], now: float, grace_s: float) -> list[Held]:
+    return [Held(None, q.key, q.size, "quarantined", q.moved + grace_s) for q in quarantine if now - q.moved < grace_s]

@@ -4,17 +4,30 @@
 field kept its own copy; `stored_bytes` sums what the distinct referenced blobs take in the
 datastore, read from the datastore itself rather than from the index: a whole blob its
 file, a chunked one its manifest, and each chunk once however many blobs use it (P13).
-Their ratio is what content addressing, chunking (and compression, when on) save. Knows
-nothing of printing."""
+Their ratio is what content addressing, chunking (and compression, when on) save.
+
+Of the whole datastore: `on_disk_bytes`, everything it holds for casstore (every blob copy,
+manifests included, and every chunk copy, each once; damaged copies in the quarantine;
+temp files of interrupted writes), of which `reclaimable_bytes` is what gc could delete (no
+project, named reference or write in progress keeps it; the grace period aside: verify's
+list) and `referenced_bytes` the rest. Reclaimable bytes need every registered database
+(the field roots): without them, or when one cannot be read, they are None and
+`reclaimable_unknown` says why. `standalone_archives` counts the named references
+(ArchiveStoreIO) as verify checks them. Knows nothing of printing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from casstore.cas.backends.base import BlobStat
 from casstore.cas.chunk_census import chunks_of, stored_chunks
 from casstore.cas.index.queries import Index
+from casstore.cas.live.refs import named_refs
+from casstore.cas.live.roots import FieldRoots, leftovers
+from casstore.cas.reclaim import reclaimable, stored_copies
+from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.store.content_store import ContentStore
+from casstore.errors import DatastoreError
 
 
 @dataclass(frozen=True)
@@ -28,9 +41,42 @@ class Stats:
     unknown_size: int  # references whose blob has no facts (size) in the index
     chunked_blobs: int = 0  # referenced blobs stored as manifests of chunks
     chunks: int = 0  # distinct chunks the chunked blobs use (counted once in stored_bytes)
+    on_disk_bytes: int = 0  # what the datastore holds: blob copies, chunk copies, quarantine, temp files
+    referenced_bytes: int | None = None  # on_disk_bytes less reclaimable_bytes
+    reclaimable_bytes: int | None = None  # what gc could delete, the grace period aside (verify's list)
+    reclaimable_unknown: str | None = None  # why reclaimable_bytes is None
+    standalone_archives: int = 0  # named references (ArchiveStoreIO) in the datastore
 
 
-def project_stats(index: Index, store: ContentStore) -> Stats:
+def project_stats(index: Index, store: ContentStore, field_roots: FieldRoots | None = None) -> Stats:
+    """The project's references and the datastore's bytes; the reclaimable bytes only with
+    `field_roots` (roots.FieldRoots), which decode the fields of every registered database."""
+    found = _project_stats(index, store)
+    on_disk = _on_disk_bytes(store)
+    standalone = sum(1 for named in named_refs(store.blobs) if named.blob_id is not None)
+    why: str | None = "the fields of the registered databases were not read"
+    reclaim: int | None = None
+    if field_roots is not None:
+        try:
+            reclaim = sum(r.bytes for r in reclaimable(index, store, field_roots))
+            why = None
+        except DatastoreError as exc:  # a registered database gc would refuse on: verify and gc say more
+            why = str(exc)
+    return replace(found, on_disk_bytes=on_disk, standalone_archives=standalone, reclaimable_bytes=reclaim,
+                   referenced_bytes=None if reclaim is None else on_disk - reclaim, reclaimable_unknown=why)
+
+
+def _on_disk_bytes(store: ContentStore) -> int:
+    """Every blob copy and chunk copy (each once, however many blobs use a chunk), the
+    quarantined copies and the temp files of interrupted writes."""
+    blobs, chunks = store.blobs, chunk_store(store.blobs)
+    total = sum(copy.stored_size for found in stored_copies(store).values() for copy in found)
+    total += sum(copy.stored_size for copy in chunks.iter_blobs())
+    total += sum(q.size for ns in (blobs, chunks) for q in ns.iter_quarantine())
+    return total + sum(o.size for o in leftovers(blobs))
+
+
+def _project_stats(index: Index, store: ContentStore) -> Stats:
     references = 0
     logical = 0
     unknown = 0

@@ -17,25 +17,35 @@ quarantine, reference rows of experiments that no longer exist."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from casstore.cas.backends.base import BlobStat, ObjectStat
 from casstore.cas.backends.layout import CODEC_SUFFIX
 from casstore.cas.damage import DAMAGE_PREFIX, DamageRecord, clear_damage, describes, parse_damage_key, read_damage
+from casstore.cas.index.engine import cli_command
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.index.queries import Index, RefListing, field_label
 from casstore.cas.chunk_census import ChunkCensus, census
-from casstore.cas.live.leases import leased_blob_ids, leased_since, read_leases
-from casstore.cas.store.chunk_io import chunk_store
-from casstore.cas.live.refs import NamedRef, named_refs
-from casstore.cas.live.roots import FieldRoot, FieldRoots, leftovers, live_blob_ids
+from casstore.cas.live.refs import named_refs
+from casstore.cas.live.roots import FieldRoot, FieldRoots
+from casstore.cas.reclaim import Reclaimable, reclaimable, stored_copies
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
-from casstore.errors import CorruptBlob, FieldsUnreadable, UnsafeArchive
+from casstore.cas.verify_sample import Sample, SamplePlan, SampleReport, plan_sample, rehash_chunks
+from casstore.errors import CorruptBlob, FieldsUnreadable, InvalidInput, UnsafeArchive
 
 log = logging.getLogger(__name__)
+Referrer = tuple[str | None, str | None]  # (experiment id, field) or (None, named reference key)
+
+
+@dataclass(frozen=True)
+class _Commands:
+    """The commands verify's messages suggest, on this database and datastore."""
+
+    gc: str
+    deep: str
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -46,35 +56,30 @@ class Problem:
     detail: str
 
 
-@dataclass(frozen=True)
-class Reclaimable:
-    kind: str
-    blob: str | None
-    path: str | None
-    bytes: int
-    age_s: float
-
-
 @dataclass
 class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     reclaimable: list[Reclaimable] = field(default_factory=list)
     blobs_checked: int = 0
+    sample: SampleReport | None = None  # the part a sampled deep verify re-hashed
 
 
 def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: bool = False,
-           progress: Callable[[int], None] | None = None) -> VerifyReport:
+           progress: Callable[[int], None] | None = None, sample: Sample | None = None) -> VerifyReport:
     """`field_roots` decodes the fields (roots.FieldRoots): every archive value they hold is
-    compared with the reference rows, and its blob checked."""
+    compared with the reference rows, and its blob checked. With `deep` and a `sample`
+    (verify_sample.Sample), only a random part of the objects is re-hashed; every cheap
+    check still covers every blob, and `report.sample` says which part."""
+    if sample is not None and not deep:
+        raise InvalidInput("a sample is a part to re-hash: it needs deep=True (`--deep`)")
     store.check_readable()
     report = VerifyReport()
     strangers: list[ObjectStat] = []
-    copies = _stored_copies(store, strangers)
+    copies = stored_copies(store, strangers)
     damaged: dict[str, str] = {}
     facts = {f.blob_id: f for f in index.iter_blob_facts(damaged)}
     orphaned = index.orphaned_refs()
-    gone = {(r.id_experiment, r.id_run, r.field) for r in orphaned}
-    rows = [r for r in index.iter_refs() if (r.id_experiment, r.id_run, r.field) not in gone]
+    rows = list(index.iter_refs())  # the orphaned rows are not among them
     try:
         roots: list[FieldRoot] | None = list(field_roots(index))
     except FieldsUnreadable as exc:
@@ -82,7 +87,7 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         roots = None
     if roots is not None:
         report.problems += _disagreements(rows, roots)
-    referenced: dict[str, tuple[str | None, str | None]] = {}
+    referenced: dict[str, Referrer] = {}
     for ref in rows:
         referenced.setdefault(ref.blob_id, (str(ref.id_experiment), ref.label))
     for root in roots or []:
@@ -101,21 +106,28 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
     trashed = {o.key.rsplit("/", 1)[-1] for o in store.blobs.iter_trash()}
     quarantined = {q.blob_id for q in store.blobs.iter_quarantine()}
     recorded = _damage_recorded(store)
+    run = _Commands(cli_command(index.engine.url, "gc", datastore=store.blobs.url),
+                    cli_command(index.engine.url, "verify", "--deep", datastore=store.blobs.url))
+    plan = _plan(store, sample, deep, referenced, copies, facts, chunks)
     for blob_id, (experiment, fld) in sorted(referenced.items()):
         known = facts.get(blob_id)
         found = copies.get(blob_id, [])
         described = _described(found, known)
+        rehash = deep and (plan is None or blob_id in plan.whole)
         problem = ("facts", damaged[blob_id]) if blob_id in damaged else \
-            _check_blob(store, blob_id, described, known, deep, progress, trashed, blob_id in quarantined) \
-            or _check_chunks(chunks, blob_id, found, deep) \
-            or _check_other_copies(store, [c for c in found if c is not described], known, deep) \
-            or (None if deep else _check_recorded(store, blob_id, described, recorded)) \
+            _check_blob(store, blob_id, described, known, rehash, progress, trashed, blob_id in quarantined, run) \
+            or _check_chunks(chunks, blob_id, found, rehash, run) \
+            or _check_other_copies(store, [c for c in found if c is not described], known, rehash) \
+            or (None if rehash else _check_recorded(store, blob_id, described, recorded, run)) \
             or (("reference", refused[blob_id]) if blob_id in refused else None)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
-        elif deep and blob_id in recorded:
+        elif rehash and blob_id in recorded:
             _drop_refuted_record(store, blob_id)
         report.blobs_checked += 1
+    if plan is not None:
+        report.sample = plan.report
+        report.problems += _sampled_chunk_damage(store, plan, referenced, report.problems, progress)
     report.problems += [Problem("foreign", "", None, None, f"{o.key!r} is not a blob casstore wrote (a name no blob has, "
                                 "or not a regular file): "
                                 "it is never read and gc never deletes it; remove it once you know where it came from")
@@ -124,6 +136,27 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
         report.reclaimable = reclaimable(index, store, field_roots, copies, chunks)
         report.reclaimable += [Reclaimable("orphaned_ref", r.blob_id, None, 0, 0.0) for r in orphaned]
     return report
+
+
+def _plan(store: ContentStore, sample: Sample | None, deep: bool, referenced: dict[str, Referrer],
+          copies: dict[str, list[BlobStat]], facts: dict[str, BlobFacts], chunks: ChunkCensus) -> SamplePlan | None:
+    if sample is None or not deep:
+        return None
+    described = {b: d for b in referenced if (d := _described(copies.get(b, []), facts.get(b))) is not None}
+    return plan_sample(store.blobs, sample, described, chunks.stored)
+
+
+def _sampled_chunk_damage(store: ContentStore, plan: SamplePlan, referenced: dict[str, Referrer],
+                          found: list[Problem], progress: Callable[[int], None] | None) -> list[Problem]:
+    """The picked chunks no whole re-hash read, each re-hashed once: damage to every
+    referenced blob that uses it and has no other problem."""
+    reported = {p.blob for p in found}
+    problems = []
+    for blob_id, detail in sorted(rehash_chunks(store.blobs, plan, progress).items()):
+        if blob_id not in reported:
+            experiment, fld = referenced[blob_id]
+            problems.append(Problem("chunk", blob_id, experiment, fld, detail))
+    return problems
 
 
 def _named_facts(facts: dict[str, BlobFacts], blob_id: str, size: int, named: StoredFacts | None,
@@ -162,19 +195,6 @@ def _disagreements(rows: list[RefListing], roots: list[FieldRoot]) -> list[Probl
     return problems
 
 
-def _stored_copies(store: ContentStore, strangers: list[ObjectStat] | None = None) -> dict[str, list[BlobStat]]:
-    """Every stored blob by id, from one listing; the copy readers use comes first (`find`'s
-    codec order). Two writers racing with different codecs can leave a `.tar` and a
-    `.tar.zst` of one id (docs/datastore.md); both are sound."""
-    order = list(CODEC_SUFFIX)
-    copies: dict[str, list[BlobStat]] = {}
-    for blob in store.blobs.iter_blobs(strangers):
-        copies.setdefault(blob.blob_id, []).append(blob)
-    for found in copies.values():
-        found.sort(key=lambda b: order.index(b.codec))
-    return copies
-
-
 def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | None:
     """The copy the index facts describe (a writer records the copy it found or wrote), else
     the one readers use; None if there is none."""
@@ -187,9 +207,9 @@ def _described(copies: list[BlobStat], known: BlobFacts | None) -> BlobStat | No
 
 def _check_blob(store: ContentStore, blob_id: str, found: BlobStat | None, known: BlobFacts | None,
                 deep: bool, progress: Callable[[int], None] | None, trashed: set[str],
-                quarantined: bool = False) -> tuple[str, str] | None:
+                quarantined: bool, run: _Commands) -> tuple[str, str] | None:
     if found is None:
-        hint = " (it is in the trash of an interrupted gc: run `casstore gc` to restore it)" \
+        hint = f" (it is in the trash of an interrupted gc: run `{run.gc}` to restore it)" \
             if any(blob_id.split(":")[1][2:] in t for t in trashed) else \
             " (a damaged copy of it is in casstore/quarantine: persist the folder again to store it)" \
             if quarantined else ""
@@ -222,13 +242,13 @@ def _drop_refuted_record(store: ContentStore, blob_id: str) -> None:
 
 
 def _check_recorded(store: ContentStore, blob_id: str, copy: BlobStat | None,
-                    recorded: set[str]) -> tuple[str, str] | None:
+                    recorded: set[str], run: _Commands) -> tuple[str, str] | None:
     """Damage a load or an earlier `--deep` recorded for the copy that is there now."""
     record: DamageRecord | None = read_damage(store.blobs, blob_id) if blob_id in recorded and copy else None
     if record is None or copy is None or not describes(record, copy):
         return None
     return "damaged", (f"a read found it damaged ({record.reason}: {record.detail}); persisting the folder "
-                       f"again repairs it, `casstore verify --deep` checks it again")
+                       f"again repairs it, `{run.deep}` checks it again")
 
 
 def _check_other_copies(store: ContentStore, others: list[BlobStat], known: BlobFacts | None,
@@ -267,7 +287,8 @@ def _rehash(store: ContentStore, blob_id: str, known: BlobFacts,
     return None
 
 
-def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], deep: bool) -> tuple[str, str] | None:
+def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], deep: bool,
+                  run: _Commands) -> tuple[str, str] | None:
     """A manifest of the blob that does not read, or names chunks that are not stored (or
     not of the size it gives), or (without `deep`, whose re-read decides) chunks a read
     found damaged: damage to the blob, though its manifest is intact."""
@@ -283,28 +304,5 @@ def _check_chunks(chunks: ChunkCensus, blob_id: str, copies: list[BlobStat], dee
     recorded = chunks.recorded.get(blob_id)
     if recorded and not deep:
         return "chunk", (f"a read found its chunk(s) {', '.join(recorded[:3])} damaged; persisting the folder again "
-                         "repairs them, `casstore verify --deep` checks them again")
+                         f"repairs them, `{run.deep}` checks them again")
     return None
-
-
-def reclaimable(index: Index, store: ContentStore, field_roots: FieldRoots,
-                copies: dict[str, list[BlobStat]] | None = None,
-                chunks: ChunkCensus | None = None) -> list[Reclaimable]:
-    """What gc could delete, ignoring the grace period (gc applies it)."""
-    now = time.time()
-    copies = copies if copies is not None else _stored_copies(store)
-    chunks = chunks if chunks is not None else census(store.blobs)
-    live = live_blob_ids(store.blobs, index, field_roots)
-    items = [Reclaimable("unreferenced", b.blob_id, None, b.stored_size, now - b.mtime)
-             for found in copies.values() for b in found if b.blob_id not in live]
-    items += [Reclaimable("leftover", None, o.key, o.size, now - o.mtime) for o in leftovers(store.blobs)]
-    items += [Reclaimable("expired_lease", None, lease.key, 0, now - lease.expires)
-              for lease in read_leases(store.blobs) if lease.expired(now)]
-    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved) for q in store.blobs.iter_quarantine()]
-    leased, window = leased_blob_ids(store.blobs, now), leased_since(store.blobs, now)
-    items += [Reclaimable("unreferenced_chunk", c.blob_id, None, c.stored_size, now - c.mtime)
-              for c in chunks.stored.values()
-              if c.blob_id not in chunks.named and c.blob_id not in leased and c.mtime < window]
-    items += [Reclaimable("quarantined", None, q.key, q.size, now - q.moved)
-              for q in chunk_store(store.blobs).iter_quarantine()]
-    return items

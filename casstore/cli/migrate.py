@@ -52,7 +52,9 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, as_json: 
     if as_json:
         emit_json(report.to_dict())
     else:
-        click.echo(render(report))
+        from casstore.cas.index.engine import cli_command
+
+        click.echo(render(report, cli_command(db, "verify", "--deep", datastore=datastore)))
     if report.exit_code:
         raise click.exceptions.Exit(EXIT_FAILED)
 
@@ -69,8 +71,8 @@ def _progress() -> Callable[[Any], None] | None:
     return show
 
 
-def render(report: Any) -> str:
-    """The report as text."""
+def render(report: Any, check_command: str) -> str:
+    """The report as text; `check_command`: the verify that checks the migrated project."""
     r = report
     would = "would be " if r.dry_run else ""
     lines = [f"{'dry run: ' if r.dry_run else ''}{r.references_migrated} of {r.references_found} archive "
@@ -100,5 +102,5 @@ def render(report: Any) -> str:
         lines += [f"  {printable(o.path)}  {o.kind}  {human_bytes(o.size)}" for o in r.orphans]
     lines += [f"warning: {printable(w)}" for w in r.warnings]
     if not r.dry_run and r.references_migrated:
-        lines.append("check with: casstore verify --deep --db URL")
+        lines.append(f"check with: {check_command}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from casstore.cas.index.engine import safe_url, sqlite_file
+from casstore.cas.index.engine import cli_command, safe_url, sqlite_file
 from casstore.cli.app import Unusable, common_options, one_line_errors
 from casstore.cli.output import emit_json
 from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
@@ -130,6 +130,11 @@ class Project:
         if self._index is not None:
             self._index.dispose()
             self._index = None
+
+    def suggest(self, *words: str) -> str:
+        """A command on this project as the user gave it: `words`, then --db and --datastore
+        (if given), quoted for a shell (engine.cli_command)."""
+        return cli_command(self.db, *words, datastore=self.datastore_arg)
 
     def emit(self, document: Any) -> None:
         emit_json(document)

@@ -48,7 +48,7 @@ def registry(project: Project, forget: str | None, trust: str | None, revoke: st
         forgotten = forget_entry(blobs, forget)
         if not forgotten:
             raise Unusable(f"{forget} is neither the key nor the URL of an entry in the registry of datastore "
-                           f"{blobs.url} (`casstore registry` lists them)")
+                           f"{blobs.url} (`{project.suggest('registry')}` lists them)")
         if mine is not None and entry_key(mine) in forgotten:
             warn("this database was forgotten; its next persist registers it again, and until then gc run "
                  "from another project sharing the datastore does not see its references")
@@ -106,6 +106,9 @@ def _print_registry(project: Project, entries: list[Entry], broken: list[BrokenE
                      [(r["key"], r["url"], _registry_note(r)) for r in rows]
                      + [(b["key"], "?", f"unreadable: {b['reason']} (gc refuses until it is forgotten or repaired)")
                         for b in bad]))
+    for row in rows:
+        if row["trusted"] is False and row["exists"] is not False and not row["this"]:
+            click.echo(f"to confirm {row['url']}: {project.suggest('registry', '--trust', str(row['key']))}")
 
 
 def _registry_note(row: dict[str, Any]) -> str:
@@ -114,7 +117,7 @@ def _registry_note(row: dict[str, Any]) -> str:
     if row["exists"] is False:
         return "missing (gc refuses until it is back or forgotten)"
     if row["trusted"] is False:
-        return "not confirmed (gc refuses until `casstore registry --trust URL`)"
+        return "not confirmed (gc refuses until it is: see below)"
     return ""
 
 

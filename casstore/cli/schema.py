@@ -60,13 +60,14 @@ def db_current(engine: Engine, as_json: bool) -> None:
     """The schema revision of casstore's tables in the database, and the one this casstore needs.
 
     --datastore is accepted and not used."""
+    from casstore.cas.index.engine import cli_command
     from casstore.cas.index.schema import HEAD
 
     current = _revision(engine)
     if as_json:
         emit_json({"current": current, "head": HEAD, "up_to_date": current == HEAD})
         return
-    state = "up to date" if current == HEAD else "outdated: run `casstore db upgrade`"
+    state = "up to date" if current == HEAD else f"outdated: run `{cli_command(engine.url, 'db', 'upgrade')}`"
     click.echo(f"current  {current or 'none'}\nhead     {HEAD}\n{state}")
 
 

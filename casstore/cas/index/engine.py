@@ -9,6 +9,7 @@ writes to a SQLite file: no switch to WAL, `PRAGMA query_only`, and the file ope
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 import time
 from contextlib import AbstractContextManager
@@ -41,6 +42,15 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
+
+
+def cli_command(db: str | URL, *words: str, datastore: str | None = None) -> str:
+    """The `casstore` command line a message suggests, as a shell runs it: `words`, then
+    --db (its password masked: the user types it in) and --datastore if given, each quoted
+    where a shell would split or expand it."""
+    url = db.render_as_string(hide_password=True) if isinstance(db, URL) else safe_url(db)
+    where = ["--db", url] + (["--datastore", datastore] if datastore else [])
+    return " ".join(["casstore", *(shlex.quote(w) for w in [*words, *where])])
 
 
 @dataclass(frozen=True, slots=True)

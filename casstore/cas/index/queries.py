@@ -335,15 +335,18 @@ class Index:
             return set(conn.scalars(select(RefRow.blob_id).distinct()))
 
     def iter_refs(self) -> Iterator[RefListing]:
+        """The reference rows of the experiments there are, with their names and facts; the
+        rows of an experiment that is gone are `orphaned_refs` (reclaimable), never listed
+        here with a blank name."""
         query = (select(RefRow.id_experiment, ExperimentRow.name, RefRow.field, RefRow.id_run, RefRow.blob_id,
                         BlobRow.size, BlobRow.stored_size, BlobRow.codec)
                  .join(BlobRow, BlobRow.blob_id == RefRow.blob_id, isouter=True)
-                 .join(ExperimentRow, ExperimentRow.id_experiment == RefRow.id_experiment, isouter=True)
+                 .join(ExperimentRow, ExperimentRow.id_experiment == RefRow.id_experiment)
                  .order_by(ExperimentRow.name, RefRow.id_run, RefRow.field))
         with self.engine.connect() as conn:
             for r in conn.execute(query):
                 facts = _facts_or_none(r[4], r[5], r[6], r[7])
-                yield RefListing(r[0], r[1] or "", r[2], r[3], r[4], *(
+                yield RefListing(r[0], r[1], r[2], r[3], r[4], *(
                     (facts.size, facts.stored_size, facts.codec) if facts else (None, None, None)))
 
     def iter_blob_facts(self, damaged: dict[str, str] | None = None) -> Iterator[BlobFacts]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect
 
-from casstore.cas.index.engine import write_transaction
+from casstore.cas.index.engine import cli_command, write_transaction
 from casstore.cas.index.models import CASSTORE_TABLES, VERSION_TABLE, ExperimentRow, table
 from casstore.errors import InvalidInput, SchemaOutdated
 
@@ -76,7 +76,7 @@ def ensure_schema(engine: Engine) -> None:
         if revision in COMPATIBLE:
             table(ExperimentRow).create(connection, checkfirst=True)
             return
-    _refuse(revision)
+    _refuse(revision, engine)
 
 
 def check_schema(engine: Engine, creatable: bool = False) -> None:
@@ -94,7 +94,7 @@ def check_schema(engine: Engine, creatable: bool = False) -> None:
     if revision in COMPATIBLE:
         raise InvalidInput("the database has casstore's tables but no experiments table: "
                            "it holds no experiment (the first persist creates the table)")
-    _refuse(revision)
+    _refuse(revision, engine)
 
 
 def require_casstore_tables(engine: Engine) -> None:
@@ -118,14 +118,14 @@ def _state(connection: Connection) -> tuple[str | None, bool, bool]:
     return current_revision(connection), _has_casstore_tables(connection), has_experiments
 
 
-def _refuse(revision: str | None) -> None:
+def _refuse(revision: str | None, engine: Engine) -> None:
     if revision is None:
         raise SchemaOutdated("the database has casstore tables but no casstore schema version: it was not "
                              "made by casstore, or its version table was dropped; restore it from a backup")
     _refuse_newer(revision)
     raise SchemaOutdated(
         f"the database holds casstore schema {revision}, this casstore needs {HEAD}: "
-        "run `casstore db upgrade --db URL` (back the database up first)"
+        f"run `{cli_command(engine.url, 'db', 'upgrade')}` (back the database up first)"
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from casstore.cas.backends.base import BlobStore, ObjectStat
 from casstore.cas.backends.layout import INTERNAL, is_torn_object
-from casstore.cas.index.engine import make_engine, sqlite_file
+from casstore.cas.index.engine import cli_command, make_engine, sqlite_file
 from casstore.cas.index.queries import PROJECT_KEY, Index
 from casstore.cas.live.leases import leased_blob_ids
 from casstore.cas.live.refs import named_refs
@@ -75,7 +75,7 @@ def registered_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots)
     left: list[Entry] = []  # entries whose SQLite file is not there
     for entry in entries(blobs):
         if entry.url == mine:
-            _check_project(entry, index.get_fact(PROJECT_KEY))
+            _check_project(entry, index.get_fact(PROJECT_KEY), index.engine.url)
         elif entry.file_exists is False:
             left.append(entry)
         else:
@@ -83,7 +83,7 @@ def registered_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots)
             files.append(file_identity(entry.url))
     for entry in left:
         if not any(renamed_from(entry, f) for f in files):
-            _check_sqlite_file(entry, _sqlite_path(entry))
+            _check_sqlite_file(entry, _sqlite_path(entry), index.engine.url)
     return ids
 
 
@@ -92,15 +92,15 @@ def _read_other(entry: Entry, own: URL, field_roots: FieldRoots) -> set[str]:
     a regular file; a server only if the user confirmed its URL (trust.py), and then with no
     password but those configured for it (`_open_url`): an entry proves nothing about who
     wrote it, so it must not make casstore send credentials anywhere (docs/teams.md)."""
-    url, forget = entry.url, f"casstore registry --forget {entry.key}"
+    url, forget = entry.url, _suggest(own, "--forget", entry.key)
     parsed, found = make_url(url), sqlite_file(url)
     if found is not None:
-        _check_sqlite_file(entry, found.path)
+        _check_sqlite_file(entry, found.path, own)
     elif url not in trusted_urls():
         raise UnresolvedRegistryEntry(
             entry.key, f"registry entry {entry.key} names the server database {url}, which you have not confirmed: "
             "gc and verify connect only to servers you confirmed, since your credentials would go there; if it is "
-            f"your team's database, run `casstore registry --trust {url}`, if not, `{forget}`")
+            f"your team's database, run `{_suggest(own, '--trust', url)}`, if not, `{forget}`")
     other = Index(make_engine(_open_url(parsed, own), read_only=True))
     try:
         project, ids = other.get_fact(PROJECT_KEY), referenced_blob_ids(other, field_roots)
@@ -110,7 +110,7 @@ def _read_other(entry: Entry, own: URL, field_roots: FieldRoots) -> set[str]:
                                       f"run `{forget}`") from exc
     finally:
         other.dispose()
-    _check_project(entry, project)
+    _check_project(entry, project, own)
     return ids
 
 
@@ -120,8 +120,8 @@ def _sqlite_path(entry: Entry) -> str:
     return found.path
 
 
-def _check_sqlite_file(entry: Entry, path: str) -> None:
-    forget = f"casstore registry --forget {entry.key}"
+def _check_sqlite_file(entry: Entry, path: str, own: URL) -> None:
+    forget = _suggest(own, "--forget", entry.key)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -155,7 +155,12 @@ def _server(url: URL) -> tuple[str | None, int | None, list[tuple[str, str | tup
     return url.host, url.port, sorted(url.query.items())
 
 
-def _check_project(entry: Entry, found: str | None) -> None:
+def _suggest(own: URL, *words: str) -> str:
+    """The `casstore registry` command that resolves an entry, on the database gc runs on."""
+    return cli_command(own, "registry", *words)
+
+
+def _check_project(entry: Entry, found: str | None, own: URL) -> None:
     """An entry that names a project must find that project at its URL: another one there
     means the project moved or was replaced, and its references are not where gc looks."""
     if entry.project is not None and found != entry.project:
@@ -163,7 +168,7 @@ def _check_project(entry: Entry, found: str | None) -> None:
             entry.key, f"registry entry {entry.key} says {entry.url} is project {entry.project}, but that database "
             f"is {'project ' + found if found else 'of no project'}: if project {entry.project} moved, its next "
             "persist that stores an archive registers it where it is now; if it is gone for good, or to go on "
-            f"without it, run `casstore registry --forget {entry.key}`")
+            f"without it, run `{_suggest(own, '--forget', entry.key)}`")
 
 
 def live_blob_ids(blobs: BlobStore, index: Index, field_roots: FieldRoots) -> set[str]:

@@ -65,7 +65,8 @@ def _parse(path: str, data: bytes) -> dict[str, float]:
     if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("url"), str)
                                               and isinstance(i.get("confirmed"), (int, float)) for i in items):
         raise InvalidInput(f"the list of confirmed databases {path} is damaged: fix it, or delete it and "
-                           "confirm the databases again with `casstore registry --trust URL`")
+                           "confirm each server database again with `casstore registry --trust`, its URL and "
+                           "--db (the project's database)")
     return {i["url"]: float(i["confirmed"]) for i in items}
 
 
