@@ -11,6 +11,10 @@ and one function of its DataPak decoder; everything else MLtraq does stays MLtra
   checked, casstore's member validation); one naming a legacy TAR runs MLtraq's code.
 - `delete`: MLtraq's, and, when enable(datastore=...) put the references in another
   datastore, the experiment's references there too (MLtraq removes only its own folder).
+- `mltraq.experiment.Experiment.delete` (MLtraq's persist with if_exists="replace" calls it):
+  MLtraq's, then, when the row it deleted by name had another id (a new object replacing
+  an experiment), that experiment's references too. MLtraq removes only the folders of the
+  new id, so without this the old archives would stay referenced, kept by gc forever.
 - `decode_magic_key` learns `casstore.ArchiveStore-0`, the value `casstore migrate` writes
   by default, and extracts its blob where MLtraq extracts its archives.
 
@@ -46,6 +50,7 @@ class _State:
 
     methods: dict[str, Any] = field(default_factory=dict)  # ArchiveStoreIO attribute -> original
     decode: Any = None  # the original mltraq.storage.serializers.datapak.decode_magic_key
+    delete_experiment: Any = None  # the original mltraq.experiment.Experiment.delete
     datastore: Optional[str] = None  # enable(datastore=...), None: MLtraq's datastore.url
 
     @property
@@ -81,6 +86,7 @@ def enable(datastore: Optional[str] = None) -> Enabled:
     puts blobs and references there instead of MLtraq's datastore folder (option
     datastore.url at each call); a relative folder is taken from the current folder now.
     Calling it again while enabled changes only the datastore. Needs MLtraq installed."""
+    from mltraq import experiment as mltraq_experiment
     from mltraq.storage import archivestore as mltraq_archivestore
     from mltraq.storage.serializers import datapak as mltraq_datapak
 
@@ -91,6 +97,8 @@ def enable(datastore: Optional[str] = None) -> Enabled:
     cls = mltraq_archivestore.ArchiveStoreIO
     _state.methods = {name: cls.__dict__[name] for name in METHODS}
     _state.decode = mltraq_datapak.decode_magic_key
+    _state.delete_experiment = mltraq_experiment.Experiment.__dict__["delete"]
+    mltraq_experiment.Experiment.delete = _delete_experiment
     cls.create = classmethod(_create)
     cls.open = _open
     cls.extract = _extract
@@ -104,13 +112,15 @@ def disable() -> None:
     """Put MLtraq's own methods back, exactly as they were; harmless when not enabled."""
     if not _state.on:
         return
+    from mltraq import experiment as mltraq_experiment
     from mltraq.storage import archivestore as mltraq_archivestore
     from mltraq.storage.serializers import datapak as mltraq_datapak
 
     for name, original in _state.methods.items():
         setattr(mltraq_archivestore.ArchiveStoreIO, name, original)
     mltraq_datapak.decode_magic_key = _state.decode
-    _state.methods, _state.decode, _state.datastore = {}, None, None
+    mltraq_experiment.Experiment.delete = _state.delete_experiment
+    _state.methods, _state.decode, _state.delete_experiment, _state.datastore = {}, None, None, None
 
 
 def is_enabled() -> bool:
@@ -153,16 +163,6 @@ def _is_reference(url: str) -> bool:
     return data is not None and parse_named_ref(key, data) is not None
 
 
-def _original(name: str) -> Any:
-    return _state.methods[name].__get__(None, _mltraq_io())
-
-
-def _mltraq_io() -> Any:
-    from mltraq.storage.archivestore import ArchiveStoreIO as MLtraqArchiveStoreIO
-
-    return MLtraqArchiveStoreIO
-
-
 def _create(cls: Any, src_dir: str, arc_dir: str = ".", include: Any = "**", exclude: Any = None) -> Any:
     with _bridged():
         url = ArchiveStoreIO.create(src_dir, arc_dir, include, exclude).url
@@ -193,14 +193,39 @@ def _getnames(self: Any, target: Optional[str] = None) -> list[str]:
 
 
 def _delete(cls: Any, relative_path_prefix: str) -> None:
-    _original("delete")(relative_path_prefix)
-    if _state.datastore is None:
-        return  # the references are in MLtraq's datastore folder, which MLtraq's delete removes
+    _state.methods["delete"].__get__(None, cls)(relative_path_prefix)
+    if _state.datastore is not None:  # else they are in MLtraq's datastore folder, which MLtraq removed
+        _remove_references(relative_path_prefix)
+
+
+def _delete_experiment(self: Any, *args: Any, **kwargs: Any) -> None:
+    stored = _stored_id(self)
+    _state.delete_experiment(self, *args, **kwargs)
+    if stored is not None and str(stored) != str(self.id_experiment):
+        _remove_references(str(stored))
+
+
+def _stored_id(experiment: Any) -> Any:
+    """The id of the experiment row named like `experiment` (None if there is none)."""
+    from sqlalchemy.orm import load_only
+
+    model = experiment.model_cls
+    with experiment.db.session() as session:
+        record = session.query(model).options(load_only(model.id_experiment)).filter_by(name=experiment.name).first()
+        return None if record is None else record.id_experiment
+
+
+def _remove_references(relative_path_prefix: str) -> None:
+    """Delete the named references under `<datastore>/<relative_path_prefix>/`, and nothing
+    else there (MLtraq's own files are MLtraq's to keep or remove)."""
     with _bridged(), options().ctx({"datastore.relative_path_prefix": relative_path_prefix}):
         prefix = stores.checked_prefix("datastore.relative_path_prefix").replace(os.sep, "/")
         blobs = stores.content_store().blobs
         for obj in list(blobs.list_objects(prefix + "/")):
-            data = blobs.get_object(obj.key, max_bytes=MAX_REF_BYTES)
+            try:
+                data = blobs.get_object(obj.key, max_bytes=MAX_REF_BYTES)
+            except UnreadableObject:
+                continue  # larger than a reference, or not a regular file: not casstore's
             if data is not None and parse_named_ref(obj.key, data) is not None:
                 blobs.delete_object(obj.key)
 

@@ -23,6 +23,7 @@ import casstore.mltraq as integration  # noqa: E402
 from casstore.cas.live.refs import MAX_REF_BYTES, parse_named_ref  # noqa: E402
 from helpers import run_cli  # noqa: E402
 from make_legacy_fixture import tree_record  # noqa: E402
+from mltraq.experiment import Experiment  # noqa: E402
 from mltraq.storage.archivestore import ArchiveStore, ArchiveStoreIO  # noqa: E402
 from mltraq.storage.serializers import datapak as mltraq_datapak  # noqa: E402
 
@@ -117,6 +118,7 @@ def gc() -> dict:
 def test_enable_patches_and_disable_restores_mltraq_exactly(workdir):
     before = {name: ArchiveStoreIO.__dict__[name] for name in METHODS}
     decode = mltraq_datapak.decode_magic_key
+    delete = Experiment.__dict__["delete"]
     integration.enable()
     try:
         assert all(ArchiveStoreIO.__dict__[name] is not before[name] for name in METHODS)
@@ -124,7 +126,7 @@ def test_enable_patches_and_disable_restores_mltraq_exactly(workdir):
     finally:
         integration.disable()
     assert {name: ArchiveStoreIO.__dict__[name] for name in METHODS} == before
-    assert mltraq_datapak.decode_magic_key is decode
+    assert mltraq_datapak.decode_magic_key is decode and Experiment.__dict__["delete"] is delete
 
 
 def test_enable_twice_then_disable_once_restores_mltraq(workdir):
@@ -236,11 +238,66 @@ def test_mltraq_replace_then_gc_frees_the_old_content(on):
     assert (Path(load("e1").fields.data.get_target()) / "data" / "a.txt").read_text() == "second"
 
 
+def test_mltraq_replace_by_a_new_object_then_gc_frees_the_old_experiment(on):
+    old = persist("e1")
+    adopt()
+    (on / "src" / "a.txt").write_text("second")
+    new = persist("e1", if_exists="replace")
+    assert new.id_experiment != old.id_experiment
+    assert not [k for k in named_refs(on / DATASTORE) if k.startswith(str(old.id_experiment))]
+    assert len(gc()["deleted"]) == 3
+    verify_clean()
+
+
+def test_a_legacy_tar_in_a_replaced_experiment_stays_as_mltraq_leaves_it(on):
+    integration.disable()
+    old = persist("e1")
+    integration.enable()
+    persist("e1", if_exists="replace")
+    assert len(list((on / DATASTORE / str(old.id_experiment)).iterdir())) == 3
+
+
 def test_mltraq_still_persists_and_loads_after_casstore_tables_are_added(on):
     persist("e1")
     adopt()
     persist("e2")
     assert "data/a.txt" in extracted(load("e2"))["tree"]
+
+
+def half_written_persist() -> str:
+    """What a persist killed before MLtraq committed its row leaves: a reference in the folder
+    of an experiment id no row has."""
+    import uuid
+
+    from mltraq import options
+
+    with options().ctx({"datastore.relative_path_prefix": str(uuid.uuid4())}):
+        return ArchiveStoreIO.create("src").url[len("file:///"):]
+
+
+def test_a_half_written_persist_is_kept_by_gc(on):
+    persist("e1")
+    adopt()
+    half_written_persist()
+    gc()
+    verify_clean()
+    assert len(blob_files(on / DATASTORE)) == 4
+
+
+def test_migrate_dry_run_lists_the_references_of_a_half_written_persist(on):
+    persist("e1")
+    rel = half_written_persist()
+    report = json.loads(run_cli("migrate", "--form", "mltraq", "--dry-run", "--json", "--db", DB,
+                                "--datastore", DATASTORE).stdout)
+    assert [(o["path"], o["kind"]) for o in report["orphans"]] == [(rel, "reference")]
+
+
+def test_removing_the_listed_reference_lets_gc_free_its_blob(on):
+    persist("e1")
+    adopt()
+    (on / DATASTORE / half_written_persist()).unlink()
+    assert len(gc()["deleted"]) == 1
+    verify_clean()
 
 
 # --------------------------------------------------------------------------- kill -9 during persist
