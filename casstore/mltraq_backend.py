@@ -95,6 +95,10 @@ def enable(datastore: Optional[str] = None) -> Enabled:
     if _state.on:
         return before
     cls = mltraq_archivestore.ArchiveStoreIO
+    missing = [name for name in METHODS if name not in cls.__dict__]
+    if missing or "delete" not in mltraq_experiment.Experiment.__dict__:
+        raise InvalidInput(f"this MLtraq has no ArchiveStoreIO.{(missing or ['?'])[0]} or Experiment.delete of its own: "
+                           "casstore.mltraq.enable() is made for MLtraq 0.1.165")
     _state.methods = {name: cls.__dict__[name] for name in METHODS}
     _state.decode = mltraq_datapak.decode_magic_key
     _state.delete_experiment = mltraq_experiment.Experiment.__dict__["delete"]
