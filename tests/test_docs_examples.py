@@ -1,4 +1,4 @@
-"""The examples in docs/ run as written.
+"""The examples in docs/ and the README run as written.
 
 A fenced ```bash or ```python block preceded by the line `<!-- doctest -->` is an example:
 it is run in a fresh, empty folder (bash blocks with `bash -e`, python blocks with this
@@ -20,8 +20,8 @@ from typing import Optional
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("docs/tar-format.md", "docs/datastore.md", "docs/gc.md")
-MUST_HAVE_EXAMPLES = ("docs/tar-format.md", "docs/datastore.md")
+DOCS = ("docs/tar-format.md", "docs/datastore.md", "docs/gc.md", "README.md")
+MUST_HAVE_EXAMPLES = ("docs/tar-format.md", "docs/datastore.md", "README.md")
 EXAMPLE_MARK = "<!-- doctest -->"
 OUTPUT_MARK = "<!-- doctest-output -->"
 LANGUAGES = ("bash", "python")

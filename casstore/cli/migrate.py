@@ -20,6 +20,9 @@ from casstore.errors import DatastoreError, InvalidInput, SchemaOutdated
 # The errors that mean "this database or datastore cannot be used"; any other error is a
 # failure of the migration (exit 1).
 UNUSABLE = (InvalidInput, DatastoreError, SchemaOutdated)
+FORMS = ("casstore", "mltraq")
+MLTRAQ_NOTICE = ("note: MLtraq reads this project only with casstore's integration from now on: call "
+                 "casstore.mltraq.enable() before loading or persisting with MLtraq (docs/mltraq-integration.md)")
 
 
 @main.command("migrate")
@@ -32,9 +35,13 @@ UNUSABLE = (InvalidInput, DatastoreError, SchemaOutdated)
                                               "change nothing.")
 @click.option("--keep-legacy", is_flag=True, help="Keep the legacy TAR files after their content is migrated "
                                                   "and verified (default: delete them).")
+@click.option("--form", type=click.Choice(FORMS), default="casstore", show_default=True,
+              help="casstore: fields rewritten to casstore references (casstore's sessions and MLtraq with "
+                   "the integration read them). mltraq: the database keeps every byte, each legacy TAR is "
+                   "replaced by a named reference at its path (the form casstore.mltraq.enable() writes).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document on stdout (progress goes to stderr).")
-def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, as_json: bool) -> None:
+def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, form: str, as_json: bool) -> None:
     """Move every MLtraq ArchiveStore of a project into the content store.
 
     Archive references in experiment fields and in run tables are rewritten to casstore
@@ -43,18 +50,26 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, as_json: 
     experiment is committed. Datastore files nothing references are reported, never
     deleted. Safe to run again: a finished migration is a no-op, an interrupted one
     resumes. Exit 1 if some references could not be migrated (they are listed and left as
-    they were). See docs/migration.md."""
+    they were). After it, MLtraq reads the project only with casstore.mltraq.enable().
+    See docs/migration.md."""
     from casstore.mltraq import migrate as library
 
+    if form == "mltraq" and keep_legacy:
+        raise click.UsageError("--keep-legacy does not apply to --form mltraq: the reference takes the TAR's place")
     with one_line_errors(UNUSABLE):
         plan = library.plan(db, datastore)
-        report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=_progress())
+        if form == "mltraq":
+            report = library.execute_in_place(plan, dry_run=dry_run, progress=_progress())
+        else:
+            report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=_progress())
     if as_json:
         emit_json(report.to_dict())
     else:
         from casstore.cas.index.engine import cli_command
 
         click.echo(render(report, cli_command(db, "verify", "--deep", datastore=datastore)))
+    if not dry_run:
+        click.echo(MLTRAQ_NOTICE, err=True)
     if report.exit_code:
         raise click.exceptions.Exit(EXIT_FAILED)
 

@@ -15,13 +15,19 @@ prepare()/migrate() split:
 Every state is resumable: a killed run leaves either an experiment untouched (legacy
 references; at most unreferenced blobs that gc reclaims) or committed (the legacy files it
 still had are recorded in casstore_meta, and the next run deletes them after checking
-their blobs again). Re-running a finished migration changes nothing. See docs/migration.md."""
+their blobs again). Re-running a finished migration changes nothing. See docs/migration.md.
+
+`execute_in_place(plan, ...)` (mltraq_form.py, `casstore migrate --form mltraq`) keeps the
+database byte for byte and replaces each legacy TAR by a named reference to its blob: the
+form `casstore.mltraq.enable()` writes and reads."""
 
 from casstore.mltraq.migrate.executor import execute
+from casstore.mltraq.migrate.mltraq_form import execute_in_place
 from casstore.mltraq.migrate.report import MigrationEvent, MigrationReport, Progress, RefFailure, StandaloneArchive
 from casstore.mltraq.migrate.rewrite import rewrite_datapak
 from casstore.mltraq.migrate.survey import (ExperimentPlan, LegacyRef, MigrationPlan, Orphan, Pending, datastore_path,
                                             plan)
 
 __all__ = ["ExperimentPlan", "LegacyRef", "MigrationEvent", "MigrationPlan", "MigrationReport", "Orphan", "Pending",
-           "Progress", "RefFailure", "StandaloneArchive", "datastore_path", "execute", "plan", "rewrite_datapak"]
+           "Progress", "RefFailure", "StandaloneArchive", "datastore_path", "execute", "execute_in_place", "plan",
+           "rewrite_datapak"]

@@ -73,7 +73,7 @@ class ExperimentPlan:
 class Orphan:
     path: str  # relative to the datastore, '/'-separated
     size: int
-    kind: str  # "tar", "datapak", "file", "symlink" or "other"
+    kind: str  # "tar", "datapak", "file", "symlink", "other", or "reference" (a named one nothing names)
 
 
 @dataclass(frozen=True)
@@ -303,6 +303,8 @@ def _orphans(root: str, referenced: set[str]) -> list[Orphan]:
             except OSError:
                 continue
             if parse_named_ref(rel, head) is not None:
+                if _in_experiment_folder(rel):  # written for a persist that never committed its row
+                    out.append(Orphan(rel, size, "reference"))
                 continue
             out.append(Orphan(rel, size, _sniff(head)))
     return out
@@ -319,6 +321,12 @@ def _is_standalone(orphan: Orphan) -> bool:
     folder = parent.rpartition("/")[2]
     return (orphan.kind == "tar" and bool(parent) and _UUID_HEX.fullmatch(name) is not None
             and _DASHED_UUID.fullmatch(folder) is None)
+
+
+def _in_experiment_folder(rel: str) -> bool:
+    """`<dashed experiment id>/<name>`: where MLtraq (and casstore.mltraq.enable()) writes."""
+    parent, _, _ = rel.rpartition("/")
+    return _DASHED_UUID.fullmatch(parent) is not None
 
 
 def _sniff(head: bytes) -> str:
