@@ -128,8 +128,8 @@ def _check_sqlite_file(entry: Entry, path: str, own: URL) -> None:
         project = f", project {entry.project}" if entry.project else ""
         raise UnresolvedRegistryEntry(
             entry.key, f"registered database {entry.url} (registry entry {entry.key}{project}) does not exist, and "
-            "gc deletes nothing that project may reference: if that database moved, run `casstore relocate --db "
-            "URL` with its URL where it is now (renamed within one file system, any casstore command on it is "
+            "gc deletes nothing that project may reference: if that database moved, run casstore relocate with "
+            "--db naming it where it is now (renamed within one file system, any casstore command on it is "
             f"enough); if it is gone for good, run `{forget}`") from None
     except OSError as exc:
         raise UnresolvedRegistryEntry(entry.key, f"cannot read registered database {entry.url} (registry entry "

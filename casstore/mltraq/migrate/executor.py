@@ -64,15 +64,7 @@ def execute(plan: MigrationPlan, dry_run: bool = False, keep_legacy: bool = Fals
                              references_found=len(plan.refs),
                              references_already=sum(e.already for e in plan.experiments),
                              orphans=list(plan.orphans), warnings=list(plan.warnings))
-    run = _Run(plan, report, dry_run, keep_legacy, progress, codec, level)
-    try:
-        run.start()
-        run.finish_pending()
-        for i, exp in enumerate(plan.experiments):
-            run.experiment(exp, i)
-        run.standalone(plan.standalone)
-    finally:
-        run.close()
+    _Run(plan, report, dry_run, keep_legacy, progress, codec, level).run_all()
     return report
 
 
@@ -99,6 +91,17 @@ class _Run:
         for ref in plan.refs:
             if ref.relpath:
                 self.remaining[ref.relpath] = self.remaining.get(ref.relpath, 0) + 1
+
+    def run_all(self) -> None:
+        """Every experiment of the plan, then the standalone archives, between start and close."""
+        try:
+            self.start()
+            self.finish_pending()
+            for i, exp in enumerate(self.plan.experiments):
+                self.experiment(exp, i)
+            self.standalone(self.plan.standalone)
+        finally:
+            self.close()
 
     # setup
 

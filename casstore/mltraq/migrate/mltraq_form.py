@@ -33,14 +33,7 @@ def execute_in_place(plan: MigrationPlan, dry_run: bool = False, progress: Progr
     if plan.pending:
         raise InvalidInput("an interrupted `casstore migrate` (the default form) has legacy files left to delete: "
                            "finish it with `casstore migrate` first")
-    run = _InPlaceRun(plan, report, dry_run, False, progress, codec, level)
-    try:
-        run.start()
-        for i, exp in enumerate(plan.experiments):
-            run.experiment(exp, i)
-        run.standalone(plan.standalone)
-    finally:
-        run.close()
+    _InPlaceRun(plan, report, dry_run, False, progress, codec, level).run_all()
     return report
 
 
