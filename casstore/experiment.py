@@ -10,13 +10,16 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from typing import Any, Iterator, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
 from casstore.errors import ExperimentAlreadyExists as ExperimentAlreadyExists
 from casstore.errors import ExperimentNotFoundException as ExperimentNotFoundException
 from casstore.opts import options
 from casstore.storage.archivestore import ArchiveStore
 from casstore.utils.bunch import Bunch
+
+if TYPE_CHECKING:
+    from casstore.cas.progress import Report
 
 _HASH_ALPHABET = "123456789ACEFHJKLMNPRTUVWXY"
 
@@ -41,10 +44,11 @@ def table_name(name: str) -> str:
 class SessionLike(Protocol):
     """What an experiment asks of its session (casstore.session.Session has these)."""
 
-    def save_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None: ...
+    def save_experiment(self, experiment: Experiment, if_exists: str = "fail",
+                        progress: Optional[Report] = None) -> None: ...
 
-    def load_experiment(self, name: Optional[str] = None,
-                        id_experiment: Optional[uuid.UUID | str] = None) -> Experiment: ...
+    def load_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None,
+                        progress: Optional[Report] = None) -> Experiment: ...
 
     def delete_experiment(self, experiment: Experiment) -> None: ...
 
@@ -62,9 +66,10 @@ class Experiment:
         self.fields = Bunch(fields)
         self.meta = meta
 
-    def persist(self, if_exists: str = "fail") -> Experiment:
-        """Store the experiment; "fail" if the name exists, or "replace" it."""
-        self.session.save_experiment(self, if_exists)
+    def persist(self, if_exists: str = "fail", progress: Optional[Report] = None) -> Experiment:
+        """Store the experiment; "fail" if the name exists, or "replace" it. `progress`, if
+        given, is called with a casstore.cas.progress.Step as each archive field's bytes go."""
+        self.session.save_experiment(self, if_exists, progress)
         return self
 
     def reload(self) -> Experiment:

@@ -24,6 +24,7 @@ from casstore.cas.live.leases import Lease
 from casstore.cas.live.moves import record_datastore, settle_registration
 from casstore.cas.live.registry import register
 from casstore.cas.live.roots import FieldRoot
+from casstore.cas.progress import Meter, Report, meter
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
@@ -113,10 +114,12 @@ class Session:
     def create_experiment(self, name: Optional[str] = None, **fields: Any) -> Experiment:
         return Experiment(self, name=name, fields=fields)
 
-    def load_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None) -> Experiment:
-        """Load by name or id and extract its archives into the documented layout."""
+    def load_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None,
+                        progress: Optional[Report] = None) -> Experiment:
+        """Load by name or id and extract its archives into the documented layout; `progress`
+        is given a Step (task "load", item the field) as each archive's bytes are read."""
         experiment = self.read_experiment(name, id_experiment)
-        self.extract_fields(experiment)
+        self.extract_fields(experiment, progress=progress)
         return experiment
 
     def read_experiment(self, name: Optional[str] = None, id_experiment: Optional[uuid.UUID | str] = None) -> Experiment:
@@ -130,7 +133,7 @@ class Session:
         return Experiment(self, record.id_experiment, record.name, fields, record.meta)
 
     def extract_fields(self, experiment: Experiment, target: Optional[str] = None,
-                       only: Optional[str] = None) -> list[str]:
+                       only: Optional[str] = None, progress: Optional[Report] = None) -> list[str]:
         """Extract the experiment's archives (or field `only`) into `target` (default
         `<archivestore>/<experiment id>`): its archive fields, then the archives its runs
         reference (MLtraq extracts those into the same folder). Returns the fields done."""
@@ -147,7 +150,10 @@ class Session:
         for path, blob_id, size, archive in jobs:
             try:
                 blob = checked_id(blob_id)
-                store.extract(blob, target, size=size, recorded=self.index.facts_hint(blob))
+                step = meter(progress, "load", path, size)
+                store.extract(blob, target, size=size, recorded=self.index.facts_hint(blob), progress=step)
+                if step is not None:
+                    step.finish()
             except (CasStoreError, OSError) as exc:
                 failures.append(FieldFailure(str(experiment.id_experiment), path, str(blob_id), exc))
                 continue
@@ -187,8 +193,10 @@ class Session:
         self.save_experiment(copied, if_exists)
         return copied
 
-    def save_experiment(self, experiment: Experiment, if_exists: str = "fail") -> None:
-        """Store `experiment` itself (what `Experiment.persist` does)."""
+    def save_experiment(self, experiment: Experiment, if_exists: str = "fail",
+                        progress: Optional[Report] = None) -> None:
+        """Store `experiment` itself (what `Experiment.persist` does); `progress` is given a
+        Step (task "persist", item the field) as each folder's bytes are archived."""
         _check_if_exists(if_exists)
         datapak.encode(experiment.fields, path="fields", fallback=frames.encode)
         if if_exists == "fail" and self._exists(experiment):
@@ -196,7 +204,8 @@ class Session:
         archives = list(archive_fields(experiment.fields))
         store = self.content_store(for_write=bool(archives))
         with store.lease() as lease:
-            facts = [self._store_archive(store, archive, lease) for _, archive in archives]
+            facts = [self._store_archive(store, archive, lease, meter(progress, "persist", path))
+                     for path, archive in archives]
             if archives:
                 self._settle(store)
             refs = [Ref(path, f.blob_id, a.params.arc_dir) for (path, a), f in zip(archives, facts)]
@@ -211,13 +220,16 @@ class Session:
         return (self.index.get_experiment(name=experiment.name) is not None
                 or self.index.get_experiment(id_experiment=experiment.id_experiment) is not None)
 
-    def _store_archive(self, store: ContentStore, archive: ArchiveStore, lease: Lease) -> BlobFacts:
+    def _store_archive(self, store: ContentStore, archive: ArchiveStore, lease: Lease,
+                       step: Optional[Meter] = None) -> BlobFacts:
         """Archive a folder, or keep the blob of an ArchiveStore that was loaded."""
         if archive.src_dir is not None:
             codec, level = stores.codec_and_level()
             info = store.put_dir(archive.src_dir, archive.params.arc_dir, archive.params.include,
                                  archive.params.exclude, lease=lease, codec=codec, level=level,
-                                 recorded=self.index.facts_hint)
+                                 recorded=self.index.facts_hint, progress=step)
+            if step is not None:
+                step.finish()
             archive.stored(info)
             return info
         blob_id = checked_id(archive.blob_id)
@@ -241,9 +253,11 @@ class Session:
         """`casstore verify` on this project (docs/gc.md)."""
         return verify(self.index, self.content_store(), field_roots=field_roots, deep=deep)
 
-    def gc(self, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False) -> GcReport:
+    def gc(self, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
+           progress: Optional[Report] = None) -> GcReport:
         """`casstore gc` on this project's datastore (docs/gc.md)."""
-        return collect(self.index, self.content_store(), field_roots=field_roots, grace_s=grace_s, dry_run=dry_run)
+        return collect(self.index, self.content_store(), field_roots=field_roots, grace_s=grace_s, dry_run=dry_run,
+                       progress=progress)
 
     def ls(self) -> Any:
         """The stored experiments: a pandas DataFrame (id_experiment, name, table_name: the

@@ -216,3 +216,15 @@ def run_rows(root: Path) -> list[tuple]:
     """(id_run, field, blob_id) of the run-level reference rows of a migrated project."""
     with sqlite3.connect(root / "mltraq.db") as conn:
         return conn.execute("SELECT id_run, field, blob_id FROM casstore_refs WHERE id_run != ''").fetchall()
+
+
+def _mltraq_python() -> str | None:
+    """The Python that runs real MLtraq 0.1.165: CASSTORE_MLTRAQ_PYTHON if set, else this
+    one when mltraq is installed beside casstore (the test extra installs it)."""
+    import importlib.util
+
+    return os.environ.get("CASSTORE_MLTRAQ_PYTHON") or (sys.executable if importlib.util.find_spec("mltraq") else None)
+
+
+MLTRAQ_PYTHON = _mltraq_python()
+NO_MLTRAQ = "needs mltraq==0.1.165: install the test extra or set CASSTORE_MLTRAQ_PYTHON"

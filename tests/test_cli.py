@@ -657,9 +657,10 @@ def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
     result = run("verify", *args(project), "--deep")
     assert "re-hashing" not in result.stderr  # not a terminal: no bar
     monkeypatch.setattr("casstore.cli.output.stderr_is_terminal", lambda: True)
+    assert "re-hashing" in run("verify", *args(project), "--deep").stderr
     result = run("verify", *args(project), "--deep", "--json")
-    assert "re-hashing" in result.stderr
-    assert json.loads(result.stdout) == {"problems": [], "reclaimable": []}  # stdout stays pure JSON
+    assert "re-hashing" not in result.stderr  # --json: no bar
+    assert json.loads(result.stdout) == {"problems": [], "reclaimable": []}
 
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")

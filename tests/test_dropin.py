@@ -3,10 +3,10 @@ shortcut, MLtraq's error names, Session.persist_experiment, reload, extract(memb
 ls's table_name, the order run-level archives extract in.
 
 Each side-by-side test runs one script twice, in a fresh process: with `casstore` imports,
-and with `mltraq` imports under the Python that CASSTORE_MLTRAQ_PYTHON names (one with
-mltraq==0.1.165, as tests/test_migrate.py's live test), and checks both print the expected
-JSON. Without that variable the MLtraq half is skipped and casstore is still checked against
-the values MLtraq printed."""
+and with `mltraq` imports under real MLtraq 0.1.165 (helpers.MLTRAQ_PYTHON: this Python,
+which the test extra gives mltraq, or the one CASSTORE_MLTRAQ_PYTHON names), and checks both
+print the expected JSON. Without mltraq the MLtraq half is skipped and casstore is still
+checked against the values MLtraq printed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import MLTRAQ_PYTHON, NO_MLTRAQ
 from sqlalchemy import insert
 
 from casstore import ArchiveStore, Experiment, create_session
@@ -28,9 +29,8 @@ from casstore.mltraq import migrate as migration
 from casstore.utils.bunch import Bunch
 
 ROOT = Path(__file__).resolve().parent.parent
-MLTRAQ_PYTHON = os.environ.get("CASSTORE_MLTRAQ_PYTHON")
 IMPLS = ["casstore", pytest.param("mltraq", marks=pytest.mark.skipif(
-    not MLTRAQ_PYTHON, reason="set CASSTORE_MLTRAQ_PYTHON to a Python with mltraq==0.1.165 installed"))]
+    not MLTRAQ_PYTHON, reason=NO_MLTRAQ))]
 
 PRELUDE = """
 import json, os, tarfile, io
@@ -412,7 +412,7 @@ def test_run_level_archives_sharing_an_arc_dir_extract_in_run_table_row_order(cw
     assert (cwd / "mltraq.archivestore" / str(e.id_experiment) / "m" / "w.txt").read_text() == "2"
 
 
-@pytest.mark.skipif(not MLTRAQ_PYTHON, reason="set CASSTORE_MLTRAQ_PYTHON to a Python with mltraq==0.1.165 installed")
+@pytest.mark.skipif(not MLTRAQ_PYTHON, reason=NO_MLTRAQ)
 def test_run_level_archives_of_a_migrated_project_extract_as_mltraq_extracted_them(cwd):
     made = side_by_side("mltraq", """
         from mltraq import create_session

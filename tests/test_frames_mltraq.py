@@ -11,11 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import MLTRAQ_PYTHON, NO_MLTRAQ
 
 from casstore import create_session
 
-pytestmark = pytest.mark.skipif(not os.environ.get("CASSTORE_MLTRAQ_PYTHON"),
-                                reason="set CASSTORE_MLTRAQ_PYTHON to a Python with mltraq==0.1.165 installed")
+pytestmark = pytest.mark.skipif(not MLTRAQ_PYTHON,
+                                reason=NO_MLTRAQ)
 
 DB = "sqlite:///interop.db"
 
@@ -58,7 +59,7 @@ VALUES, check = namespace["VALUES"], namespace["check"]
 
 def mltraq(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `script` with real MLtraq, after VALUES_SOURCE, in `cwd`."""
-    return subprocess.run([os.environ["CASSTORE_MLTRAQ_PYTHON"], "-c", VALUES_SOURCE + textwrap.dedent(script)],
+    return subprocess.run([MLTRAQ_PYTHON, "-c", VALUES_SOURCE + textwrap.dedent(script)],
                           cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers import deadline
+from helpers import MLTRAQ_PYTHON, NO_MLTRAQ, deadline
 from make_legacy_fixture import tree_record
 
 from casstore import create_session, options
@@ -957,12 +957,12 @@ def test_rewrite_refuses_globals():
 # --------------------------------------------------------------------------- live MLtraq
 
 
-@pytest.mark.skipif(not os.environ.get("CASSTORE_MLTRAQ_PYTHON"),
-                    reason="set CASSTORE_MLTRAQ_PYTHON to a Python with mltraq==0.1.165 installed")
+@pytest.mark.skipif(not MLTRAQ_PYTHON,
+                    reason=NO_MLTRAQ)
 def test_live_mltraq_project_migrates_and_loads_as_mltraq_loaded_it(tmp_path, workdir):
     out = tmp_path / "live"
     generator = Path(__file__).parent / "make_legacy_fixture.py"
-    done = subprocess.run([os.environ["CASSTORE_MLTRAQ_PYTHON"], str(generator), "--out", str(out)],
+    done = subprocess.run([MLTRAQ_PYTHON, str(generator), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     p = Project(out, json.loads((out / "manifest.json").read_text()))

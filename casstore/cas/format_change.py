@@ -36,7 +36,8 @@ from casstore.cas.index.queries import Index
 from casstore.cas.store.codecs import ZSTD_MAX_FRAME_HEADER
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import rehash_damage
-from casstore.cas.store.ingest import Progress, TarIngest
+from casstore.cas.progress import Progress
+from casstore.cas.store.ingest import TarIngest
 from casstore.cas.tar.header import CHUNK
 from casstore.cas.tar.write import Sink
 from casstore.errors import CasStoreError, CorruptBlob, DatastoreError, InvalidInput

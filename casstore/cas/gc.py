@@ -41,6 +41,7 @@ from casstore.cas.chunk_census import census, named_chunks
 from casstore.cas.live.leases import leased_blob_ids, leased_since, read_leases
 from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.live.roots import FieldRoots, leftovers, live_blob_ids
+from casstore.cas.progress import Meter, Report, meter
 from casstore.cas.store.content_store import ContentStore
 from casstore.errors import InvalidInput
 
@@ -100,8 +101,10 @@ def parse_duration(text: str) -> float:
 
 
 def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace_s: float = DEFAULT_GRACE_S,
-            dry_run: bool = False) -> GcReport:
-    """`field_roots` decodes the fields of every database gc reads (roots.FieldRoots)."""
+            dry_run: bool = False, progress: Report | None = None) -> GcReport:
+    """`field_roots` decodes the fields of every database gc reads (roots.FieldRoots).
+    `progress` is given a Step (task "gc") counting the stored bytes deleted of those found
+    deletable, blobs first, then chunks."""
     if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s < math.inf:
         raise InvalidInput(f"the grace period must be a number of seconds >= 0, got {grace_s!r}")
     store.check_readable()
@@ -118,25 +121,28 @@ def collect(index: Index, store: ContentStore, *, field_roots: FieldRoots, grace
         live = live_blob_ids(blobs, index, field_roots)
     stored = list(blobs.iter_blobs())
     candidates = [b for b in stored if b.blob_id not in live and now - b.mtime >= grace_s]
+    step = None if dry_run else meter(progress, "gc", "blobs", sum(b.stored_size for b in candidates))
     report.held += [Held(b.blob_id, None, b.stored_size, "unreferenced", b.mtime + grace_s)
                     for b in stored if b.blob_id not in live and now - b.mtime < grace_s]
     if dry_run:
         report.deleted = [Deleted(b.blob_id, None, b.stored_size, "unreferenced") for b in candidates]
     else:
-        report.deleted = _delete_blobs(index, store, candidates, field_roots)
+        report.deleted = _delete_blobs(index, store, candidates, field_roots, step)
     report.deleted += [Deleted(ref.blob_id, None, 0, "orphaned_ref") for ref in orphaned]
     report.deleted += _leftovers(store, now, grace_s, dry_run, report)
     report.deleted += _past_damage(store, {b.blob_id for b in stored}, now, grace_s, dry_run, report)
     gone = frozenset(d.blob for d in report.deleted if d.kind == "unreferenced" and d.blob)
     manifests = [b for b in stored if b.codec == "chunked" and b.blob_id not in gone]
-    report.deleted += _delete_chunks(store, now, grace_s, dry_run, manifests, report)
+    report.deleted += _delete_chunks(store, now, grace_s, dry_run, manifests, report, step)
     report.deleted += _past_chunk_damage(store, now, grace_s, dry_run, report)
     report.freed_bytes = sum(d.bytes for d in report.deleted)
+    if step is not None:
+        step.finish()
     return report
 
 
 def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat],
-                  field_roots: FieldRoots) -> list[Deleted]:
+                  field_roots: FieldRoots, step: Meter | None = None) -> list[Deleted]:
     blobs = store.blobs
     trashed = [(b, key) for b in candidates if (key := blobs.move_to_trash(b)) is not None]
     try:
@@ -152,6 +158,8 @@ def _delete_blobs(index: Index, store: ContentStore, candidates: list[BlobStat],
         else:
             blobs.delete_object(key)
             deleted.append(Deleted(blob.blob_id, None, blob.stored_size, "unreferenced"))
+        if step is not None:
+            step(blob.stored_size)
     index.forget_blob_facts([d.blob for d in deleted if d.blob])
     return deleted
 
@@ -191,7 +199,7 @@ def _past_damage(store: ContentStore, stored: set[str], now: float, grace_s: flo
 
 
 def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: bool, manifests: list[BlobStat],
-                   report: GcReport) -> list[Deleted]:
+                   report: GcReport, step: Meter | None = None) -> list[Deleted]:
     """Step 7: chunks no manifest names. `manifests`: the chunked copies of step 2's listing
     that step 5 left (the dry run: that it would leave); a manifest published since is the
     work of a writer whose lease covers its chunks, and the second look lists them again."""
@@ -213,6 +221,9 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
     trashed = [(c, key) for c in candidates if (key := chunks.move_to_trash(c)) is not None]
     if not trashed:
         return []
+    if step is not None:
+        step.item = "chunks"
+        step.expect((step.total or 0) + sum(c.stored_size for c, _key in trashed))
     unreadable: dict[str, str] = {}
     try:
         window = leased_since(store.blobs)
@@ -232,6 +243,8 @@ def _delete_chunks(store: ContentStore, now: float, grace_s: float, dry_run: boo
         else:
             chunks.delete_object(key)
             deleted.append(Deleted(chunk.blob_id, None, chunk.stored_size, "unreferenced_chunk"))
+        if step is not None:
+            step(chunk.stored_size)
     return deleted
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -12,9 +10,10 @@ from typing import Any
 
 import click
 
-from casstore.cli import output  # output.stderr_is_terminal is looked up when called (tests fake a terminal)
+from casstore.cas.progress import Meter
 from casstore.cli.app import EXIT_FAILED, main
 from casstore.cli.output import human_age, human_bytes, key_values, table, warn
+from casstore.cli.progress import bar_for
 from casstore.cli.project import Project, project_command
 from casstore.errors import InvalidInput
 
@@ -105,14 +104,14 @@ def verify(project: Project, deep: bool, sample: str | None, seed: int | None) -
 
     part = _sample(sample, seed, deep)
     index, store = project.index, project.store
-    with contextlib.ExitStack() as stack:
-        progress = None
-        if deep and output.stderr_is_terminal():
+    with bar_for(project.as_json or not deep, "") as bar:
+        step = None
+        if bar is not None:
             total = sum({r.blob_id: r.size or 0 for r in index.iter_refs()}.values())
-            bar = stack.enter_context(click.progressbar(length=_bar_length(total, part) or 1, label="re-hashing",
-                                                        file=sys.stderr, show_pos=False))
-            progress = bar.update
-        report = run_verify(index, store, field_roots=field_roots, deep=deep, progress=progress, sample=part)
+            step = Meter(bar, "verify", "re-hashing", total=_bar_length(total, part))
+        report = run_verify(index, store, field_roots=field_roots, deep=deep, progress=step, sample=part)
+        if step is not None:
+            step.finish()
     if project.as_json:
         document: dict[str, Any] = {
             "problems": [{"kind": p.kind, "blob": p.blob, "experiment": p.experiment, "field": p.field,
@@ -224,7 +223,8 @@ def gc(project: Project, dry_run: bool, grace: float) -> None:
     from casstore.session import field_roots
 
     index = project.index if dry_run else project.writable_index()
-    report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run)
+    with bar_for(project.as_json, "gc") as bar:
+        report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run, progress=bar)
     reclaim_now = project.suggest("gc", "--grace", "0")
     if project.as_json:
         project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],

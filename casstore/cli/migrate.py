@@ -8,13 +8,15 @@ line on stderr."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import click
 
-from casstore.cli import output  # output.stderr_is_terminal is looked up when called (tests fake a terminal)
+from casstore.cas.progress import Step
 from casstore.cli.app import EXIT_FAILED, main, one_line_errors
 from casstore.cli.output import emit_json, human_bytes, key_values, printable
+from casstore.cli.progress import bar_for
 from casstore.errors import DatastoreError, InvalidInput, SchemaOutdated
 
 # The errors that mean "this database or datastore cannot be used"; any other error is a
@@ -56,12 +58,12 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, form: str
 
     if form == "mltraq" and keep_legacy:
         raise click.UsageError("--keep-legacy does not apply to --form mltraq: the reference takes the TAR's place")
-    with one_line_errors(UNUSABLE):
+    with one_line_errors(UNUSABLE), _progress(as_json) as progress:
         plan = library.plan(db, datastore)
         if form == "mltraq":
-            report = library.execute_in_place(plan, dry_run=dry_run, progress=_progress())
+            report = library.execute_in_place(plan, dry_run=dry_run, progress=progress)
         else:
-            report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=_progress())
+            report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=progress)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -74,16 +76,19 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, form: str
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _progress() -> Callable[[Any], None] | None:
-    """Progress on stderr, one line per experiment done, on a terminal only."""
-    if not output.stderr_is_terminal():
-        return None
+@contextlib.contextmanager
+def _progress(as_json: bool) -> Iterator[Callable[[Any], None] | None]:
+    """A bar on stderr counting the experiments migrated, on a terminal only."""
+    with bar_for(as_json, "migrating") as bar:
+        if bar is None:
+            yield None
+            return
 
-    def show(event: Any) -> None:
-        if event.stage == "cleaned":
-            click.echo(f"[{event.done + 1}/{event.total}] {event.experiment}", err=True)
+        def show(event: Any) -> None:
+            finished = event.done + (1 if event.stage == "cleaned" else 0)
+            bar(Step("migrate", event.experiment, finished, event.total, unit="experiments"))
 
-    return show
+        yield show
 
 
 def render(report: Any, check_command: str) -> str:

@@ -31,7 +31,8 @@ from casstore.cas.store.chunk_io import ChunkedReader, chunk_store
 from casstore.cas.store.codecs import check_codec, decompressed
 from casstore.cas.store.copy_checks import Recorded, StoredFacts, cheap_damage, disagrees, matches_facts
 from casstore.cas.store.extract_cache import ExtractCache
-from casstore.cas.store.ingest import Progress, TarIngest, TarWriter
+from casstore.cas.progress import Meter, Progress
+from casstore.cas.store.ingest import TarIngest, TarWriter
 from casstore.cas.store.no_space import no_space
 from casstore.cas.store.reader import UNSIZED_LIMIT, Tee, VerifyingReader, prefer_digest_error
 from casstore.cas.store.statcache import StatCache, listing_key
@@ -87,8 +88,12 @@ class ContentStore:
         datastore_format = self._ready_for_writes()  # a datastore that cannot be used is refused before the scan
         entries = scan(src_dir, arc_dir, include, exclude)
         key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
+        if isinstance(progress, Meter):
+            progress.expect(sum(e.size for e in entries))
         cached = self._cached(key, lease, recorded)
         if cached is not None:
+            if progress is not None:
+                progress(sum(e.size for e in entries))
             return cached
         started_ns = time.time_ns()
         ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, "the folder")
@@ -153,10 +158,10 @@ class ContentStore:
     # reading
 
     @contextlib.contextmanager
-    def open_tar(self, blob_id: str, size: int | None = None,
-                 recorded: StoredFacts | None = None) -> Iterator[VerifyingReader]:
+    def open_tar(self, blob_id: str, size: int | None = None, recorded: StoredFacts | None = None,
+                 progress: Progress | None = None) -> Iterator[VerifyingReader]:
         """The blob's canonical TAR bytes (decompressed), hashed as they are read (without a
-        recorded `size`, at most `unsized_limit` bytes). Of two
+        recorded `size`, at most `unsized_limit` bytes); `progress` is told the bytes read. Of two
         stored copies, the one that matches `size` and the index's `recorded` facts is read.
         A CorruptBlob met while reading is recorded in the datastore for the next writer."""
         self.check_readable()
@@ -165,12 +170,12 @@ class ContentStore:
             try:
                 if found.codec == "chunked":
                     with ChunkedReader(f, chunk_store(self.blobs), blob_id, size) as chunked:
-                        yield VerifyingReader(chunked, blob_id, size, self.unsized_limit)
+                        yield VerifyingReader(chunked, blob_id, size, self.unsized_limit, progress)
                 elif found.codec == "zstd":
                     with decompressed(f, CHUNK) as raw:
-                        yield VerifyingReader(raw, blob_id, size, self.unsized_limit)
+                        yield VerifyingReader(raw, blob_id, size, self.unsized_limit, progress)
                 else:
-                    yield VerifyingReader(f, blob_id, size, self.unsized_limit)
+                    yield VerifyingReader(f, blob_id, size, self.unsized_limit, progress)
             except CorruptBlob as exc:
                 self._note_damage(found, exc)
                 raise
@@ -189,15 +194,18 @@ class ContentStore:
             log.warning("could not record the damage of %s: %s", copy.blob_id, error)
 
     def extract(self, blob_id: str, target: str, *, size: int | None = None,
-                members: list[str] | None = None, recorded: StoredFacts | None = None) -> list[str]:
+                members: list[str] | None = None, recorded: StoredFacts | None = None,
+                progress: Progress | None = None) -> list[str]:
         """Extract a blob into `target`, only after its digest checked out. A whole blob
         (no `members`) is not read at all if the target still holds exactly what its last
         extraction there wrote (extract_cache.py); a full extraction is recorded for that."""
         cache = ExtractCache(self.statcache, target, blob_id) if self.statcache and members is None else None
         skipped = cache.still_there() if cache else None
         if skipped is not None:
+            if progress is not None and size:
+                progress(size)  # nothing to read: all of it is done
             return skipped
-        with no_space(f"into {target}"), self.open_tar(blob_id, size, recorded) as reader, \
+        with no_space(f"into {target}"), self.open_tar(blob_id, size, recorded, progress) as reader, \
                 Extraction(target, members, digests=cache is not None) as extraction:
             try:
                 extraction.stage(_stream(reader))
@@ -210,11 +218,12 @@ class ContentStore:
             cache.record(extraction.written)
         return done
 
-    def copy_checked(self, blob_id: str, size: int | None, out: Sink, recorded: StoredFacts | None = None) -> None:
+    def copy_checked(self, blob_id: str, size: int | None, out: Sink, recorded: StoredFacts | None = None,
+                     progress: Progress | None = None) -> None:
         """Write the blob's canonical TAR into `out`, parsing its headers and hashing it on
         the way: when this returns, `out` holds bytes that match the id and read as a TAR.
         On CorruptBlob or UnsafeArchive the caller must discard `out`."""
-        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size, recorded) as reader:
+        with no_space(f"a temp copy of blob {blob_id}"), self.open_tar(blob_id, size, recorded, progress) as reader:
             try:
                 list_members(_stream(Tee(reader, out)))
             except (CorruptBlob, UnsafeArchive) as exc:
@@ -223,7 +232,7 @@ class ContentStore:
             reader.verify()
 
     def export(self, blob_id: str, path: str, *, size: int | None = None, recorded: StoredFacts | None = None,
-               zstd_level: int | None = None) -> int:
+               zstd_level: int | None = None, progress: Progress | None = None) -> int:
         """Write the blob's canonical TAR (with `zstd_level`, one zstd frame around it) to the
         new file `path` and return its size. The bytes go to a temp file beside `path`, hashed
         and parsed on the way, are fsynced, and only then linked to `path`: a blob that does not
@@ -239,11 +248,11 @@ class ContentStore:
         try:
             with no_space(f"into {path}"), os.fdopen(fd, "wb") as f:
                 if zstd_level is None:
-                    self.copy_checked(blob_id, size, f, recorded)
+                    self.copy_checked(blob_id, size, f, recorded, progress)
                 else:
                     check_codec("zstd", zstd_level)
                     with zstandard.ZstdCompressor(level=zstd_level).stream_writer(f, closefd=False) as writer:
-                        self.copy_checked(blob_id, size, writer, recorded)
+                        self.copy_checked(blob_id, size, writer, recorded, progress)
                 f.flush()
                 os.fsync(f.fileno())
             try:

@@ -21,6 +21,7 @@ from casstore.cas.damage import DamageRecord, clear_damage, describes, read_dama
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.facts import BlobFacts, facts_of
 from casstore.cas.live.leases import Lease
+from casstore.cas.progress import Progress
 from casstore.cas.store.chunked_ingest import ChunkedWrite
 from casstore.cas.store.copy_checks import Recorded, cheap_damage, disagrees, rehash_damage
 from casstore.cas.tar.header import BLOCK
@@ -29,7 +30,6 @@ from casstore.errors import SourceChanged
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]
 TarWriter = Callable[[Sequence[Sink], "Progress | None"], int]
 """Writes one canonical TAR into every sink (reporting its bytes to the progress callback,
 if any) and returns its size. It may be called twice and must write the same bytes each

@@ -12,6 +12,7 @@ from typing import Protocol
 import zstandard
 
 from casstore.cas.digest import hasher_id, new_hasher, parse_id
+from casstore.cas.progress import Progress
 from casstore.cas.tar.header import CHUNK
 from casstore.cas.tar.write import Sink
 from casstore.errors import CorruptBlob
@@ -31,8 +32,10 @@ class VerifyingReader:
     Reading past `max_size` fails at once. A blob with no recorded size is read up to
     `limit` bytes (the store's unsized_limit)."""
 
-    def __init__(self, raw: Readable, blob_id: str, max_size: int | None, limit: int = UNSIZED_LIMIT):
+    def __init__(self, raw: Readable, blob_id: str, max_size: int | None, limit: int = UNSIZED_LIMIT,
+                 progress: Progress | None = None):
         self._raw = raw
+        self._progress = progress
         self._blob_id = blob_id
         self._algorithm = parse_id(blob_id)[0]
         self._hasher = new_hasher(self._algorithm)
@@ -55,6 +58,8 @@ class VerifyingReader:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
         self.count += len(data)
         self._check_bound()
+        if self._progress is not None:
+            self._progress(len(data))
         self._hasher.update(data)
         return data
 
@@ -72,6 +77,8 @@ class VerifyingReader:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
         self.count += n
         self._check_bound()
+        if self._progress is not None:
+            self._progress(n)
         with memoryview(buffer) as view, view[:n] as part:
             self._hasher.update(part)
         return n
