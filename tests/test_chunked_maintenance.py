@@ -193,6 +193,19 @@ def test_verify_without_deep_reports_a_chunk_a_load_found_damaged(session, workd
     assert ref.chunk_id in problems[0]["detail"] and "persisting the folder again repairs" in problems[0]["detail"]
 
 
+def test_verify_deep_drops_a_chunk_damage_record_its_re_read_refutes(session, workdir):
+    from casstore.cas.damage import read_damage, record_damage
+
+    blob = persist(session, "a", folder(workdir / "a", 13))
+    ref = chunks_of(session, blob)[1]
+    chunks = chunk_store(session.content_store().blobs)
+    record_damage(chunks, chunks.find(ref.chunk_id), "digest", "a false record")
+    assert [p["kind"] for p in verify_json(code=1)["problems"]] == ["chunk"]
+    assert verify_json("--deep", code=0)["problems"] == []
+    assert read_damage(chunks, ref.chunk_id) is None
+    assert verify_json(code=0)["problems"] == []
+
+
 def test_gc_drops_the_quarantined_chunk_and_the_record_once_a_persist_repaired_it(session, workdir):
     src = folder(workdir / "a", 12)
     blob = persist(session, "a", src)

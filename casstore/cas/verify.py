@@ -30,6 +30,7 @@ from casstore.cas.chunk_census import ChunkCensus, census
 from casstore.cas.live.refs import named_refs
 from casstore.cas.live.roots import FieldRoot, FieldRoots
 from casstore.cas.reclaim import Reclaimable, reclaimable, stored_copies
+from casstore.cas.store.chunk_io import chunk_store
 from casstore.cas.store.content_store import ContentStore
 from casstore.cas.store.copy_checks import StoredFacts, cheap_damage, rehash_damage
 from casstore.cas.verify_sample import Sample, SamplePlan, SampleReport, plan_sample, rehash_chunks
@@ -122,8 +123,8 @@ def verify(index: Index, store: ContentStore, *, field_roots: FieldRoots, deep: 
             or (("reference", refused[blob_id]) if blob_id in refused else None)
         if problem is not None:
             report.problems.append(Problem(problem[0], blob_id, experiment, fld, problem[1]))
-        elif rehash and blob_id in recorded:
-            _drop_refuted_record(store, blob_id)
+        elif rehash:
+            _drop_refuted_records(store, blob_id if blob_id in recorded else None, chunks.recorded.get(blob_id, []))
         report.blobs_checked += 1
     if plan is not None:
         report.sample = plan.report
@@ -232,13 +233,17 @@ def _damage_recorded(store: ContentStore) -> set[str]:
     return {b for o in store.blobs.list_objects(DAMAGE_PREFIX) if (b := parse_damage_key(o.key)) is not None}
 
 
-def _drop_refuted_record(store: ContentStore, blob_id: str) -> None:
-    """`--deep` re-read every copy of the blob and each read correctly: the damage recorded
-    for it (a false record, or a repair interrupted before it dropped it) is refuted."""
-    try:
-        clear_damage(store.blobs, blob_id)
-    except OSError as exc:  # a read-only datastore: the record stays, verify says so again
-        log.warning("could not drop the damage record of %s: %s", blob_id, exc)
+def _drop_refuted_records(store: ContentStore, blob_id: str | None, chunk_ids: list[str]) -> None:
+    """`--deep` re-read every copy of the blob, through every chunk of a chunked one, and
+    each read correctly: the damage recorded for the blob and for those chunks (a false
+    record, or a repair interrupted before it dropped it) is refuted."""
+    targets = [(store.blobs, blob_id)] if blob_id is not None else []
+    targets += [(chunk_store(store.blobs), chunk_id) for chunk_id in chunk_ids]
+    for namespace, key in targets:
+        try:
+            clear_damage(namespace, key)
+        except OSError as exc:  # a read-only datastore: the record stays, verify says so again
+            log.warning("could not drop the damage record of %s: %s", key, exc)
 
 
 def _check_recorded(store: ContentStore, blob_id: str, copy: BlobStat | None,
