@@ -90,6 +90,14 @@ def migrated(tmp_path, workdir) -> Legacy:
     return project
 
 
+def test_the_report_counts_the_chunks_of_chunked_blobs_once_in_their_stored_bytes(tmp_path, workdir):
+    project = legacy_project(tmp_path, {("alpha", "data"): ALPHA, ("beta", "data"): BETA})
+    report = json.loads(run_cli("migrate", "--db", project.url, "--datastore", str(project.datastore), "--json",
+                                code=1).stdout)
+    assert len(BIG) <= report["blob_bytes"] < 1.2 * len(BIG)  # the 6 MiB the two archives share, once
+    assert report["new_bytes"] <= report["blob_bytes"]
+
+
 def test_migrate_starts_a_datastore_that_has_no_format_yet_as_chunked(migrated):
     assert migrated.blobs().read_format() == "chunked"
 
