@@ -88,12 +88,13 @@ class ContentStore:
         datastore_format = self._ready_for_writes()  # a datastore that cannot be used is refused before the scan
         entries = scan(src_dir, arc_dir, include, exclude)
         key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
+        total = sum(e.size for e in entries) if progress is not None else 0  # the file bytes write_tar reports
         if isinstance(progress, Meter):
-            progress.expect(sum(e.size for e in entries))
+            progress.expect(total)
         cached = self._cached(key, lease, recorded)
         if cached is not None:
             if progress is not None:
-                progress(sum(e.size for e in entries))
+                progress(total)  # nothing to read: all of it is done
             return cached
         started_ns = time.time_ns()
         ingest = TarIngest(self.blobs, self.algorithm, lease, recorded, "the folder")
