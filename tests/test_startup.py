@@ -66,3 +66,21 @@ def test_an_unknown_name_is_an_attribute_error():
 
 def test_a_session_imports_sqlalchemy_when_it_is_made():
     assert "sqlalchemy" in modules_after("import casstore\ncasstore.create_session()")
+
+
+def test_the_cli_still_turns_a_database_error_into_one_line():
+    from sqlalchemy.exc import OperationalError
+
+    from casstore.cli.app import Failure, one_line_errors
+
+    with pytest.raises(Failure, match="database error: disk I/O error"):
+        with one_line_errors():
+            raise OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+
+
+def test_the_cli_lets_an_error_that_is_no_library_error_through():
+    from casstore.cli.app import one_line_errors
+
+    with pytest.raises(KeyError):
+        with one_line_errors():
+            raise KeyError("a bug")
