@@ -26,6 +26,7 @@ from casstore.cas.live.registry import register
 from casstore.cas.live.roots import FieldRoot
 from casstore.cas.progress import Meter, Report, meter
 from casstore.cas.store.content_store import ContentStore
+from casstore.cas.tar.scan import Entry
 from casstore.cas.verify import VerifyReport, verify
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentAlreadyExists,
                              ExperimentNotFound, FieldFailure, FieldsUnreadable, InvalidInput, LoadError)
@@ -195,17 +196,21 @@ class Session:
 
     def save_experiment(self, experiment: Experiment, if_exists: str = "fail",
                         progress: Optional[Report] = None) -> None:
-        """Store `experiment` itself (what `Experiment.persist` does); `progress` is given a
-        Step (task "persist", item the field) as each folder's bytes are archived."""
+        """Store `experiment` itself (what `Experiment.persist` does). Bad input is refused
+        before anything is written: values casstore cannot store, archive fields whose
+        dotted paths collide, folders with a member that could not be extracted. `progress`
+        is given a Step (task "persist", item the field) as each folder's bytes are archived."""
         _check_if_exists(if_exists)
         datapak.encode(experiment.fields, path="fields", fallback=frames.encode)
         if if_exists == "fail" and self._exists(experiment):
             raise _already_exists(experiment)
-        archives = list(archive_fields(experiment.fields))
+        archives = _distinct_archive_fields(experiment)
+        target = os.path.join(os.path.abspath(stores.archivestore_root()), str(experiment.id_experiment))
+        scans = [None if a.src_dir is None else a.scan_for(target) for _, a in archives]
         store = self.content_store(for_write=bool(archives))
         with store.lease() as lease:
-            facts = [self._store_archive(store, archive, lease, meter(progress, "persist", path))
-                     for path, archive in archives]
+            facts = [self._store_archive(store, archive, lease, scanned, meter(progress, "persist", path))
+                     for (path, archive), scanned in zip(archives, scans)]
             if archives:
                 self._settle(store)
             refs = [Ref(path, f.blob_id, a.params.arc_dir) for (path, a), f in zip(archives, facts)]
@@ -221,13 +226,14 @@ class Session:
                 or self.index.get_experiment(id_experiment=experiment.id_experiment) is not None)
 
     def _store_archive(self, store: ContentStore, archive: ArchiveStore, lease: Lease,
-                       step: Optional[Meter] = None) -> BlobFacts:
-        """Archive a folder, or keep the blob of an ArchiveStore that was loaded."""
+                       scanned: Optional[list[Entry]], step: Optional[Meter] = None) -> BlobFacts:
+        """Archive a folder (`scanned`, its members), or keep the blob of an ArchiveStore
+        that was loaded."""
         if archive.src_dir is not None:
             codec, level = stores.codec_and_level()
             info = store.put_dir(archive.src_dir, archive.params.arc_dir, archive.params.include,
                                  archive.params.exclude, lease=lease, codec=codec, level=level,
-                                 recorded=self.index.facts_hint, progress=step)
+                                 recorded=self.index.facts_hint, scanned=scanned, progress=step)
             if step is not None:
                 step.finish()
             archive.stored(info)
@@ -243,11 +249,25 @@ class Session:
             size = store.check(blob_id)
         return facts_of(found, size)
 
-    def delete_experiment(self, experiment: Experiment) -> None:
+    def delete_experiment(self, experiment: Experiment | str | uuid.UUID) -> None:
         """Remove the experiment's row and references, then its extraction folder. Blobs stay
-        until `casstore gc` finds them unreferenced."""
-        self.index.delete_experiment(experiment.id_experiment)
-        rmtree(os.path.join(stores.archivestore_root(), str(experiment.id_experiment)), ignore_errors=True)
+        until `casstore gc` finds them unreferenced. `experiment` is an Experiment (deleted
+        by its id, stored or not, as MLtraq's `Experiment.delete`), a name, or an id (a UUID
+        or its text; a name is looked up first, as `casstore extract` does): a name or id
+        that names no stored experiment raises ExperimentNotFound."""
+        if isinstance(experiment, Experiment):
+            id_experiment = experiment.id_experiment
+        elif isinstance(experiment, uuid.UUID):
+            if self.index.get_experiment(id_experiment=experiment) is None:
+                raise ExperimentNotFound(f"no experiment with id {experiment} in {safe_url(self.index.url)}")
+            id_experiment = experiment
+        elif isinstance(experiment, str):
+            id_experiment = find_experiment(self.index, experiment).id_experiment
+        else:
+            raise InvalidInput(f"delete_experiment takes an Experiment, a name or an id, got "
+                               f"{type(experiment).__name__}")
+        self.index.delete_experiment(id_experiment)
+        rmtree(os.path.join(stores.archivestore_root(), str(id_experiment)), ignore_errors=True)
 
     def verify(self, deep: bool = False) -> VerifyReport:
         """`casstore verify` on this project (docs/gc.md)."""
@@ -335,6 +355,19 @@ def _roots_of(experiment: str, id_run: str, data: bytes, prefix: str, where: str
         raise FieldsUnreadable(f"{where} do not decode ({exc}): which blobs they name is unknown") from exc
     return [FieldRoot(experiment, id_run, path, blob_id) for path, blob_id in found]
 
+
+
+def _distinct_archive_fields(experiment: Experiment) -> list[tuple[str, ArchiveStore]]:
+    """The experiment's archive fields (`archive_fields`), refused with InvalidInput if two
+    have one dotted path (`"a.b"` and `a={"b": ...}`): the index names a field by its path."""
+    archives = list(archive_fields(experiment.fields))
+    seen: set[str] = set()
+    for path, _ in archives:
+        if path in seen:
+            raise InvalidInput(f"experiment {experiment.name!r} has two archive fields named {path!r} once "
+                               "flattened (such as 'a.b' and a={'b': ...}): rename one")
+        seen.add(path)
+    return archives
 
 
 def _check_if_exists(if_exists: str) -> None:

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from casstore.cas.backends.base import BlobStore
-from casstore.cas.backends.factory import open_blobstore, open_existing_blobstore
 from casstore.cas.backends.urls import file_url_to_path
-from casstore.cas.index.queries import DATASTORE_KEY, Index
-from casstore.cas.live.moves import recorded_datastore
-from casstore.cas.store.codecs import check_codec
-from casstore.cas.chunks.policy import ChunkPolicy, policy_from
-from casstore.cas.store.content_store import ContentStore
-from casstore.cas.store.reader import UNSIZED_LIMIT
-from casstore.cas.store.statcache import StatCache
 from casstore.errors import DatastoreError, InvalidInput
 from casstore.opts import options
+
+# The index (SQLAlchemy), the content store (zstandard) and the backends are imported when a
+# store or a project's datastore is asked for, not when the user API is imported
+# (docs/performance.md, "Start-up").
+if TYPE_CHECKING:
+    from casstore.cas.chunks.policy import ChunkPolicy
+    from casstore.cas.index.queries import Index
+    from casstore.cas.store.content_store import ContentStore
 
 _stores: dict[tuple[str, str | None], ContentStore] = {}
 _lock = threading.Lock()
@@ -46,6 +45,9 @@ def project_datastore(index: Index, given: str | None = None) -> tuple[str, Data
     the options'), else the one the database records, else option datastore.url (which the
     first persist with archives records). A database in a folder that holds its datastore
     records it relative to itself too, and that record is read first (cas/live/moves.py)."""
+    from casstore.cas.index.queries import DATASTORE_KEY
+    from casstore.cas.live.moves import recorded_datastore
+
     if given is not None:
         return given or datastore_url(), "given"
     recorded = recorded_datastore(index)
@@ -59,12 +61,16 @@ def project_datastore(index: Index, given: str | None = None) -> tuple[str, Data
 
 def content_store(url: str | None = None) -> ContentStore:
     """The (per-process, cached) content store of datastore `url` (default: the options')."""
+    from casstore.cas.backends.factory import open_blobstore
+    from casstore.cas.store.content_store import ContentStore
+    from casstore.cas.store.statcache import StatCache
+
     url = url or datastore_url()
     cache = None if options().get("statcache.disable", otherwise=False) else options().get("statcache.path", otherwise=None) or ""
     with _lock:
         store = _stores.get((url, cache))
         if store is None:
-            blobs: BlobStore = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
+            blobs = open_blobstore(url, options().get("datastore.storage_options", otherwise={}))
             store = ContentStore(blobs, None if cache is None else StatCache(cache or None))
             _stores[(url, cache)] = store
         store.unsized_limit = unsized_limit()
@@ -75,12 +81,17 @@ def content_store(url: str | None = None) -> ContentStore:
 def existing_content_store(url: str, named_by: str = "") -> ContentStore:
     """A content store, with no stat cache, on the casstore datastore already at `url`
     (DatastoreError if there is none: `open_existing_blobstore`)."""
+    from casstore.cas.backends.factory import open_existing_blobstore
+    from casstore.cas.store.content_store import ContentStore
+
     return ContentStore(open_existing_blobstore(url, options().get("datastore.storage_options", otherwise={}),
                                                 named_by), policy=chunk_policy())
 
 
 def unsized_limit() -> int:
     """Option datastore.max_unsized_bytes: how far a blob with no recorded size is read."""
+    from casstore.cas.store.reader import UNSIZED_LIMIT
+
     limit = options().get("datastore.max_unsized_bytes", otherwise=UNSIZED_LIMIT)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InvalidInput(f"option datastore.max_unsized_bytes must be a number of bytes, got {limit!r}")
@@ -89,10 +100,14 @@ def unsized_limit() -> int:
 
 def chunk_policy() -> ChunkPolicy:
     """Option datastore.chunks: the sizes a chunked write cuts at (chunks/policy.py)."""
+    from casstore.cas.chunks.policy import policy_from
+
     return policy_from(options().get("datastore.chunks", otherwise={}))
 
 
 def codec_and_level() -> tuple[str, int]:
+    from casstore.cas.store.codecs import check_codec
+
     codec, level = options().get("archivestore.codec"), options().get("archivestore.level")
     check_codec(codec, level, "option archivestore.")
     return codec, level

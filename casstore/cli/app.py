@@ -20,10 +20,10 @@ cli.py of a checkout only launches it (`python cli.py ...`)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Callable, Iterator
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from casstore import __version__
 from casstore.errors import (BlobNotFound, CasStoreError, DatastoreError, ExperimentNotFound, InvalidInput,
@@ -58,10 +58,17 @@ class Unusable(Failure):
     exit_code = EXIT_UNUSABLE
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """Whether `exc` is an SQLAlchemyError, without importing SQLAlchemy (the CLI imports it
+    only for a command that opens a database): only an imported SQLAlchemy raises one."""
+    module = sys.modules.get("sqlalchemy.exc")
+    return module is not None and isinstance(exc, module.SQLAlchemyError)
+
+
 def failure(exc: BaseException, unusable: tuple[type[CasStoreError], ...] = UNUSABLE) -> Failure:
     """A library error as one line: `Unusable` if it is one of `unusable`, else `Failure`."""
     text = str(exc) or exc.__class__.__name__
-    if isinstance(exc, SQLAlchemyError):
+    if is_database_error(exc):
         text = f"database error: {getattr(exc, 'orig', None) or exc.__class__.__name__}"
     elif isinstance(exc, OSError) and not isinstance(exc, CasStoreError) and exc.filename:
         text = f"{exc.strerror or exc}: {exc.filename}"
@@ -75,7 +82,11 @@ def one_line_errors(unusable: tuple[type[CasStoreError], ...] = UNUSABLE) -> Ite
         yield
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
-    except (CasStoreError, OSError, SQLAlchemyError) as exc:
+    except (CasStoreError, OSError) as exc:
+        raise failure(exc, unusable) from exc
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
         raise failure(exc, unusable) from exc
 
 

@@ -15,15 +15,14 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-from casstore.cas.index.engine import cli_command, safe_url, sqlite_file
 from casstore.cli.app import Unusable, common_options, one_line_errors
 from casstore.cli.output import emit_json
 from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
 
+# SQLAlchemy and the index are imported when a command opens its database, not for --help.
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from casstore.cas.index.queries import Index
     from casstore.cas.store.content_store import ContentStore
 
@@ -38,7 +37,10 @@ def open_engine(url: str, read_only: bool = True) -> Engine:
     """An engine on an existing database: a SQLite file that does not exist is refused
     rather than created (a typo in --db must not start an empty project). Read-only unless
     the command writes to the database: a file it refuses is left byte for byte as it was."""
-    from casstore.cas.index.engine import make_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from casstore.cas.index.engine import make_engine, safe_url, sqlite_file
 
     try:
         found = sqlite_file(make_url(url))
@@ -58,6 +60,9 @@ def open_engine(url: str, read_only: bool = True) -> Engine:
 def open_index(url: str, read_only: bool = True) -> Index:
     """The project's index; its tables are looked at read-only first, and the database is
     opened for writing (SQLite switched to WAL) only if `read_only` is False."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from casstore.cas.index.engine import safe_url
     from casstore.cas.index.queries import Index
     from casstore.cas.index.schema import require_casstore_tables
 
@@ -99,6 +104,8 @@ class Project:
     def writable_index(self) -> Index:
         """The index opened for writing, for the commands that change the database (gc):
         a database this process may not write is refused before anything changes."""
+        from casstore.cas.index.engine import safe_url
+
         if self._index is None:
             self._index = open_index(self.db, read_only=False)
         if self._index.read_only:
@@ -114,6 +121,7 @@ class Project:
 
     def _open_store(self) -> ContentStore:
         from casstore import stores
+        from casstore.cas.index.engine import safe_url
 
         url, source = stores.project_datastore(self.index, self.datastore_arg or None)
         try:
@@ -134,6 +142,8 @@ class Project:
     def suggest(self, *words: str) -> str:
         """A command on this project as the user gave it: `words`, then --db and --datastore
         (if given), quoted for a shell (engine.cli_command)."""
+        from casstore.cas.index.engine import cli_command
+
         return cli_command(self.db, *words, datastore=self.datastore_arg)
 
     def emit(self, document: Any) -> None:

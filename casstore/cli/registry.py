@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casstore.cas.index.engine import safe_url
 from casstore.cli.app import Unusable, main
 from casstore.cli.output import table, warn
 from casstore.cli.project import Project, project_command
@@ -123,6 +122,7 @@ def _registry_note(row: dict[str, Any]) -> str:
 
 def _registry_trust(project: Project, trust: str | None, revoke: str | None) -> None:
     """--trust, --revoke and --trusted: the user's own list, outside the datastore."""
+    from casstore.cas.index.engine import safe_url
     from casstore.cas.live import trust as confirmations
 
     done: dict[str, Any] = {}

@@ -7,16 +7,16 @@ schema, and these commands are how to fix one."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from casstore.cas.index.engine import safe_url
 from casstore.cli.app import Unusable, common_options, main, one_line_errors
 from casstore.cli.output import emit_json
 from casstore.cli.project import open_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 @main.group()
@@ -45,6 +45,9 @@ def db_command(read_only: bool) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def _revision(engine: Engine) -> str | None:
     """The database's casstore schema revision; exit 3 if the database cannot be read."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from casstore.cas.index.engine import safe_url
     from casstore.cas.index.schema import current_revision
 
     try:

@@ -25,7 +25,7 @@ from casstore.cas.live.refs import MAX_REF_BYTES, NamedRef, RefFacts, named_ref_
 from casstore.cas.store.no_space import no_space
 from casstore.cas.tar.extract import Extraction
 from casstore.cas.tar.read import list_members
-from casstore.cas.tar.scan import check_arc_dir, scan
+from casstore.cas.tar.scan import Entry, check_arc_dir, check_extractable, scan
 from casstore.cas.tar.write import tar_bytes
 from casstore.errors import (BlobNotFound, CorruptBlob, CorruptReference, InvalidInput, UnreadableObject,
                              UnsafeArchive)
@@ -138,6 +138,13 @@ class ArchiveStore:
     def src_dir(self) -> Optional[str]:
         return self.params.get("src_dir")
 
+    def scan_for(self, target: str) -> list[Entry]:
+        """The members of the folder (`scan`), refused with InvalidInput if one could not be
+        extracted into `target` (a name component over NAME_MAX, a path over PATH_MAX)."""
+        entries = scan(self.params.src_dir, self.params.arc_dir, self.params.include, self.params.exclude)
+        check_extractable(entries, target)
+        return entries
+
     def stored(self, info: BlobFacts) -> None:
         self.blob_id = info.blob_id
         self.size = info.size
@@ -220,14 +227,18 @@ class ArchiveStoreIO:
     def create(cls, src_dir: str, arc_dir: str = ".", include: Patterns = "**",
                exclude: Optional[Patterns] = None) -> ArchiveStoreIO:
         """Archive `src_dir` now and name it with a new reference in the datastore. The
-        object returned is pinned to the blob it stored."""
+        object returned is pinned to the blob it stored. A folder with a member that could
+        not be extracted into `get_target()` is refused (InvalidInput) before anything is written."""
         check_arc_dir(arc_dir)
         prefix = stores.checked_prefix("datastore.relative_path_prefix")
         codec, level = stores.codec_and_level()
+        entries = scan(src_dir, arc_dir, include, exclude)
+        check_extractable(entries, os.path.abspath(cls.get_target()))
         store = stores.content_store()
         key = f"{prefix.replace(os.sep, '/')}/{uuid.uuid4().hex}"
         with store.lease() as lease:
-            info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level)
+            info = store.put_dir(src_dir, arc_dir, include, exclude, lease=lease, codec=codec, level=level,
+                                 scanned=entries)
             facts = RefFacts(info.stored_size, info.codec)
             store.blobs.put_object(key, named_ref_data(info.blob_id, info.size, facts, arc_dir))
         return cls(f"file:///{key}", blob_id=info.blob_id)

@@ -7,20 +7,24 @@ on): it creates nothing, so a typo in a URL never starts an empty datastore."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from casstore.cas.backends.base import BlobStore
-from casstore.cas.backends.fsspec import FsspecBlobStore
 from casstore.cas.backends.layout import FORMAT_KEY, FORMATS, MAX_FORMAT_BYTES
-from casstore.cas.backends.local import LocalBlobStore
-from casstore.cas.backends.s3 import S3_PROTOCOLS, S3BlobStore
 from casstore.cas.backends.urls import file_url_to_path
 from casstore.errors import CasStoreError, DatastoreError
+
+# Each backend is imported when a datastore of its kind is opened (docs/performance.md, "Start-up").
+if TYPE_CHECKING:
+    from casstore.cas.backends.base import BlobStore
 
 
 def open_blobstore(url: str, storage_options: dict[str, Any] | None = None) -> BlobStore:
     """The blob store at `url`: a local path, `file:///relative`, `file:////absolute`, or
     (with the `s3` extra) an fsspec URL such as `s3://bucket/prefix`."""
+    from casstore.cas.backends.fsspec import FsspecBlobStore
+    from casstore.cas.backends.local import LocalBlobStore
+    from casstore.cas.backends.s3 import S3_PROTOCOLS, S3BlobStore
+
     if "://" not in url:
         return LocalBlobStore(url)
     scheme = url.split("://", 1)[0]
@@ -37,6 +41,8 @@ def open_existing_blobstore(url: str, storage_options: dict[str, Any] | None = N
     if it cannot be opened, is a local folder that does not exist, has no FORMAT object or one
     that cannot be read, or is of another format. `named_by` (e.g. "--datastore") says in the
     messages where `url` came from."""
+    from casstore.cas.backends.local import LocalBlobStore
+
     where = f" ({named_by})" if named_by else ""
     try:
         blobs = open_blobstore(url, storage_options)

@@ -39,7 +39,7 @@ from casstore.cas.store.statcache import StatCache, listing_key
 from casstore.cas.tar.extract import Extraction
 from casstore.cas.tar.header import CHUNK, Member
 from casstore.cas.tar.read import list_members
-from casstore.cas.tar.scan import scan
+from casstore.cas.tar.scan import Entry, scan
 from casstore.cas.tar.write import Sink, write_tar
 from casstore.errors import CasStoreError, CorruptBlob, InvalidInput, UnsafeArchive
 
@@ -80,13 +80,16 @@ class ContentStore:
 
     def put_dir(self, src_dir: str, arc_dir: str = ".", include: str | list[str] = "**",
                 exclude: str | list[str] | None = None, *, lease: Lease, codec: str = "none",
-                level: int = 3, progress: Progress | None = None, recorded: Recorded | None = None) -> BlobFacts:
+                level: int = 3, progress: Progress | None = None, recorded: Recorded | None = None,
+                scanned: list[Entry] | None = None) -> BlobFacts:
         """Store the canonical archive of a folder; the blob id is added to `lease`.
         `recorded` gives the facts the caller's index holds for a blob id, if any: a copy
-        found under the id that disagrees with them is re-hashed before it is trusted."""
+        found under the id that disagrees with them is re-hashed before it is trusted.
+        `scanned` is the caller's `scan` of the same folder, arc_dir, include and exclude,
+        made to check the members before anything is written (then not scanned again)."""
         check_codec(codec, level)
         datastore_format = self._ready_for_writes()  # a datastore that cannot be used is refused before the scan
-        entries = scan(src_dir, arc_dir, include, exclude)
+        entries = scan(src_dir, arc_dir, include, exclude) if scanned is None else scanned
         key = listing_key(arc_dir, entries, self.algorithm) if self.statcache else ""
         total = sum(e.size for e in entries) if progress is not None else 0  # the file bytes write_tar reports
         if isinstance(progress, Meter):

@@ -20,6 +20,8 @@ OWNER = b"root"
 GNU_MAGIC = b"ustar  \0"
 LONGLINK = b"././@LongLink"
 NAME_FIELD = 100
+NAME_MAX = 255  # bytes of one path component (Linux)
+PATH_MAX = 4096  # bytes of a path with its terminating NUL (Linux): also a symlink's target
 
 FILE, HARDLINK, SYMLINK, DIRECTORY = b"0", b"1", b"2", b"5"
 FILE_KINDS = frozenset({b"0", b"\0", b"7"})
@@ -37,6 +39,18 @@ class Member:
     mode: int
     size: int
     linkname: bytes
+
+
+def name_length_problem(name: bytes, under: bytes = b"", name_max: int = NAME_MAX) -> str | None:
+    """Why a file system would refuse path `name` below folder `under` (a component over
+    `name_max` bytes, or a whole path of PATH_MAX bytes or more), or None if it would not."""
+    longest = max(name.split(b"/"), key=len)
+    if len(longest) > name_max:
+        return f"has a name component of {len(longest)} bytes: the file system takes at most {name_max}"
+    full = len(under.rstrip(b"/") + b"/" + name) if under else len(name)
+    if full >= PATH_MAX:
+        return f"would be a path of {full} bytes: the file system takes at most {PATH_MAX - 1}"
+    return None
 
 
 def _octal(value: int, width: int) -> bytes:

@@ -11,11 +11,11 @@ import os
 import posixpath
 from typing import Callable
 
-from casstore.cas.tar.header import DIRECTORY, FILE_KINDS, HARDLINK, SYMLINK, Member
+from casstore.cas.tar.header import (DIRECTORY, FILE_KINDS, HARDLINK, NAME_MAX, PATH_MAX, SYMLINK, Member,
+                                     name_length_problem)
 from casstore.errors import UnsafeArchive
 
-NAME_MAX = 255  # bytes of one path component (Linux)
-PATH_MAX = 4096  # bytes of a path with its terminating NUL (Linux): also a symlink's target
+__all__ = ["NAME_MAX", "PATH_MAX", "MemberRules", "check_name_length", "check_symlink", "safe_name"]
 
 
 def safe_name(raw: bytes, what: str = "member") -> str:
@@ -44,16 +44,10 @@ def check_symlink(name: str, raw_target: bytes) -> str:
 def check_name_length(name: str, name_max: int = NAME_MAX, under: str = "") -> None:
     """UnsafeArchive if the file system would refuse member `name` (below folder `under`):
     a component over `name_max` bytes, or a whole path of PATH_MAX bytes or more."""
-    raw = os.fsencode(name)
-    longest = max(raw.split(b"/"), key=len)
-    if len(longest) > name_max:
-        raise UnsafeArchive(f"member {_short(name)!r} has a name component of {len(longest)} bytes: the file "
-                            f"system takes at most {name_max}")
-    full = len(os.fsencode(os.path.join(under, name))) if under else len(raw)
-    if full >= PATH_MAX:
-        where = f" in {under!r}" if under else ""
-        raise UnsafeArchive(f"member {_short(name)!r} would be a path of {full} bytes{where}: the file system "
-                            f"takes at most {PATH_MAX - 1}")
+    problem = name_length_problem(os.fsencode(name), os.fsencode(under), name_max)
+    if problem is not None:
+        where = f" in {under!r}" if under and "path of" in problem else ""
+        raise UnsafeArchive(f"member {_short(name)!r}{where} {problem}")
 
 
 def _short(name: str) -> str:

@@ -13,7 +13,7 @@ import stat
 import sys
 from typing import NamedTuple
 
-from casstore.cas.tar.header import FILE, HARDLINK, SYMLINK
+from casstore.cas.tar.header import FILE, HARDLINK, NAME_MAX, SYMLINK, name_length_problem
 from casstore.cas.tar.match import (Matcher, Patterns, check_src_dir, exclude_matchers, excluded, globs,
                                     is_default_include)
 from casstore.errors import InvalidInput
@@ -48,13 +48,33 @@ class Entry(NamedTuple):
 
 
 def check_arc_dir(arc_dir: str) -> str:
-    """Normalize `arc_dir`; refuse one that is absolute or climbs out with `..`."""
+    """Normalize `arc_dir`; refuse one that is absolute, climbs out with `..`, or has a
+    component that no file system takes (over NAME_MAX bytes): every load would fail."""
     if not isinstance(arc_dir, str) or arc_dir == "":
         raise InvalidInput(f"arc_dir must be a non-empty relative path, got {arc_dir!r}")
     norm = posixpath.normpath(arc_dir.replace(os.sep, "/"))
     if posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or "\0" in norm:
         raise InvalidInput(f"arc_dir {arc_dir!r} must be relative and stay inside the archive (no leading '/' or '..')")
+    longest = max(os.fsencode(norm).split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise InvalidInput(f"arc_dir {_short(arc_dir)!r} has a component of {len(longest)} bytes: file systems take "
+                           f"at most {NAME_MAX} (NAME_MAX), so it could never be extracted")
     return norm
+
+
+def check_extractable(entries: list[Entry], under: str) -> None:
+    """InvalidInput unless every member of `entries` can be extracted below folder `under`:
+    no name component over NAME_MAX bytes, no path of PATH_MAX bytes or more (header.py)."""
+    prefix = os.fsencode(under)
+    for entry in entries:
+        problem = name_length_problem(entry.name, prefix)
+        if problem is not None:
+            raise InvalidInput(f"{_short(os.fsdecode(entry.name))!r} (from {_short(entry.path)!r}) {problem}, so it "
+                               f"could never be extracted into {_short(under)!r}")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def member_name(arc_dir: str, relpath: str) -> bytes:
