@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from casstore.cas.index.engine import cli_command, safe_url, sqlite_file
-from casstore.cli.app import Unusable, common_options, one_line_errors
+from casstore.cli.app import Unusable, common_options, one_line_errors, project_options
 from casstore.cli.output import emit_json
 from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
 
@@ -136,8 +136,9 @@ class Project:
         (if given), quoted for a shell (engine.cli_command)."""
         return cli_command(self.db, *words, datastore=self.datastore_arg)
 
-    def emit(self, document: Any) -> None:
-        emit_json(document)
+    def emit(self, schema: str, document: dict[str, Any]) -> None:
+        """The command's JSON document, of stable schema `schema` (output.SCHEMAS)."""
+        emit_json(schema, document)
 
 
 def _settle(store: ContentStore, index: Index) -> None:
@@ -157,8 +158,8 @@ def project_command(f: Callable[..., Any]) -> Callable[..., Any]:
     and turn library errors into one line and an exit code."""
 
     @functools.wraps(f)
-    def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
-        project = Project(db, datastore, as_json)
+    def wrapper(db: str | None, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
+        project = Project(*project_options(db, datastore, as_json))
         try:
             with one_line_errors():
                 return f(project, **kwargs)

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, inspect, or_, select
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, insert, inspect, or_, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from casstore.cas.index.engine import is_read_only, make_engine, sqlite_file, write_transaction
@@ -348,6 +348,27 @@ class Index:
                 facts = _facts_or_none(r[4], r[5], r[6], r[7])
                 yield RefListing(r[0], r[1], r[2], r[3], r[4], *(
                     (facts.size, facts.stored_size, facts.codec) if facts else (None, None, None)))
+
+    def blob_ids_with_prefix(self, prefix: str) -> list[str]:
+        """The blob ids the index names (in references or facts rows) that start with
+        `prefix` (e.g. 'xxh128:08f8e669'), sorted: what a short id may stand for."""
+        refs = select(RefRow.blob_id).where(RefRow.blob_id.startswith(prefix, autoescape=True))
+        facts = select(BlobRow.blob_id).where(BlobRow.blob_id.startswith(prefix, autoescape=True))
+        with self.engine.connect() as conn:
+            return sorted(set(conn.scalars(refs)) | set(conn.scalars(facts)))
+
+    def all_blob_ids(self) -> set[str]:
+        """Every blob id the index names, in references or facts rows."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(RefRow.blob_id))) | set(conn.scalars(select(BlobRow.blob_id)))
+
+    def first_stored(self) -> dict[uuid.UUID, float]:
+        """Per experiment, when the first of the blobs its references name was stored (the
+        facts rows' creation time, epoch seconds); experiments without one are left out."""
+        query = (select(RefRow.id_experiment, func.min(BlobRow.created))
+                 .join(BlobRow, BlobRow.blob_id == RefRow.blob_id).group_by(RefRow.id_experiment))
+        with self.engine.connect() as conn:
+            return {r[0]: float(r[1]) for r in conn.execute(query) if r[1] is not None}
 
     def iter_blob_facts(self, damaged: dict[str, str] | None = None) -> Iterator[BlobFacts]:
         """Every facts row; a damaged one raises DamagedIndex, or is put into `damaged`
