@@ -7,12 +7,12 @@ the commands."""
 from __future__ import annotations
 
 import os
-import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from casstore.cli import output  # output.stdin_is_terminal is looked up when called (tests fake a terminal)
 from casstore.cli.app import Refused, example, main
 from casstore.cli.ids import resolve_experiment, short_ids
 from casstore.cli.output import human_bytes, printable, table
@@ -190,7 +190,7 @@ def rm(project: Project, names: tuple[str, ...], dry_run: bool, yes: bool) -> No
 
 
 def _confirm(plan: list[dict[str, Any]]) -> None:
-    if not sys.stdin.isatty():
+    if not output.stdin_is_terminal():
         raise Refused("refusing to delete without confirmation: stdin is not a terminal; pass --yes "
                       "(or --dry-run to list what would be deleted)")
     names = ", ".join(printable(p["name"]) for p in plan)

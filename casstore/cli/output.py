@@ -85,3 +85,11 @@ def stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a question can be asked (rm's confirmation)."""
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
