@@ -647,7 +647,8 @@ def test_a_refused_database_file_is_left_byte_for_byte_as_it_was(project, workdi
     where = ["--db", f"sqlite:///{db}", "--datastore", str(project.datastore)]
     blob = blob_of(project, "baseline", "data")
     for command in (["stats"], ["ls"], ["verify"], ["verify", "--deep"], ["gc", "--dry-run"], ["gc"], ["cat", blob],
-                    ["extract", "baseline", "--target", str(workdir / "target")], ["registry"]):
+                    ["extract", "baseline", "--target", str(workdir / "target")], ["registry"], ["ls", "--refs"],
+                    ["show", "baseline"], ["du"], ["rm", "baseline", "--dry-run"], ["rm", "baseline", "--yes"]):
         result = run(*command, *where, code=3)
         assert result.stderr.startswith("casstore: error: ") and result.stderr.count("\n") == 1, result.stderr
         assert db.read_bytes() == before and sorted(os.listdir(folder)) == listing, command

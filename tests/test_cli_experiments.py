@@ -116,6 +116,18 @@ def test_rm_yes_deletes_rows_references_and_the_extracted_folder(project, workdi
     assert not folder.exists()
 
 
+def test_rm_of_an_unknown_name_deletes_none_of_the_others(project):
+    run("rm", "rerun", "nope", "--yes", *project, code=3)
+    assert [e["name"] for e in listing(project)] == ["baseline", "rerun"]
+
+
+def test_short_ids_are_the_shortest_unique_prefix_of_at_least_8_digits():
+    from casstore.cli.ids import short_ids
+
+    known = ["xxh128:" + "ab" * 16, "xxh128:" + "abababab0" + "1" * 23, "xxh128:" + "f" * 32]
+    assert short_ids(known, known) == {known[0]: "ababababa", known[1]: "abababab0", known[2]: "ffffffff"}
+
+
 def test_rm_leaves_the_blobs_to_gc(project):
     model = blob(project, "rerun", "model")
     run("rm", "rerun", "--yes", *project)

@@ -5,7 +5,7 @@ JSON, progress bars and exit codes (docs/cli.md):
 
     0  fine
     1  the store is damaged (verify), or some items failed (the others were done)
-    2  usage error (click's own)
+    2  usage error (click's own), or `rm` without the confirmation it needs
     3  an argument that cannot be used: a database or datastore that does not exist or
        cannot be opened, an experiment or blob that is not there, gc refusing
 

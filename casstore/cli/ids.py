@@ -5,6 +5,7 @@ with them. Resolved here, by a query of the index; the library's id parser
 
 from __future__ import annotations
 
+import bisect
 import re
 import uuid
 from typing import TYPE_CHECKING, Iterable
@@ -67,7 +68,7 @@ def short_ids(ids: Iterable[str], known: Iterable[str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for value in ids:
         h = _hex(value)
-        at = digits.index(h)
+        at = bisect.bisect_left(digits, h)
         neighbours = [digits[j] for j in (at - 1, at + 1) if 0 <= j < len(digits)]
         length = max([MIN_DIGITS] + [_common(h, n) + 1 for n in neighbours])
         result[value] = h[:length]
