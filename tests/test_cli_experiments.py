@@ -53,13 +53,13 @@ def test_ls_lists_one_row_per_experiment(project):
     assert [line.split()[0] for line in lines[1:]] == ["baseline", "rerun"]
 
 
-def test_ls_fits_100_columns(project, workdir):
+def test_ls_du_and_show_fit_100_columns(project, workdir):
     with options().ctx({"datastore.url": "file:///" + str(workdir / "store")}):
         session = create_session("sqlite:///runs.db")
         session.create_experiment("n" * 80, data=ArchiveStore(src_dir="data", arc_dir="data")).persist()
         session.index.dispose()
-    for extra in ([], ["--refs"]):
-        assert max(len(line) for line in run("ls", *extra, *project).stdout.splitlines()) <= 100
+    for words in (["ls"], ["ls", "--refs"], ["du"], ["show", "n" * 80]):
+        assert max(len(line) for line in run(*words, *project).stdout.splitlines()) <= 100
 
 
 def test_ls_counts_archives_and_the_bytes_only_an_experiment_holds(project):

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from casstore.cas.usage import ExperimentUsage
 
 NAME_WIDTH = 36  # names longer than this are cut in tables, which fit 100 columns
-VALUE_WIDTH = 60  # a field's value is summarised to this many characters
+VALUE_WIDTH = 56  # a field's value is summarised to this many characters (show fits 100 columns)
 
 
 def _when(epoch: float | None) -> str | None:
@@ -125,7 +125,7 @@ def show(project: Project, experiment: str) -> None:
     lines = [f"experiment  {printable(record.name)}", f"id          {record.id_experiment}",
              f"when        {when or '-'}", "", "fields:"]
     lines += ["  " + line for line in table(["FIELD", "TYPE", "VALUE"], [
-        (_cut(f["field"], 24), f["type"], f["value"]) for f in fields]).splitlines()] if fields else ["  (none)"]
+        (_cut(f["field"], 20), _cut(f["type"], 14), f["value"]) for f in fields]).splitlines()] if fields else ["  (none)"]
     lines += ["", "archives:"]
     if archives:
         lines += ["  " + line for line in table(
@@ -148,7 +148,7 @@ def _summaries(fields: Any, path: str = "") -> list[dict[str, str]]:
             found += _summaries(value, f"{path}.{key}" if path else str(key))
         return found
     if isinstance(fields, ArchiveStore):
-        text = f"arc_dir={fields.params.arc_dir!r} blob={getattr(fields, 'blob_id', None)}"
+        text = f"arc_dir={fields.params.arc_dir!r} (its blob: under archives)"
     else:
         text = " ".join(repr(fields).split())
     return [{"field": path, "type": type(fields).__name__, "value": _cut(text, VALUE_WIDTH)}]
