@@ -89,3 +89,16 @@ def test_an_experiment_without_archives_takes_nothing(session):
     session.create_experiment("plain", lr=0.1).persist()
     found = usage_by_name(session)["plain"]
     assert (found.archives, found.stored_bytes, found.exclusive_bytes) == (0, 0, 0)
+
+
+def test_first_stored_is_when_an_experiments_first_blob_was_stored(session, workdir):
+    import time
+
+    from casstore.cas.usage import first_stored
+
+    before = time.time()
+    persist(session, "a", data=folder(workdir / "data", {"a.bin": os.urandom(2000)}))
+    session.create_experiment("plain", lr=0.1).persist()
+    found = first_stored(session.index)
+    assert list(found) == [session.read_experiment("a").id_experiment]
+    assert before <= found[session.read_experiment("a").id_experiment] <= time.time()

@@ -14,7 +14,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select
+
 from casstore.cas.chunk_census import chunks_of, stored_chunks
+from casstore.cas.index.models import BlobRow, RefRow
 from casstore.cas.index.queries import Index
 from casstore.cas.live.refs import named_refs
 from casstore.cas.store.content_store import ContentStore
@@ -63,6 +66,15 @@ def project_usage(index: Index, store: ContentStore) -> Usage:
              for i in sorted(names, key=lambda i: (names[i], str(i)))]
     project = {u for b in blobs.values() for blob_id in b for u in units.get(blob_id, ())}
     return Usage(found, sum(sizes[u] for u in project), sum(u.exclusive_bytes for u in found))
+
+
+def first_stored(index: Index) -> dict[uuid.UUID, float]:
+    """Per experiment, when the first of the blobs its references name was stored (the facts
+    rows' creation time, epoch seconds); experiments without archives are left out."""
+    query = (select(RefRow.id_experiment, func.min(BlobRow.created))
+             .join(BlobRow, BlobRow.blob_id == RefRow.blob_id).group_by(RefRow.id_experiment))
+    with index.engine.connect() as conn:
+        return {r[0]: float(r[1]) for r in conn.execute(query) if r[1] is not None}
 
 
 def _usage(id_experiment: uuid.UUID, name: str, archives: int, logical: int, blobs: set[str],

@@ -62,11 +62,11 @@ def ls_command(project: Project, names: tuple[str, ...], refs: bool) -> None:
 
 
 def _ls_experiments(project: Project, wanted: set[Any] | None) -> None:
-    from casstore.cas.usage import project_usage
+    from casstore.cas.usage import first_stored, project_usage
 
     found = [u for u in project_usage(project.index, project.store).experiments
              if wanted is None or u.id_experiment in wanted]
-    when = project.index.first_stored()
+    when = first_stored(project.index)
     ids = short_ids([u.id_experiment.hex for u in found], [i.hex for i, _ in project.index.list_experiments()])
     if project.as_json:
         project.emit("ls", {"experiments": [
@@ -94,7 +94,7 @@ def _ls_refs(project: Project, wanted: set[Any] | None) -> None:
     if not rows:
         click.echo("no references")
         return
-    blobs = short_ids([r.blob_id for r in rows], index.all_blob_ids())
+    blobs = short_ids([r.blob_id for r in rows], index.blob_ids_with_prefix(""))
     exps = short_ids([r.id_experiment.hex for r in rows], [i.hex for i, _ in index.list_experiments()])
     click.echo(table(["NAME", "ID", "FIELD", "BLOB", "SIZE"],
                      [(_cut(r.name, 28), exps[r.id_experiment.hex], _cut(r.label, 28), blobs[r.blob_id],
@@ -109,6 +109,7 @@ def show(project: Project, experiment: str) -> None:
     id, size and codec.
 
     NAME|ID is an experiment's name, id or an id's first 8 or more hex digits."""
+    from casstore.cas.usage import first_stored
     from casstore.mltraq import datapak
     from casstore.session import FIELD_DECODERS
 
@@ -117,7 +118,7 @@ def show(project: Project, experiment: str) -> None:
     fields = _summaries(datapak.loads(record.fields, FIELD_DECODERS))
     archives: list[dict[str, Any]] = [{"field": r.label, "blob": r.blob_id, "size": r.size, "stored_size": r.stored_size,
                  "codec": r.codec} for r in index.iter_refs() if r.id_experiment == record.id_experiment]
-    when = _when(index.first_stored().get(record.id_experiment))
+    when = _when(first_stored(index).get(record.id_experiment))
     if project.as_json:
         project.emit("show", {"experiment": str(record.id_experiment), "name": record.name, "when": when,
                               "fields": fields, "archives": archives})

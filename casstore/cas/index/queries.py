@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, insert, inspect, or_, select
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, inspect, or_, select, union
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from casstore.cas.index.engine import is_read_only, make_engine, sqlite_file, write_transaction
@@ -350,25 +350,10 @@ class Index:
                     (facts.size, facts.stored_size, facts.codec) if facts else (None, None, None)))
 
     def blob_ids_with_prefix(self, prefix: str) -> list[str]:
-        """The blob ids the index names (in references or facts rows) that start with
-        `prefix` (e.g. 'xxh128:08f8e669'), sorted: what a short id may stand for."""
-        refs = select(RefRow.blob_id).where(RefRow.blob_id.startswith(prefix, autoescape=True))
-        facts = select(BlobRow.blob_id).where(BlobRow.blob_id.startswith(prefix, autoescape=True))
+        """The blob ids of reference and facts rows starting with `prefix` ('' for all), sorted."""
+        query = union(*[select(c).where(c.startswith(prefix, autoescape=True)) for c in (RefRow.blob_id, BlobRow.blob_id)])
         with self.engine.connect() as conn:
-            return sorted(set(conn.scalars(refs)) | set(conn.scalars(facts)))
-
-    def all_blob_ids(self) -> set[str]:
-        """Every blob id the index names, in references or facts rows."""
-        with self.engine.connect() as conn:
-            return set(conn.scalars(select(RefRow.blob_id))) | set(conn.scalars(select(BlobRow.blob_id)))
-
-    def first_stored(self) -> dict[uuid.UUID, float]:
-        """Per experiment, when the first of the blobs its references name was stored (the
-        facts rows' creation time, epoch seconds); experiments without one are left out."""
-        query = (select(RefRow.id_experiment, func.min(BlobRow.created))
-                 .join(BlobRow, BlobRow.blob_id == RefRow.blob_id).group_by(RefRow.id_experiment))
-        with self.engine.connect() as conn:
-            return {r[0]: float(r[1]) for r in conn.execute(query) if r[1] is not None}
+            return sorted(conn.scalars(query))
 
     def iter_blob_facts(self, damaged: dict[str, str] | None = None) -> Iterator[BlobFacts]:
         """Every facts row; a damaged one raises DamagedIndex, or is put into `damaged`
