@@ -202,8 +202,11 @@ TAMPERING = {"row_deleted": row_deleted, "row_names_another_blob": _row_names_an
 
 
 def verify_json(*extra: str, code: int) -> dict:
-    """The JSON report of `casstore verify` on the project `DB`, its exit code checked."""
-    return json.loads(run_cli("verify", "--db", DB, "--json", *extra, code=code).stdout)
+    """The JSON report of `casstore verify` on the project `DB`, its exit code checked, less
+    its schema key (tests/test_cli_schemas.py checks it)."""
+    report = json.loads(run_cli("verify", "--db", DB, "--json", *extra, code=code).stdout)
+    assert report.pop("schema") == "casstore.verify/1"
+    return report
 
 
 def zlib_bomb(monkeypatch) -> bytes:

@@ -66,8 +66,11 @@ class Project:
 
 
 def run_json(*args: str, code: int = 0):
+    """The command's JSON document, less its schema key (tests/test_cli_schemas.py checks those)."""
     result = run(*args, "--json", code=code)
-    return json.loads(result.stdout)
+    document = json.loads(result.stdout)
+    assert document.pop("schema").startswith("casstore.")
+    return document
 
 
 def _make_tree(path: Path, files: dict[str, bytes]) -> Path:
@@ -100,7 +103,7 @@ def args(proj: Project) -> list[str]:
 
 
 def refs(proj: Project) -> list[dict]:
-    return run_json("ls", *args(proj))
+    return run_json("ls", "--refs", *args(proj))["refs"]
 
 
 def blob_of(proj: Project, name: str, field: str) -> str:
@@ -251,11 +254,11 @@ def test_ls(project):
     assert all(set(r) == {"experiment", "name", "field", "blob", "size"} for r in rows)
     assert [(r["name"], r["field"]) for r in rows] == [("baseline", "data"), ("rerun", "data"), ("rerun", "model")]
     assert rows[0]["blob"] == rows[1]["blob"] != rows[2]["blob"]
-    text = run("ls", *args(project)).stdout.splitlines()
-    assert text[0].split() == ["NAME", "EXPERIMENT", "FIELD", "BLOB", "SIZE"]
+    text = run("ls", "--refs", *args(project)).stdout.splitlines()
+    assert text[0].split() == ["NAME", "ID", "FIELD", "BLOB", "SIZE"]
     assert len(text) == 4
-    # aligned: every blob id starts in the same column
-    assert len({line.index("xxh128:") for line in text[1:]}) == 1
+    # aligned: every (short) blob id starts in the same column
+    assert len({line.index(rows[i]["blob"].split(":")[1][:8]) for i, line in enumerate(text[1:])}) == 1
 
 
 # -- verify, with real damage -----------------------------------------------------------------
@@ -460,7 +463,7 @@ def test_extract_by_name_into_the_default_place(project, workdir):
 def test_extract_by_id_one_field_with_target(project, workdir):
     rerun_id = next(r["experiment"] for r in refs(project) if r["name"] == "rerun")
     doc = run_json("extract", *args(project), rerun_id, "model", "--target", str(workdir / "out"))
-    assert doc == {"experiment": rerun_id, "name": "rerun", "target": str(workdir / "out"),
+    assert doc == {"experiment": rerun_id, "name": "rerun", "blob": None, "target": str(workdir / "out"),
                    "fields": ["model"], "failed": []}
     assert (workdir / "out" / "model" / "c.txt").exists()
     assert not (workdir / "out" / "data").exists()
@@ -644,7 +647,8 @@ def test_a_refused_database_file_is_left_byte_for_byte_as_it_was(project, workdi
     where = ["--db", f"sqlite:///{db}", "--datastore", str(project.datastore)]
     blob = blob_of(project, "baseline", "data")
     for command in (["stats"], ["ls"], ["verify"], ["verify", "--deep"], ["gc", "--dry-run"], ["gc"], ["cat", blob],
-                    ["extract", "baseline", "--target", str(workdir / "target")], ["registry"]):
+                    ["extract", "baseline", "--target", str(workdir / "target")], ["registry"], ["ls", "--refs"],
+                    ["show", "baseline"], ["du"], ["rm", "baseline", "--dry-run"], ["rm", "baseline", "--yes"]):
         result = run(*command, *where, code=3)
         assert result.stderr.startswith("casstore: error: ") and result.stderr.count("\n") == 1, result.stderr
         assert db.read_bytes() == before and sorted(os.listdir(folder)) == listing, command
@@ -660,7 +664,7 @@ def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
     assert "re-hashing" in run("verify", *args(project), "--deep").stderr
     result = run("verify", *args(project), "--deep", "--json")
     assert "re-hashing" not in result.stderr  # --json: no bar
-    assert json.loads(result.stdout) == {"problems": [], "reclaimable": []}
+    assert json.loads(result.stdout) == {"schema": "casstore.verify/1", "problems": [], "reclaimable": []}
 
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")

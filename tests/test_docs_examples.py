@@ -20,8 +20,8 @@ from typing import Optional
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("docs/tar-format.md", "docs/datastore.md", "docs/gc.md", "README.md")
-MUST_HAVE_EXAMPLES = ("docs/tar-format.md", "docs/datastore.md", "README.md")
+DOCS = ("docs/tar-format.md", "docs/datastore.md", "docs/gc.md", "docs/cli.md", "README.md")
+MUST_HAVE_EXAMPLES = ("docs/tar-format.md", "docs/datastore.md", "docs/cli.md", "README.md")
 EXAMPLE_MARK = "<!-- doctest -->"
 OUTPUT_MARK = "<!-- doctest-output -->"
 LANGUAGES = ("bash", "python")

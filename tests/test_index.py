@@ -153,5 +153,5 @@ def test_stats_and_ls_show_a_non_integer_size_as_unknown(project):
     project.sql("UPDATE casstore_blobs SET size = 'big' WHERE blob_id = ?", project.kept)
     stats = json.loads(run_cli("stats", "--db", DB, "--json").stdout)
     assert stats["unknown_size"] == 1
-    listing = json.loads(run_cli("ls", "--db", DB, "--json").stdout)
+    listing = json.loads(run_cli("ls", "--refs", "--db", DB, "--json").stdout)["refs"]
     assert [(i["blob"], i["size"]) for i in listing if i["name"] == "a"] == [(project.kept, None)]

@@ -118,7 +118,7 @@ def test_the_cli_on_the_database(project, workdir):
     stats = json.loads(run_cli("stats", "--db", db, "--json").stdout)
     assert (stats["blobs"], stats["references"]) == (1, 2)
     assert json.loads(run_cli("verify", "--db", db, "--json").stdout)["problems"] == []
-    assert [r["name"] for r in json.loads(run_cli("ls", "--db", db, "--json").stdout)] == ["a", "b"]
+    assert [r["name"] for r in json.loads(run_cli("ls", "--db", db, "--json").stdout)["experiments"]] == ["a", "b"]
     assert json.loads(run_cli("db", "current", "--db", db, "--json").stdout)["up_to_date"] is True
     run_cli("gc", "--db", db, "--grace", "0")
 

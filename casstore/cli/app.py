@@ -5,7 +5,7 @@ JSON, progress bars and exit codes (docs/cli.md):
 
     0  fine
     1  the store is damaged (verify), or some items failed (the others were done)
-    2  usage error (click's own)
+    2  usage error (click's own), or `rm` without the confirmation it needs
     3  an argument that cannot be used: a database or datastore that does not exist or
        cannot be opened, an experiment or blob that is not there, gc refusing
 
@@ -90,23 +90,57 @@ def one_line_errors(unusable: tuple[type[CasStoreError], ...] = UNUSABLE) -> Ite
         raise failure(exc, unusable) from exc
 
 
+class Refused(Failure):
+    """The same line, and exit code 2: a command that needs a confirmation it cannot get."""
+
+    exit_code = EXIT_USAGE
+
+
+MISSING_DB = ("Missing option '--db': give --db URL (before or after the command) or set the environment "
+              "variable CASSTORE_DB.")
+
+
 def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--db, --datastore and --json, which every command but `migrate` takes alike."""
+    """--db, --datastore and --json, which every command takes alike, after its name or
+    before it (on the group: `project_options` merges both)."""
     f = click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON document on stdout (logs, warnings and progress go to stderr).")(f)
-    f = click.option("--datastore", metavar="PATH_OR_URL", envvar="CASSTORE_DATASTORE",
+    f = click.option("--datastore", metavar="PATH_OR_URL",
                      help="The datastore (default: the one the database records, else option "
                           "datastore.url). Env: CASSTORE_DATASTORE.")(f)
-    f = click.option("--db", "db", metavar="URL", envvar="CASSTORE_DB", required=True,
+    f = click.option("--db", "db", metavar="URL",
                      help="The project's database, as an SQLAlchemy URL (sqlite:///runs.db). Env: CASSTORE_DB.")(f)
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def project_options(db: str | None, datastore: str | None, as_json: bool,
+                    require_db: bool = True) -> tuple[str, str | None, bool]:
+    """--db, --datastore and --json as given after the command, else before it (or in
+    CASSTORE_DB / CASSTORE_DATASTORE, which the group reads); a missing --db is a usage error."""
+    given = click.get_current_context().find_root().params
+    db = db or given.get("db")
+    if not db and require_db:
+        raise click.UsageError(MISSING_DB)
+    return db or "", datastore or given.get("datastore"), as_json or bool(given.get("as_json"))
+
+
+def example(*lines: str) -> str:
+    """A command's help epilog: its examples, printed as written."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=example("casstore --db sqlite:///runs.db ls", "casstore ls --db sqlite:///runs.db --json"))
 @click.version_option(__version__, "--version", prog_name="casstore")
-def main() -> None:
+@click.option("--db", "db", metavar="URL", envvar="CASSTORE_DB",
+              help="The project's database, for every command (also accepted after the command). Env: CASSTORE_DB.")
+@click.option("--datastore", metavar="PATH_OR_URL", envvar="CASSTORE_DATASTORE",
+              help="The datastore, for every command (also accepted after it). Env: CASSTORE_DATASTORE.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output, for every command (also accepted after it).")
+def main(db: str | None, datastore: str | None, as_json: bool) -> None:
     """casstore: a content-addressed archive store with a dedup index.
 
     Every command takes --db URL (env CASSTORE_DB), --datastore PATH_OR_URL (env
-    CASSTORE_DATASTORE) and --json. Exit codes: 0 fine, 1 damage found or some items
-    failed, 2 usage error, 3 an argument that cannot be used. See docs/cli.md."""
+    CASSTORE_DATASTORE) and --json, before or after its name. Exit codes: 0 fine, 1 damage
+    found or some items failed, 2 usage error, 3 an argument that cannot be used. See
+    docs/cli.md."""

@@ -1,5 +1,7 @@
-"""The commands that read archives: `ls` (the references), `cat` (one blob's TAR on stdout)
-and `extract` (an experiment's archives into a folder, as a load would)."""
+"""The commands that read archives: `cat` (one blob's TAR on stdout), `extract` (an
+experiment's archives into a folder, as a load would, or one blob's) and `export` (one
+blob's TAR into a file). A blob is named by its id or a short id (ids.py), or as an
+experiment and one of its archive fields."""
 
 from __future__ import annotations
 
@@ -10,34 +12,18 @@ from typing import Any, BinaryIO, Iterator, cast
 
 import click
 
-from casstore.cli.app import Failure, Unusable, main
-from casstore.cli.output import human_bytes, table
+from casstore.cli.app import Failure, Unusable, example, main
+from casstore.cli.ids import is_blob_id, resolve_blob, resolve_experiment
+from casstore.cli.output import human_bytes
 from casstore.cli.project import Project, project_command
 from casstore.errors import CorruptBlob, LoadError
 
 CHUNK = 1 << 20
 
 
-@main.command("ls")
-@project_command
-def ls_command(project: Project) -> None:
-    """One row per reference: experiment, field, blob and its uncompressed size."""
-    refs = list(project.index.iter_refs())
-    items: list[dict[str, Any]] = [{"experiment": str(r.id_experiment), "name": r.name, "field": r.label,
-              "blob": r.blob_id, "size": r.size} for r in refs]
-    if project.as_json:
-        project.emit(items)
-        return
-    if not items:
-        click.echo("no references")
-        return
-    click.echo(table(["NAME", "EXPERIMENT", "FIELD", "BLOB", "SIZE"],
-                     [(i["name"], i["experiment"], i["field"], i["blob"], human_bytes(i["size"])) for i in items],
-                     right=[4]))
-
-
-@main.command()
-@click.argument("experiment")
+@main.command(epilog=example("casstore extract baseline --db sqlite:///runs.db", "casstore extract rerun data --target out",
+                             "casstore extract xxh128:08f8e669 --target out"))
+@click.argument("experiment", metavar="EXPERIMENT|BLOB")
 @click.argument("field", required=False)
 @click.option("--target", type=click.Path(file_okay=False), metavar="DIR",
               help="Extract here instead of <archivestore>/<experiment id> (option archivestore.url).")
@@ -45,14 +31,19 @@ def ls_command(project: Project) -> None:
 def extract(project: Project, experiment: str, field: str | None, target: str | None) -> None:
     """Extract an experiment's archives (or only FIELD) as a load would.
 
-    EXPERIMENT is a name or an id. Files already in the target are overwritten, others left.
-    If some fields fail, the others are still extracted and the exit code is 1."""
+    EXPERIMENT is a name, an id or an id's first 8 or more hex digits. BLOB (a blob id, or
+    'xxh128:' and its first 8 or more hex digits) extracts that blob into --target. Files
+    already in the target are overwritten, others left. If some fields fail, the others are
+    still extracted and the exit code is 1."""
     from casstore import stores
     from casstore.experiment import archive_fields
-    from casstore.session import Session, find_experiment
+    from casstore.session import Session
 
     index = project.index
-    record = find_experiment(index, experiment)
+    if is_blob_id(experiment) and field is None:
+        _extract_blob(project, resolve_blob(index, experiment), target)
+        return
+    record = resolve_experiment(index, experiment)
     session = Session(project.db, datastore=project.store.blobs.url, read_only=True)
     try:
         exp = session.read_experiment(id_experiment=record.id_experiment)
@@ -76,14 +67,40 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
     finally:
         session.index.dispose()
     if project.as_json:
-        project.emit({"experiment": str(record.id_experiment), "name": record.name, "target": target,
-                      "fields": done, "failed": failed})
+        project.emit("extract", {"experiment": str(record.id_experiment), "name": record.name, "blob": None,
+                                 "target": target, "fields": done, "failed": failed})
     elif done:
         click.echo(f"extracted {', '.join(done)} of experiment {record.name} ({record.id_experiment}) into {target}")
     elif not failed:
         click.echo(f"experiment {record.name} ({record.id_experiment}) has no archive fields")
     if error is not None:
         raise Failure(str(error))
+
+
+def _extract_blob(project: Project, blob: str, target: str | None) -> None:
+    """One blob's archive into `target` (required: a blob has no experiment folder)."""
+    if target is None:
+        raise click.UsageError("give --target DIR to extract a blob (it belongs to no experiment folder)")
+    target = os.path.abspath(target)
+    facts = project.index.facts_hint(blob)
+    project.store.extract(blob, target, size=facts.size if facts else None, recorded=facts)
+    if project.as_json:
+        project.emit("extract", {"experiment": None, "name": None, "blob": blob, "target": target, "fields": [],
+                                 "failed": []})
+    else:
+        click.echo(f"extracted blob {blob} into {target}")
+
+
+def _blob_of(project: Project, blob_or_experiment: str, field: str | None) -> str:
+    """The blob id named by BLOB (an id or a short id), or by EXPERIMENT FIELD."""
+    if field is None:
+        return resolve_blob(project.index, blob_or_experiment)
+    record = resolve_experiment(project.index, blob_or_experiment)
+    refs = {r.label: r.blob_id for r in project.index.refs_of(record.id_experiment)}
+    if field not in refs:
+        raise Unusable(f"experiment {record.name!r} has no archive field {field!r} "
+                       f"(archive fields: {', '.join(sorted(refs)) or 'none'})")
+    return refs[field]
 
 
 ZSTD_OPTION = click.option("--zstd", "zstd_level", type=click.IntRange(1, 22), default=None, is_flag=False,
@@ -103,18 +120,20 @@ def _zstd_wrapped(out: BinaryIO, level: int | None) -> Iterator[BinaryIO]:
         yield cast(BinaryIO, writer)
 
 
-@main.command()
-@click.argument("blob")
+@main.command(epilog=example("casstore cat baseline data --db sqlite:///runs.db | tar -t",
+                             "casstore cat 08f8e669 | tar -t", "casstore cat xxh128:08f8e669fd315903317fd140423438f8 --zstd > data.tar.zst"))
+@click.argument("blob", metavar="BLOB|EXPERIMENT")
+@click.argument("field", required=False)
 @ZSTD_OPTION
 @project_command
-def cat(project: Project, blob: str, zstd_level: int | None) -> None:
-    """Write blob BLOB's canonical TAR, decompressed, on stdout (casstore cat ID | tar -t).
+def cat(project: Project, blob: str, field: str | None, zstd_level: int | None) -> None:
+    """Write a blob's canonical TAR, decompressed, on stdout (casstore cat ID | tar -t).
 
-    The content is hashed while it is written; if it does not match BLOB the exit code is 1
-    (the bytes already written cannot be taken back). --json has no effect."""
-    from casstore.cas.digest import parse_id
-
-    parse_id(blob)
+    The blob is BLOB (its id, or its first 8 or more hex digits), or EXPERIMENT FIELD (an
+    experiment's name or id and one of its archive fields, as `casstore ls --refs` names
+    them). The content is hashed while it is written; if it does not match the id the exit
+    code is 1 (the bytes already written cannot be taken back). --json has no effect."""
+    blob = _blob_of(project, blob, field)
     facts = project.index.facts_hint(blob)
     sys.stdout.flush()
     out = sys.stdout.buffer  # binary-safe (click.get_binary_stream is deprecated in click 8.5)
@@ -135,7 +154,8 @@ def cat(project: Project, blob: str, zstd_level: int | None) -> None:
         raise Failure("stdout was closed before the whole blob was written; it was not verified")
 
 
-@main.command()
+@main.command(epilog=example("casstore export 08f8e669 baseline.tar --db sqlite:///runs.db",
+                             "casstore export 08f8e669 baseline.tar.zst --zstd"))
 @click.argument("blob")
 @click.argument("file", type=click.Path(dir_okay=False))
 @ZSTD_OPTION
@@ -145,9 +165,7 @@ def export(project: Project, blob: str, file: str, zstd_level: int | None) -> No
 
     The blob is hashed and its headers parsed as it is written; FILE appears only once all of
     it checked out (exit 1 and no FILE otherwise). An existing FILE is never overwritten."""
-    from casstore.cas.digest import parse_id
-
-    parse_id(blob)
+    blob = resolve_blob(project.index, blob)
     facts = project.index.facts_hint(blob)
     try:
         written = project.store.export(blob, file, size=facts.size if facts else None, recorded=facts,
@@ -156,6 +174,6 @@ def export(project: Project, blob: str, file: str, zstd_level: int | None) -> No
         raise Failure(f"{exc}; nothing was written to {file}") from exc
     codec = "zstd" if zstd_level is not None else "none"
     if project.as_json:
-        project.emit({"blob": blob, "path": os.path.abspath(file), "bytes": written, "codec": codec})
+        project.emit("export", {"blob": blob, "path": os.path.abspath(file), "bytes": written, "codec": codec})
     else:
         click.echo(f"exported blob {blob} to {file} ({human_bytes(written)}{', zstd' if zstd_level else ''})")

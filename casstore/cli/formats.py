@@ -7,12 +7,12 @@ from dataclasses import asdict
 
 import click
 
-from casstore.cli.app import EXIT_FAILED, main
+from casstore.cli.app import EXIT_FAILED, example, main
 from casstore.cli.output import key_values, warn
 from casstore.cli.project import Project, project_command
 
 
-@main.command(name="format")
+@main.command(name="format", epilog=example("casstore format --db sqlite:///runs.db", "casstore format chunked --convert --db sqlite:///runs.db"))
 @click.argument("target", required=False, type=click.Choice(["chunked", "whole"]))
 @click.option("--convert", is_flag=True, help="Also re-store each blob stored the other way (resumable: run it "
                                               "again after an interruption; each new copy is checked before the "
@@ -37,7 +37,7 @@ def format_command(project: Project, target: str | None, convert: bool) -> None:
         report = change_format(project.store, target, convert=convert, index=index,
                                progress=(lambda blob_id: bar(f"converted {blob_id}")) if bar and convert else None)
     if project.as_json:
-        project.emit({**asdict(report), "datastore": project.store.blobs.url})
+        project.emit("format", {**asdict(report), "datastore": project.store.blobs.url})
     else:
         click.echo("\n".join(key_values([("datastore", project.store.blobs.url), ("format", report.format),
                                          ("whole blobs", report.whole), ("chunked blobs", report.chunked)])))

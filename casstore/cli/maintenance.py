@@ -11,14 +11,14 @@ from typing import Any
 import click
 
 from casstore.cas.progress import Meter
-from casstore.cli.app import EXIT_FAILED, main
+from casstore.cli.app import EXIT_FAILED, example, main
 from casstore.cli.output import human_age, human_bytes, key_values, table, warn
 from casstore.cli.progress import bar_for
 from casstore.cli.project import Project, project_command
 from casstore.errors import InvalidInput
 
 
-@main.command()
+@main.command(epilog=example("casstore stats --db sqlite:///runs.db", "casstore --db sqlite:///runs.db stats --json"))
 @project_command
 def stats(project: Project) -> None:
     """Blobs and references of the project, logical vs stored bytes, the dedup ratio, and
@@ -41,7 +41,7 @@ def stats(project: Project) -> None:
     if result.reclaimable_unknown is not None:
         warn(f"reclaimable bytes unknown: {result.reclaimable_unknown}")
     if project.as_json:
-        project.emit({**asdict(result), "datastore": project.store.blobs.url})
+        project.emit("stats", {**asdict(result), "datastore": project.store.blobs.url})
         return
     click.echo("\n".join(key_values(_stats_rows(project, result))))
 
@@ -77,7 +77,7 @@ def _bytes(n: int) -> str:
     return f"{n} ({human_bytes(n)})"
 
 
-@main.command()
+@main.command(epilog=example("casstore verify --db sqlite:///runs.db", "casstore verify --deep --sample 10% --db sqlite:///runs.db"))
 @click.option("--deep", is_flag=True, help="Re-hash every referenced blob (reads all of them; progress bar on a terminal).")
 @click.option("--sample", metavar="PART", help="With --deep, re-hash only a random part of the stored objects "
               "(blobs stored whole, chunks): a percentage (10%) or a byte budget (2GiB, 500MB).")
@@ -120,7 +120,7 @@ def verify(project: Project, deep: bool, sample: str | None, seed: int | None) -
         }
         if report.sample is not None:
             document["sample"] = {**asdict(report.sample), "repeat": _repeat(project, report.sample)}
-        project.emit(document)
+        project.emit("verify", document)
     else:
         _print_verify(project, report, deep)
     if report.problems:
@@ -208,7 +208,7 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-@main.command()
+@main.command(epilog=example("casstore gc --dry-run --db sqlite:///runs.db", "casstore gc --grace 0 --db sqlite:///runs.db"))
 @click.option("--dry-run", is_flag=True, help="List what would be deleted and the bytes freed; delete nothing.")
 @click.option("--grace", type=Duration(), default="1h", show_default=True,
               help="Keep anything younger than this: 0, 90s, 30m, 1h, 7d.")
@@ -227,7 +227,7 @@ def gc(project: Project, dry_run: bool, grace: float) -> None:
         report = collect(index, project.store, field_roots=field_roots, grace_s=grace, dry_run=dry_run, progress=bar)
     reclaim_now = project.suggest("gc", "--grace", "0")
     if project.as_json:
-        project.emit({"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
+        project.emit("gc", {"deleted": [_without_kind(_blob_or_path(d.kind, d.blob, d.path, d.bytes)) for d in report.deleted],
                       "freed_bytes": report.freed_bytes, "kept": report.kept,
                       "grace": _grace_json(report, reclaim_now)})
         return

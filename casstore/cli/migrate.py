@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from casstore.cas.progress import Step
-from casstore.cli.app import EXIT_FAILED, main, one_line_errors
+from casstore.cli.app import EXIT_FAILED, example, main, one_line_errors, project_options
 from casstore.cli.output import emit_json, human_bytes, key_values, printable
 from casstore.cli.progress import bar_for
 from casstore.errors import DatastoreError, InvalidInput, SchemaOutdated
@@ -27,10 +27,11 @@ MLTRAQ_NOTICE = ("note: MLtraq reads this project only with casstore's integrati
                  "casstore.mltraq.enable() before loading or persisting with MLtraq (docs/mltraq-integration.md)")
 
 
-@main.command("migrate")
-@click.option("--db", "db", metavar="URL", envvar="CASSTORE_DB", required=True,
+@main.command("migrate", epilog=example("casstore migrate --db sqlite:///mltraq.db --datastore mltraq.datastore --dry-run",
+                                         "casstore migrate --db sqlite:///mltraq.db --datastore mltraq.datastore"))
+@click.option("--db", "db", metavar="URL",
               help="The MLtraq project's database, as an SQLAlchemy URL (sqlite:///mltraq.db). Env: CASSTORE_DB.")
-@click.option("--datastore", metavar="PATH_OR_URL", envvar="CASSTORE_DATASTORE", required=True,
+@click.option("--datastore", metavar="PATH_OR_URL",
               help="The datastore folder MLtraq wrote (mltraq.datastore), or its file URL. It becomes the "
                    "project's casstore datastore. Env: CASSTORE_DATASTORE.")
 @click.option("--dry-run", is_flag=True, help="Report what would change (references, blobs, bytes saved); "
@@ -43,7 +44,7 @@ MLTRAQ_NOTICE = ("note: MLtraq reads this project only with casstore's integrati
                    "replaced by a named reference at its path (the form casstore.mltraq.enable() writes).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document on stdout (progress goes to stderr).")
-def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, form: str, as_json: bool) -> None:
+def migrate(db: str | None, datastore: str | None, dry_run: bool, keep_legacy: bool, form: str, as_json: bool) -> None:
     """Move every MLtraq ArchiveStore of a project into the content store.
 
     Archive references in experiment fields and in run tables are rewritten to casstore
@@ -56,6 +57,11 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, form: str
     See docs/migration.md."""
     from casstore.mltraq import migrate as library
 
+    db, datastore, as_json = project_options(db, datastore, as_json)
+    if not datastore:
+        raise click.UsageError("Missing option '--datastore': migrate needs the folder MLtraq wrote "
+                               "(before or after the command, or CASSTORE_DATASTORE).")
+
     if form == "mltraq" and keep_legacy:
         raise click.UsageError("--keep-legacy does not apply to --form mltraq: the reference takes the TAR's place")
     with one_line_errors(UNUSABLE), _progress(as_json) as progress:
@@ -65,7 +71,7 @@ def migrate(db: str, datastore: str, dry_run: bool, keep_legacy: bool, form: str
         else:
             report = library.execute(plan, dry_run=dry_run, keep_legacy=keep_legacy, progress=progress)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json("migrate", report.to_dict())
     else:
         from casstore.cas.index.engine import cli_command
 

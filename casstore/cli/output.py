@@ -58,9 +58,22 @@ def key_values(rows: Sequence[tuple[str, Any]], indent: str = "") -> list[str]:
     return [f"{indent}{k.ljust(width)}  {v}" for k, v in rows]
 
 
-def emit_json(document: Any) -> None:
-    """The command's one JSON document on stdout."""
-    click.echo(json.dumps(document, indent=2, sort_keys=False))
+# The stable schemas of the JSON documents (docs/cli.md "JSON schemas"): every document
+# starts with "schema": "casstore.<name>/<version>". A version changes only when a key is
+# removed or changes meaning; new keys may appear within a version.
+SCHEMAS = {"ls": 2, "ls-refs": 1, "show": 1, "rm": 1, "du": 1, "stats": 1, "verify": 1, "gc": 1, "extract": 1,
+           "export": 1, "format": 1, "registry": 1, "registry-trust": 1, "relocate": 1, "db-current": 1,
+           "db-upgrade": 1, "migrate": 1}
+
+
+def schema_id(name: str) -> str:
+    """`casstore.ls/2`: the value of a document's "schema" key."""
+    return f"casstore.{name}/{SCHEMAS[name]}"
+
+
+def emit_json(schema: str, document: dict[str, Any]) -> None:
+    """The command's one JSON document on stdout, its schema key first."""
+    click.echo(json.dumps({"schema": schema_id(schema), **document}, indent=2, sort_keys=False))
 
 
 def warn(message: str) -> None:
@@ -70,5 +83,13 @@ def warn(message: str) -> None:
 def stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a question can be asked (rm's confirmation)."""
+    try:
+        return sys.stdin.isatty()
     except (AttributeError, ValueError):
         return False

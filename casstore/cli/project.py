@@ -15,7 +15,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from casstore.cli.app import Unusable, common_options, one_line_errors
+from casstore.cli.app import Unusable, common_options, one_line_errors, project_options
 from casstore.cli.output import emit_json
 from casstore.errors import CasStoreError, DatastoreError, InvalidInput, SchemaOutdated
 
@@ -146,8 +146,9 @@ class Project:
 
         return cli_command(self.db, *words, datastore=self.datastore_arg)
 
-    def emit(self, document: Any) -> None:
-        emit_json(document)
+    def emit(self, schema: str, document: dict[str, Any]) -> None:
+        """The command's JSON document, of stable schema `schema` (output.SCHEMAS)."""
+        emit_json(schema, document)
 
 
 def _settle(store: ContentStore, index: Index) -> None:
@@ -167,8 +168,8 @@ def project_command(f: Callable[..., Any]) -> Callable[..., Any]:
     and turn library errors into one line and an exit code."""
 
     @functools.wraps(f)
-    def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
-        project = Project(db, datastore, as_json)
+    def wrapper(db: str | None, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
+        project = Project(*project_options(db, datastore, as_json))
         try:
             with one_line_errors():
                 return f(project, **kwargs)

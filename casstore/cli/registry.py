@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casstore.cli.app import Unusable, main
+from casstore.cli.app import Unusable, example, main
 from casstore.cli.output import table, warn
 from casstore.cli.project import Project, project_command
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from casstore.cas.live.registry import BrokenEntry, Entry
 
 
-@main.command()
+@main.command(epilog=example("casstore registry --db sqlite:///runs.db", "casstore registry --forget 0f6b1c2e9a7d4e3f8b5a6c7d8e9f0a1b --db sqlite:///runs.db"))
 @click.option("--forget", metavar="KEY_OR_URL", help="Drop a registry entry, named by its key (as gc's refusal names "
                                                       "it) or its URL (e.g. a project deleted for good), so that gc "
                                                       "goes on without it.")
@@ -55,7 +55,7 @@ def registry(project: Project, forget: str | None, trust: str | None, revoke: st
     _print_registry(project, entries, broken, mine, forgotten)
 
 
-@main.command()
+@main.command(epilog=example("casstore relocate --datastore ../moved.datastore --db sqlite:///runs.db"))
 @project_command
 def relocate(project: Project) -> None:
     """Re-point a moved project at its datastore and register it there.
@@ -78,7 +78,7 @@ def relocate(project: Project) -> None:
     settled = relocate_project(index, project.store.blobs)
     url = project.store.blobs.url
     if project.as_json:
-        project.emit({"datastore": url, "registered": settled.registered, "dropped": list(settled.dropped)})
+        project.emit("relocate", {"datastore": url, "registered": settled.registered, "dropped": list(settled.dropped)})
         return
     click.echo(f"this database uses datastore {url}, registered there as {settled.registered}")
     for key in settled.dropped:
@@ -94,7 +94,7 @@ def _print_registry(project: Project, entries: list[Entry], broken: list[BrokenE
     bad = [{"key": b.key, "reason": b.reason} for b in broken]
     url = project.store.blobs.url
     if project.as_json:
-        project.emit({"datastore": url, "databases": rows, "unreadable": bad, "forgotten": forgotten})
+        project.emit("registry", {"datastore": url, "databases": rows, "unreadable": bad, "forgotten": forgotten})
         return
     for key in forgotten:
         click.echo(f"forgot registry entry {key}")
@@ -135,7 +135,7 @@ def _registry_trust(project: Project, trust: str | None, revoke: str | None) -> 
         done = {"revoked": confirmations.server_url(revoke)}
     confirmed = sorted(confirmations.trusted_urls())
     if project.as_json:
-        project.emit({**done, "file": confirmations.trust_file(), "confirmed": confirmed})
+        project.emit("registry-trust", {**done, "file": confirmations.trust_file(), "confirmed": confirmed})
         return
     for verb, url in done.items():
         click.echo(f"{'confirmed' if verb == 'trusted' else 'revoked'} {url} (in {confirmations.trust_file()})")

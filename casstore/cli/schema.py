@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from casstore.cli.app import Unusable, common_options, main, one_line_errors
+from casstore.cli.app import Unusable, common_options, example, main, one_line_errors, project_options
 from casstore.cli.output import emit_json
 from casstore.cli.project import open_engine
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 
-@main.group()
+@main.group(epilog=example("casstore db current --db sqlite:///runs.db", "casstore db upgrade --db sqlite:///runs.db"))
 def db() -> None:
     """Schema of casstore's tables in a project database (Alembic revisions)."""
 
@@ -30,7 +30,8 @@ def db_command(read_only: bool) -> Callable[[Callable[..., Any]], Callable[..., 
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
-        def wrapper(db: str, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
+        def wrapper(db: str | None, datastore: str | None, as_json: bool, **kwargs: Any) -> Any:
+            db, datastore, as_json = project_options(db, datastore, as_json)
             engine = open_engine(db, read_only=read_only)
             try:
                 with one_line_errors():
@@ -57,7 +58,7 @@ def _revision(engine: Engine) -> str | None:
         raise Unusable(f"cannot open database {safe_url(str(engine.url))}: {getattr(exc, 'orig', exc)}") from exc
 
 
-@db.command("current")
+@db.command("current", epilog=example("casstore db current --db sqlite:///runs.db --json"))
 @db_command(read_only=True)
 def db_current(engine: Engine, as_json: bool) -> None:
     """The schema revision of casstore's tables in the database, and the one this casstore needs.
@@ -68,13 +69,13 @@ def db_current(engine: Engine, as_json: bool) -> None:
 
     current = _revision(engine)
     if as_json:
-        emit_json({"current": current, "head": HEAD, "up_to_date": current == HEAD})
+        emit_json("db-current", {"current": current, "head": HEAD, "up_to_date": current == HEAD})
         return
     state = "up to date" if current == HEAD else f"outdated: run `{cli_command(engine.url, 'db', 'upgrade')}`"
     click.echo(f"current  {current or 'none'}\nhead     {HEAD}\n{state}")
 
 
-@db.command("upgrade")
+@db.command("upgrade", epilog=example("cp runs.db runs.db.bak && casstore db upgrade --db sqlite:///runs.db"))
 @db_command(read_only=False)
 def db_upgrade(engine: Engine, as_json: bool) -> None:
     """Bring casstore's tables to the revision this casstore needs (back the database up first).
@@ -85,7 +86,7 @@ def db_upgrade(engine: Engine, as_json: bool) -> None:
     before = _revision(engine)
     after = before if before == HEAD else upgrade(engine)
     if as_json:
-        emit_json({"before": before, "after": after, "head": HEAD})
+        emit_json("db-upgrade", {"before": before, "after": after, "head": HEAD})
         return
     if before == after:
         click.echo(f"already at {after}")

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, inspect, or_, select
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, inspect, or_, select, union
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from casstore.cas.index.engine import is_read_only, make_engine, sqlite_file, write_transaction
@@ -348,6 +348,12 @@ class Index:
                 facts = _facts_or_none(r[4], r[5], r[6], r[7])
                 yield RefListing(r[0], r[1], r[2], r[3], r[4], *(
                     (facts.size, facts.stored_size, facts.codec) if facts else (None, None, None)))
+
+    def blob_ids_with_prefix(self, prefix: str) -> list[str]:
+        """The blob ids of reference and facts rows starting with `prefix` ('' for all), sorted."""
+        query = union(*[select(c).where(c.startswith(prefix, autoescape=True)) for c in (RefRow.blob_id, BlobRow.blob_id)])
+        with self.engine.connect() as conn:
+            return sorted(conn.scalars(query))
 
     def iter_blob_facts(self, damaged: dict[str, str] | None = None) -> Iterator[BlobFacts]:
         """Every facts row; a damaged one raises DamagedIndex, or is put into `damaged`
