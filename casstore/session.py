@@ -257,12 +257,8 @@ class Session:
         that names no stored experiment raises ExperimentNotFound."""
         if isinstance(experiment, Experiment):
             id_experiment = experiment.id_experiment
-        elif isinstance(experiment, uuid.UUID):
-            if self.index.get_experiment(id_experiment=experiment) is None:
-                raise ExperimentNotFound(f"no experiment with id {experiment} in {safe_url(self.index.url)}")
-            id_experiment = experiment
-        elif isinstance(experiment, str):
-            id_experiment = find_experiment(self.index, experiment).id_experiment
+        elif isinstance(experiment, (str, uuid.UUID)):
+            id_experiment = find_experiment(self.index, str(experiment)).id_experiment
         else:
             raise InvalidInput(f"delete_experiment takes an Experiment, a name or an id, got "
                                f"{type(experiment).__name__}")

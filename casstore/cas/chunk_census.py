@@ -62,6 +62,12 @@ def named_chunks(blobs: BlobStore, unreadable: dict[str, str]) -> set[str]:
     return result.named
 
 
+def named_chunk_bytes(blobs: BlobStore, manifests: list[BlobStat]) -> int:
+    """The stored bytes of the chunks `manifests` name, each chunk once however many name it."""
+    found = census(blobs, manifests)
+    return sum(found.stored[c].stored_size for c in found.named if c in found.stored)
+
+
 def chunks_of(blobs: BlobStore, manifest: BlobStat) -> set[str]:
     """The chunk ids one manifest names (none if it does not read: verify says why)."""
     result = ChunkCensus()

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from casstore.cas.backends.local import LocalBlobStore
 from casstore.cas.backends.localfs import open_regular
-from casstore.cas.chunk_census import census
+from casstore.cas.chunk_census import named_chunk_bytes
 from casstore.cas.chunks.policy import policy_from
 from casstore.cas.digest import DigestSink
 from casstore.cas.index.engine import write_transaction
@@ -101,19 +101,11 @@ class _Run:
             for i, exp in enumerate(self.plan.experiments):
                 self.experiment(exp, i)
             self.standalone(self.plan.standalone)
-            self.count_chunks()
+            blobs = self.store.blobs
+            self.report.blob_bytes += named_chunk_bytes(blobs, [c for b in self.blobs_seen if (c := blobs.find(b))
+                                                                and c.codec == "chunked"])
         finally:
             self.close()
-
-    def count_chunks(self) -> None:
-        """Add to `blob_bytes` the chunks the chunked blobs name, each chunk once however
-        many blobs share it (a chunked blob's own stored size is its manifest's)."""
-        blobs = self.store.blobs
-        manifests = [copy for blob_id in self.blobs_seen
-                     if (copy := blobs.find(blob_id)) is not None and copy.codec == "chunked"]
-        if manifests:
-            found = census(blobs, manifests)
-            self.report.blob_bytes += sum(found.stored[c].stored_size for c in found.named if c in found.stored)
 
     # setup
 

@@ -53,7 +53,7 @@ class MigrationReport:
     legacy_files: int = 0  # legacy TARs of the references migrated (before)
     legacy_bytes: int = 0
     blobs: int = 0  # distinct blobs those references point to now (after)
-    blob_bytes: int = 0  # their stored size
+    blob_bytes: int = 0  # their stored size (a chunked blob: its manifest and its chunks, each chunk once)
     blobs_new: int = 0  # of which this run added to the datastore
     new_bytes: int = 0
     logical_bytes: int = 0  # canonical TAR bytes summed over the references migrated
