@@ -174,3 +174,28 @@ def test_migrate_draws_a_bar_counting_experiments_on_a_terminal(tmp_path, workdi
     result = run("migrate", "--db", f"sqlite:///{root / 'mltraq.db'}", "--datastore", str(root / "datastore"),
                  code=1)  # the fixture holds one reference that cannot be migrated
     assert "migrating" in result.stderr and "4/4 experiments" in result.stderr and "100%" in result.stderr
+
+
+def test_cat_draws_a_bar_on_stderr_and_writes_only_the_tar_on_stdout(workdir, monkeypatch):
+    _, experiment, _ = _persisted()
+    blob = experiment.fields.data.blob_id
+    monkeypatch.setattr("casstore.cli.output.stderr_is_terminal", lambda: True)
+    result = run("cat", blob, "--db", DB)
+    assert f"cat {blob.partition(':')[2][:8]}" in result.stderr and "100%" in result.stderr
+    assert len(result.stdout_bytes) == experiment.fields.data.size
+
+
+def test_extract_draws_a_bar_per_field_on_a_terminal(workdir, monkeypatch):
+    _persisted()
+    monkeypatch.setattr("casstore.cli.output.stderr_is_terminal", lambda: True)
+    result = run("extract", "big", "--target", "out", "--db", DB)
+    assert "extract data" in result.stderr and "100%" in result.stderr
+    assert (Path("out") / "sub" / "b.bin").read_bytes() == FILES["sub/b.bin"]
+
+
+def test_export_draws_a_bar_on_a_terminal(workdir, monkeypatch):
+    _, experiment, _ = _persisted()
+    monkeypatch.setattr("casstore.cli.output.stderr_is_terminal", lambda: True)
+    result = run("export", experiment.fields.data.blob_id, "big.tar", "--db", DB)
+    assert "export" in result.stderr and "100%" in result.stderr
+    assert Path("big.tar").stat().st_size == experiment.fields.data.size

@@ -14,7 +14,9 @@ import click
 
 from casstore.cli.app import Failure, Unusable, example, main
 from casstore.cli.ids import is_blob_id, resolve_blob, resolve_experiment
+from casstore.cas.progress import Meter, meter
 from casstore.cli.output import human_bytes
+from casstore.cli.progress import bar_for
 from casstore.cli.project import Project, project_command
 from casstore.errors import CorruptBlob, LoadError
 
@@ -56,7 +58,8 @@ def extract(project: Project, experiment: str, field: str | None, target: str | 
         wanted = [field] if field is not None else available
         failed: list[dict[str, str]] = []
         try:
-            done = session.extract_fields(exp, target, only=field)
+            with bar_for(project.as_json, "extract") as bar:
+                done = session.extract_fields(exp, target, only=field, progress=bar)
         except LoadError as exc:
             failed = [{"field": f.field, "blob": f.blob, "error": str(f.error)} for f in exc.failures]
             bad = {f["field"] for f in failed}
@@ -83,12 +86,24 @@ def _extract_blob(project: Project, blob: str, target: str | None) -> None:
         raise click.UsageError("give --target DIR to extract a blob (it belongs to no experiment folder)")
     target = os.path.abspath(target)
     facts = project.index.facts_hint(blob)
-    project.store.extract(blob, target, size=facts.size if facts else None, recorded=facts)
+    size = facts.size if facts else None
+    with _blob_bar(project, "extract", blob, size) as step:
+        project.store.extract(blob, target, size=size, recorded=facts, progress=step)
     if project.as_json:
         project.emit("extract", {"experiment": None, "name": None, "blob": blob, "target": target, "fields": [],
                                  "failed": []})
     else:
         click.echo(f"extracted blob {blob} into {target}")
+
+
+@contextlib.contextmanager
+def _blob_bar(project: Project, label: str, blob: str, size: int | None) -> Iterator[Meter | None]:
+    """A progress meter over one blob's `size` bytes, drawn as a bar on a terminal (else None)."""
+    with bar_for(project.as_json, label) as bar:
+        step = meter(bar, label, blob.partition(":")[2][:8], size)
+        yield step
+        if step is not None:
+            step.finish()
 
 
 def _blob_of(project: Project, blob_or_experiment: str, field: str | None) -> str:
@@ -137,8 +152,9 @@ def cat(project: Project, blob: str, field: str | None, zstd_level: int | None) 
     facts = project.index.facts_hint(blob)
     sys.stdout.flush()
     out = sys.stdout.buffer  # binary-safe (click.get_binary_stream is deprecated in click 8.5)
+    size = facts.size if facts else None
     try:
-        with project.store.open_tar(blob, facts.size if facts else None, facts) as reader, \
+        with _blob_bar(project, "cat", blob, size) as step, project.store.open_tar(blob, size, facts, step) as reader, \
                 _zstd_wrapped(out, zstd_level) as sink:
             while chunk := reader.read(CHUNK):
                 sink.write(chunk)
@@ -167,9 +183,11 @@ def export(project: Project, blob: str, file: str, zstd_level: int | None) -> No
     it checked out (exit 1 and no FILE otherwise). An existing FILE is never overwritten."""
     blob = resolve_blob(project.index, blob)
     facts = project.index.facts_hint(blob)
+    size = facts.size if facts else None
     try:
-        written = project.store.export(blob, file, size=facts.size if facts else None, recorded=facts,
-                                       zstd_level=zstd_level)
+        with _blob_bar(project, "export", blob, size) as step:
+            written = project.store.export(blob, file, size=size, recorded=facts, zstd_level=zstd_level,
+                                           progress=step)
     except CorruptBlob as exc:
         raise Failure(f"{exc}; nothing was written to {file}") from exc
     codec = "zstd" if zstd_level is not None else "none"
