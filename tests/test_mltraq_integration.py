@@ -347,3 +347,48 @@ def test_kill_during_persist_leaves_no_damage(on):
 @pytest.mark.slow
 def test_kill_campaign_during_persist_leaves_no_damage(on):
     kill_campaign(on, kills=20, seed=2)
+
+
+# --------------------------------------------------------------------------- casstore's commands on it
+
+
+def cli_json(*args: str) -> dict:
+    return json.loads(run_cli(*args, "--json", "--db", DB, "--datastore", DATASTORE).stdout)
+
+
+def test_ls_counts_the_archives_in_each_experiments_folder(on):
+    persist("e1")
+    persist("e2")
+    adopt()
+    rows = {r["name"]: r for r in cli_json("ls")["experiments"]}
+    assert {name: r["archives"] for name, r in rows.items()} == {"e1": 3, "e2": 3}  # data + 2 run models
+    assert all(r["logical_bytes"] > 5000 for r in rows.values())
+    assert all(r["exclusive_bytes"] == 0 for r in rows.values())  # e1 and e2 share every blob
+
+
+def test_stats_counts_them_as_references_not_standalone_archives(on):
+    persist("e1")
+    persist("e2")
+    adopt()
+    stats = cli_json("stats")
+    assert stats["references"] == 6 and stats["blobs"] == 3 and stats["standalone_archives"] == 0
+    assert stats["dedup_ratio"] > 1.5
+
+
+def test_du_gives_what_deleting_an_experiment_would_free(on):
+    persist("e1")
+    persist("e2", arc_dir="other")
+    adopt()
+    rows = {r["name"]: r for r in cli_json("du")["experiments"]}
+    assert rows["e1"]["exclusive_bytes"] > 0 and rows["e1"]["shared_bytes"] > 0  # data alone; the run models shared
+
+
+def test_rm_deletes_the_experiments_references_as_mltraq_delete_does(on):
+    e1 = persist("e1")
+    persist("e2", arc_dir="other")
+    adopt()
+    run_cli("rm", "e1", "--yes", "--db", DB, "--datastore", DATASTORE)
+    assert not any(k.startswith(str(e1.id_experiment)) for k in named_refs(on / DATASTORE))
+    assert gc()["deleted"] and len(blob_files(on / DATASTORE)) == 3  # e2's: other, model1, model2
+    verify_clean()
+    assert "other/a.txt" in extracted(load("e2"))["tree"]

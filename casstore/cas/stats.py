@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from casstore.cas.backends.base import BlobStat
 from casstore.cas.chunk_census import chunks_of, stored_chunks
 from casstore.cas.index.queries import Index
-from casstore.cas.live.refs import named_refs
+from casstore.cas.live.refs import NamedRef, owned_refs
 from casstore.cas.live.roots import FieldRoots, leftovers
 from casstore.cas.reclaim import reclaimable, stored_copies
 from casstore.cas.store.chunk_io import chunk_store
@@ -51,9 +51,10 @@ class Stats:
 def project_stats(index: Index, store: ContentStore, field_roots: FieldRoots | None = None) -> Stats:
     """The project's references and the datastore's bytes; the reclaimable bytes only with
     `field_roots` (roots.FieldRoots), which decode the fields of every registered database."""
-    found = _project_stats(index, store)
+    owned, others = owned_refs(store.blobs, {i for i, _ in index.list_experiments()})
+    found = _project_stats(index, store, [named for _owner, named in owned])
     on_disk = _on_disk_bytes(store)
-    standalone = sum(1 for named in named_refs(store.blobs) if named.blob_id is not None)
+    standalone = len(others)
     why: str | None = "the fields of the registered databases were not read"
     reclaim: int | None = None
     if field_roots is not None:
@@ -76,7 +77,9 @@ def _on_disk_bytes(store: ContentStore) -> int:
     return total + sum(o.size for o in leftovers(blobs))
 
 
-def _project_stats(index: Index, store: ContentStore) -> Stats:
+def _project_stats(index: Index, store: ContentStore, owned: list[NamedRef]) -> Stats:
+    """`owned`: the archives of an MLtraq-form project, references in its experiments'
+    folders (refs.owned_refs), counted as references too."""
     references = 0
     logical = 0
     unknown = 0
@@ -88,6 +91,11 @@ def _project_stats(index: Index, store: ContentStore) -> Stats:
             unknown += 1
         else:
             logical += ref.size
+    for named in owned:
+        references += 1
+        distinct.add(named.blob_id or "")
+        logical += named.size or 0
+    distinct.discard("")
     stored = 0
     missing = 0
     manifests = []

@@ -1,6 +1,7 @@
 """du: per experiment, the datastore bytes its archives take, shared and exclusive.
 
-An experiment's blobs are the blobs its reference rows name. What they take in the
+An experiment's blobs are the blobs its reference rows name, and those of the named
+references in its folder of the datastore (an MLtraq-form project's archives, refs.owned_refs). What they take in the
 datastore is counted in stored units: a blob stored whole is one unit (its file); a
 chunked blob is its manifest plus each of its chunks, counted once however many blobs use
 a chunk (P13, as stats counts them). A unit is exclusive to an experiment when no other
@@ -19,7 +20,7 @@ from sqlalchemy import func, select
 from casstore.cas.chunk_census import chunks_of, stored_chunks
 from casstore.cas.index.models import BlobRow, RefRow
 from casstore.cas.index.queries import Index
-from casstore.cas.live.refs import named_refs
+from casstore.cas.live.refs import owned_refs
 from casstore.cas.store.content_store import ContentStore
 
 Unit = tuple[str, str]  # ("blob", blob id) for a whole blob or a manifest, ("chunk", chunk id)
@@ -56,7 +57,13 @@ def project_usage(index: Index, store: ContentStore) -> Usage:
         archives[ref.id_experiment] += 1
         logical[ref.id_experiment] += ref.size or 0
         blobs[ref.id_experiment].add(ref.blob_id)
-    standalone = {r.blob_id for r in named_refs(store.blobs) if r.blob_id is not None}
+    owned, others = owned_refs(store.blobs, set(names))
+    for owner, named in owned:  # an MLtraq-form project's archives (refs.owned_refs)
+        if named.blob_id is not None and named.blob_id not in blobs[owner]:
+            archives[owner] += 1
+            logical[owner] += named.size or 0
+            blobs[owner].add(named.blob_id)
+    standalone = {r.blob_id for r in others if r.blob_id is not None}
     sizes, units = _units(store, set().union(standalone, *blobs.values()))
     holders: dict[Unit, set[str]] = {}
     for holder, held in [(STANDALONE, standalone)] + [(str(i), b) for i, b in blobs.items()]:

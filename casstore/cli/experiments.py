@@ -163,8 +163,9 @@ def _summaries(fields: Any, path: str = "") -> list[dict[str, str]]:
 @project_command
 def rm(project: Project, names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
     """Delete experiments: their rows, their references and their extracted folders, as
-    Session.delete_experiment does. Their blobs stay until `casstore gc` finds nothing
-    references them.
+    Session.delete_experiment does (in a project MLtraq writes with casstore.mltraq.enable(),
+    also the references in the experiment's datastore folder, as MLtraq's delete does).
+    Their blobs stay until `casstore gc` finds nothing references them.
 
     Asks for confirmation on a terminal; --yes skips it. Without a terminal and without
     --yes it refuses (exit 2)."""
@@ -200,12 +201,14 @@ def _confirm(plan: list[dict[str, Any]]) -> None:
 
 
 def _delete(project: Project, records: list[ExperimentRecord]) -> None:
+    from casstore.cas.live.refs import delete_owned_refs
     from casstore.session import Session
 
     session = Session(project.db)
     try:
         for record in records:
             session.delete_experiment(session.read_experiment(id_experiment=record.id_experiment))
+            delete_owned_refs(project.store.blobs, record.id_experiment)  # an MLtraq-form project's archives
     finally:
         session.index.dispose()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,46 @@ def named_refs(blobs: BlobStore) -> list[NamedRef]:
         if ref is not None:
             found.append(ref)
     return found
+
+
+def owned_refs(blobs: BlobStore, experiments: set[uuid.UUID]) -> tuple[list[tuple[uuid.UUID, NamedRef]],
+                                                                       list[NamedRef]]:
+    """The named references of the datastore that name a blob, split into those in the
+    folder of one of `experiments` and the others (standalone archives). MLtraq, and so
+    casstore.mltraq.enable() and `migrate --form mltraq`, keep an experiment's archives at
+    `<experiment id>/<uuid hex>`: a project in that form has its archives there, not in
+    reference rows. A reference with a `problem` is never an experiment's archive."""
+    owned, standalone = [], []
+    for ref in named_refs(blobs):
+        if ref.blob_id is None:
+            continue
+        owner = _experiment_folder(ref.key)
+        if owner in experiments and ref.problem is None:
+            owned.append((owner, ref))
+        else:
+            standalone.append(ref)
+    return owned, standalone
+
+
+def delete_owned_refs(blobs: BlobStore, id_experiment: uuid.UUID) -> list[str]:
+    """Delete the references in the experiment's folder (owned_refs), as MLtraq's
+    `Experiment.delete` removes that folder; their blobs are then gc's. The keys deleted."""
+    owned = [ref.key for _owner, ref in owned_refs(blobs, {id_experiment})[0]]
+    for key in owned:
+        blobs.delete_object(key)
+    return owned
+
+
+def _experiment_folder(key: str) -> uuid.UUID | None:
+    """The experiment id that `key`'s folder spells exactly (`<id>/<name>`), else None."""
+    folder, _, name = key.partition("/")
+    if not name or "/" in name:
+        return None
+    try:
+        found = uuid.UUID(folder)
+    except ValueError:
+        return None
+    return found if str(found) == folder else None
 
 
 def ref_size(value: object) -> int | None:
