@@ -48,9 +48,9 @@ class TarCutter:
                 self._pending += view[:take]
                 self._skip -= 0 if self._lost else take
                 view = view[take:]
-                self._cut_some()
             else:
                 view = self._take_header(view)
+        self._cut_some()  # once a write, not once a member: the cuts are the same (see _cut_some)
 
     def finish(self) -> None:
         self._emit_block()
@@ -59,6 +59,11 @@ class TarCutter:
         self._cut_all()
 
     def _take_header(self, view: memoryview) -> memoryview:
+        if not self._head and len(view) >= BLOCK:  # the common case: a whole block, one copy
+            block = bytes(view[:BLOCK])
+            self._pending += block
+            self._after_header(block)
+            return view[BLOCK:]
         need = BLOCK - len(self._head)
         self._head += view[:need]
         if len(self._head) < BLOCK:
