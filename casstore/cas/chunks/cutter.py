@@ -43,13 +43,13 @@ class TarCutter:
         while view:
             if self._file_left:
                 view = self._take_file(view)
-            elif self._skip or self._lost:
-                take = len(view) if self._lost else min(len(view), self._skip)
-                self._pending += view[:take]
-                self._skip -= 0 if self._lost else take
-                view = view[take:]
-            else:
+            elif self._lost:
+                self._pending += view
+                break
+            elif self._head or (not self._skip and len(view) < BLOCK):
                 view = self._take_header(view)
+            else:
+                view = self._take_members(view)
         self._cut_some()  # once a write, not once a member: the cuts are the same (see _cut_some)
 
     def finish(self) -> None:
@@ -58,12 +58,30 @@ class TarCutter:
         self._head.clear()
         self._cut_all()
 
+    def _take_members(self, view: memoryview) -> memoryview:
+        """Members' data and headers parsed in place, up to a large file's data, a header
+        split across writes or the end of `view`, then added to what is cut by content in one
+        copy: a folder of small files costs one append a write, not two a member."""
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._skip:
+                take = min(end - pos, self._skip)
+                self._skip -= take
+                pos += take
+            elif end - pos >= BLOCK:
+                pos += BLOCK
+                self._after_header(view[pos - BLOCK:pos])
+                if self._file_left or self._lost:
+                    break
+            else:
+                break
+        self._pending += view[:pos]
+        if self._file_left:
+            self._cut_all()  # a large file's header ends what is cut by content before its blocks
+        return view[pos:]
+
     def _take_header(self, view: memoryview) -> memoryview:
-        if not self._head and len(view) >= BLOCK:  # the common case: a whole block, one copy
-            block = bytes(view[:BLOCK])
-            self._pending += block
-            self._after_header(block)
-            return view[BLOCK:]
+        """A header block that a write boundary splits, gathered in `_head`."""
         need = BLOCK - len(self._head)
         self._head += view[:need]
         if len(self._head) < BLOCK:
@@ -71,19 +89,22 @@ class TarCutter:
         block = bytes(self._head)
         self._head.clear()
         self._pending += block
-        self._after_header(block)
+        self._after_header(memoryview(block))
+        if self._file_left:
+            self._cut_all()
         return view[need:]
 
-    def _after_header(self, block: bytes) -> None:
+    def _after_header(self, block: memoryview) -> None:
+        """What the header `block` says follows it: a large file's data (cut in blocks), a
+        small member's data (skipped into what is cut by content), or nothing parseable."""
         if block == _ZERO_BLOCK:
             return
         try:
-            size = number_field(block[124:136])
+            size = number_field(bytes(block[124:136]))
         except CorruptBlob:
             self._lost = True
             return
-        if block[156:157] in FILE_KINDS and size >= self._policy.large_file:
-            self._cut_all()
+        if bytes(block[156:157]) in FILE_KINDS and size >= self._policy.large_file:
             self._file_left = size
             self._skip = -size % BLOCK
         else:
