@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from casstore import ArchiveStore, create_session, options
+from casstore.cas.stats import project_stats
 
 
 def make_dataset(path: str) -> None:
@@ -18,16 +19,6 @@ def make_dataset(path: str) -> None:
     for i in range(20):
         with open(os.path.join(path, "images", f"img_{i:03d}.bin"), "wb") as f:
             f.write(os.urandom(256 * 1024))
-
-
-def datastore_usage(root: str) -> tuple[int, int]:
-    """(number of blobs, bytes they take) under the datastore's blobs folder."""
-    count = size = 0
-    for dirpath, _dirs, files in os.walk(os.path.join(root, "casstore", "blobs")):
-        for name in files:
-            count += 1
-            size += os.path.getsize(os.path.join(dirpath, name))
-    return count, size
 
 
 def main(workdir: str) -> None:
@@ -50,10 +41,9 @@ def main(workdir: str) -> None:
         third.persist()
     print(f"persisted 'compressed'    -> blob {third.fields.data.blob_id} (zstd on: same id, already stored)")
 
-    blobs, size = datastore_usage("mltraq.datastore")
-    logical = sum(e.fields.data.size for e in (first, second, third))
-    print(f"datastore: {blobs} blob(s), {size / 1e6:.1f} MB stored for {logical / 1e6:.1f} MB of archives "
-          f"(dedup ratio {logical / size:.1f}x)")
+    stats = project_stats(session.index, session.content_store())  # what `casstore stats` reports
+    print(f"datastore: {stats.blobs} blob(s), {stats.stored_bytes / 1e6:.1f} MB stored for "
+          f"{stats.logical_bytes / 1e6:.1f} MB of archives (dedup ratio {stats.dedup_ratio:.1f}x)")
 
     loaded = session.load_experiment("rerun")
     target = loaded.fields.data.get_target()
