@@ -7,7 +7,6 @@ the commands."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -30,6 +29,8 @@ def _when(epoch: float | None) -> str | None:
     """An epoch as ISO 8601 in UTC, to the second; None stays None."""
     if epoch is None:
         return None
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import bisect
 import re
-import uuid
 from typing import TYPE_CHECKING, Iterable
 
 from casstore.cli.app import Unusable
@@ -56,6 +55,8 @@ def resolve_experiment(index: Index, text: str) -> ExperimentRecord:
         found = [str(i) for i, _ in index.list_experiments() if i.hex.startswith(digits)]
         if not found:
             raise Unusable(str(exc)) from exc
+    import uuid
+
     record = index.get_experiment(id_experiment=uuid.UUID(_one(found, text, "experiment")))
     assert record is not None  # listed just now; a delete meanwhile reads as not found
     return record

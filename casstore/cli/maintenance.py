@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -262,6 +261,8 @@ def _when(epoch: float) -> str:
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -4,7 +4,6 @@ so that a log or a pipe stays clean)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any, Iterable, Sequence
@@ -73,6 +72,8 @@ def schema_id(name: str) -> str:
 
 def emit_json(schema: str, document: dict[str, Any]) -> None:
     """The command's one JSON document on stdout, its schema key first."""
+    import json  # imported when needed: `casstore --help` does not print JSON
+
     click.echo(json.dumps({"schema": schema_id(schema), **document}, indent=2, sort_keys=False))
 
 

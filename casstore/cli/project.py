@@ -11,7 +11,6 @@ an empty project, and a database file the CLI refuses is left byte for byte as i
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from casstore.cas.index.queries import Index
     from casstore.cas.store.content_store import ContentStore
 
-log = logging.getLogger(__name__)
 
 # How the messages name where the datastore came from (casstore.stores.project_datastore).
 DATASTORE_SOURCES = {"given": "--datastore", "recorded": "recorded by the database",
@@ -160,7 +158,9 @@ def _settle(store: ContentStore, index: Index) -> None:
     try:
         settle_registration(store.blobs, index)
     except (CasStoreError, OSError) as exc:
-        log.info("could not register the database in datastore %s: %s", store.blobs.url, exc)
+        import logging  # imported when needed: the start of every command stays short
+
+        logging.getLogger(__name__).info("could not register the database in datastore %s: %s", store.blobs.url, exc)
 
 
 def project_command(f: Callable[..., Any]) -> Callable[..., Any]:
