@@ -93,9 +93,9 @@ def _project_stats(index: Index, store: ContentStore, owned: list[NamedRef]) -> 
             logical += ref.size
     for named in owned:
         references += 1
-        distinct.add(named.blob_id or "")
+        if named.blob_id is not None:  # owned_refs gives only references that name a blob
+            distinct.add(named.blob_id)
         logical += named.size or 0
-    distinct.discard("")
     stored = 0
     missing = 0
     manifests = []

@@ -209,7 +209,7 @@ def _delete(project: Project, records: list[ExperimentRecord]) -> None:
     try:
         for record in records:
             session.delete_experiment(session.read_experiment(id_experiment=record.id_experiment))
-            delete_owned_refs(project.store.blobs, record.id_experiment)  # an MLtraq-form project's archives
+        delete_owned_refs(project.store.blobs, {r.id_experiment for r in records})  # an MLtraq-form project's archives
     finally:
         session.index.dispose()
 

@@ -136,10 +136,10 @@ def owned_refs(blobs: BlobStore, experiments: set[uuid.UUID]) -> tuple[list[tupl
     return owned, standalone
 
 
-def delete_owned_refs(blobs: BlobStore, id_experiment: uuid.UUID) -> list[str]:
-    """Delete the references in the experiment's folder (owned_refs), as MLtraq's
-    `Experiment.delete` removes that folder; their blobs are then gc's. The keys deleted."""
-    owned = [ref.key for _owner, ref in owned_refs(blobs, {id_experiment})[0]]
+def delete_owned_refs(blobs: BlobStore, experiments: set[uuid.UUID]) -> list[str]:
+    """Delete the references in the folders of `experiments` (owned_refs, one listing), as
+    MLtraq's `Experiment.delete` removes that folder; their blobs are then gc's. The keys deleted."""
+    owned = [ref.key for _owner, ref in owned_refs(blobs, experiments)[0]]
     for key in owned:
         blobs.delete_object(key)
     return owned
