@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casstore.cas.chunks.cutter import TarCutter
+from casstore.cas.chunks.cutter import BlockPool, TarCutter
 from casstore.cas.chunks.manifest import MAGIC, ChunkRef, chunk_line, end_line, iter_manifest
 from casstore.cas.chunks.policy import ChunkPolicy
 from casstore.cas.digest import digest_bytes
@@ -21,7 +21,7 @@ POLICY = ChunkPolicy(whole_below=0, large_file=4096, block=1024, cdc_min=64, cdc
 
 def cut(data: bytes, pieces: list[int], policy: ChunkPolicy = POLICY) -> list[bytes]:
     out: list[bytes] = []
-    cutter = TarCutter(policy, out.append)
+    cutter = TarCutter(policy, lambda chunk: out.append(bytes(chunk)))  # a pooled block is an mmap
     at = 0
     for size in pieces:
         cutter.write(data[at:at + size])
@@ -127,3 +127,13 @@ def test_a_manifest_whose_chunks_add_up_to_more_than_the_blob_is_refused_before_
     assert next(reader) == refs[0]
     with pytest.raises(CorruptBlob, match="add up to more"):
         next(reader)
+
+
+def test_the_block_pool_reuses_a_block_given_back_and_ignores_other_chunks():
+    pool = BlockPool(4096)
+    block = pool.take()
+    pool.give_back(block)
+    pool.give_back(b"x" * 4096)
+    pool.give_back(bytearray(4096))
+    assert pool.take() is block
+    assert pool.take() is not block

@@ -238,3 +238,13 @@ def test_a_chunk_that_reads_correctly_is_kept_whatever_its_damage_record_says(tm
     put(cs, src)
     assert (tmp_path / "ds" / CHUNKS.blob_key(ref.chunk_id, ref.codec)).stat().st_ino == inode
     assert not list(cs.blobs.list_objects("casstore/damaged-chunks"))
+
+
+def test_a_large_file_over_many_batches_stores_each_block_with_its_own_bytes(tmp_path):
+    """The blocks of a large file come from a pool that the writer refills once a batch is
+    stored: a block refilled too early would store another block's bytes under its id."""
+    src = tmp_path / "src"
+    make_folder(src, {"big.bin": os.urandom(48 << 20), "small.txt": b"x"})
+    cs = store(tmp_path / "ds", policy=ChunkPolicy())
+    facts = put(cs, src)
+    assert cat(cs, facts) == tar_of(src)  # every chunk read is checked against its id

@@ -10,6 +10,7 @@ the loop every backend's publish runs, the backend supplying its one create-only
 from __future__ import annotations
 
 import copy
+import mmap
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
@@ -17,6 +18,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 from casstore.cas.backends.layout import (BLOBS, BULK_PREFIXES, FORMAT_KEY, FORMAT_TEXT, FORMATS, MAX_FORMAT_BYTES,
                                           Namespace, Quarantined, blob_key)
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
+
+ChunkData = bytes | bytearray | mmap.mmap
+"""A chunk's bytes in memory: an mmap is page-aligned (a pooled block, chunks/cutter.py),
+which a local write can hand to the disk as it is."""
 
 PUBLISH_TRIES = 100
 
@@ -74,7 +79,7 @@ class Ingest(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
-    def write_whole(self, data: bytes | bytearray) -> None:
+    def write_whole(self, data: ChunkData) -> None:
         """Write the whole content at once, nothing written before (a chunk): where a
         backend can do better than `write` with that knowledge, it does."""
         self.write(memoryview(data))

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import BinaryIO, Callable
 
-from casstore.cas.backends.base import BlobStat, DamageCheck, Ingest
+from casstore.cas.backends.base import BlobStat, ChunkData, DamageCheck, Ingest
 
 Publish = Callable[[str, str, str, "DamageCheck | None", "set[str] | None"], tuple[BlobStat, bool]]
 """`publish(temp path, blob id, codec, damage check, folders)`: the store's publish
@@ -45,9 +45,10 @@ _direct = threading.local()
 _direct_refused: set[int] = set()  # devices whose file system refused O_DIRECT
 
 
-def direct_write(path: str, fd: int, data: bytes | bytearray) -> bool:
+def direct_write(path: str, fd: int, data: ChunkData) -> bool:
     """Write `data` into the empty file `path`, its bytes up to the last whole
-    DIRECT_ALIGN with O_DIRECT (the disk reads them from an aligned buffer of this thread,
+    DIRECT_ALIGN with O_DIRECT (the disk reads them from `data` itself if it is an mmap,
+    page-aligned, else from an aligned buffer of this thread,
     nothing goes through the page cache), the few after through the page cache (on `fd`,
     the file opened as usual); False,
     having written nothing, where that cannot be done: under DIRECT_MIN bytes, no O_DIRECT
@@ -66,8 +67,11 @@ def direct_write(path: str, fd: int, data: bytes | bytearray) -> bool:
     except OSError:
         return False
     try:
-        buffer = _aligned_buffer(aligned)
-        buffer[:aligned] = memoryview(data)[:aligned]
+        if isinstance(data, mmap.mmap):  # page-aligned already: no copy
+            buffer = data
+        else:
+            buffer = _aligned_buffer(aligned)
+            buffer[:aligned] = memoryview(data)[:aligned]
         try:
             done = os.write(direct, memoryview(buffer)[:aligned])
         except OSError as exc:
@@ -130,7 +134,7 @@ class LocalIngest(Ingest):
                 sync_file_range(self._file.fileno(), self._kicked, self._written - self._kicked, _SYNC_FILE_RANGE_WRITE)
             self._kicked = self._written
 
-    def write_whole(self, data: bytes | bytearray) -> None:
+    def write_whole(self, data: ChunkData) -> None:
         """Write `data`, the whole file, around the page cache where the size allows it
         (`direct_write`): a chunk is written once and rarely read soon, and copying it
         into the page cache was most of a chunked persist's time (docs/performance.md).

@@ -9,32 +9,58 @@ chunks concatenated are always the stream."""
 
 from __future__ import annotations
 
+import mmap
 from typing import Callable
 
 from pyfastcdc import FastCDC
 
+from casstore.cas.backends.base import ChunkData
 from casstore.cas.chunks.policy import ChunkPolicy
 from casstore.cas.tar.header import BLOCK, FILE_KINDS
 from casstore.cas.tar.read import number_field
 from casstore.errors import CorruptBlob
 
-Emit = Callable[[bytes | bytearray], None]  # a chunk, handed over: the cutter keeps no reference
+Emit = Callable[[ChunkData], None]  # a chunk, handed over: the cutter keeps no reference
 _ZERO_BLOCK = bytes(BLOCK)
+POOL_MAX = 32  # free blocks kept for reuse (64 MiB at the default block size)
+
+
+class BlockPool:
+    """Page-aligned buffers of one block's size, reused. Why: a fresh 2 MiB buffer for every
+    block of a large file costs a page fault per 4 KiB on first touch, which was most of a
+    chunked first persist's extra time on this VM (docs/performance.md); and an mmap can go
+    to the disk with O_DIRECT as it is (local_ingest.direct_write). A block given back must
+    no longer be referenced by anyone: the writer gives back a batch's blocks only once the
+    datastore has taken their bytes (ChunkStager.add returned)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free: list[mmap.mmap] = []
+
+    def take(self) -> mmap.mmap:
+        return self._free.pop() if self._free else mmap.mmap(-1, self.size)
+
+    def give_back(self, chunk: ChunkData) -> None:
+        """Keep `chunk` for reuse if it is one of this pool's blocks (other chunks are
+        left to the garbage collector)."""
+        if isinstance(chunk, mmap.mmap) and len(chunk) == self.size and len(self._free) < POOL_MAX:
+            self._free.append(chunk)
 
 
 class TarCutter:
     """Feed it the stream (`write`), then `finish`; every chunk goes to `emit`, in order."""
 
-    def __init__(self, policy: ChunkPolicy, emit: Emit):
+    def __init__(self, policy: ChunkPolicy, emit: Emit, pool: BlockPool | None = None):
         self._policy = policy
         self._emit = emit
+        self.pool = pool or BlockPool(policy.block)  # large files' blocks are taken from it
         self._cdc = FastCDC(policy.cdc_avg, min_size=policy.cdc_min, max_size=policy.cdc_max)
         self._cut_at = 2 * policy.cdc_max
         self._pending = bytearray()  # bytes to cut by content
         self._head = bytearray()  # a header block being gathered
         self._skip = 0  # bytes of member data (and padding) before the next header
         self._file_left = 0  # bytes left of a large file's data, cut in blocks
-        self._slot: bytearray | None = None  # a block of a large file being gathered
+        self._slot: mmap.mmap | None = None  # a block of a large file being gathered
         self._filled = 0
         self._lost = False  # the stream stopped parsing as a TAR: cut the rest by content
 
@@ -111,20 +137,15 @@ class TarCutter:
             self._skip = size + -size % BLOCK
 
     def _take_file(self, view: memoryview) -> memoryview:
-        """A large file's data in blocks: a whole block in the writer's buffer is copied out
-        once; one spread over several writes is gathered into a block of its own (one copy
-        too), which is emitted as it is."""
+        """A large file's data in blocks, each copied once into a block of the pool (which
+        the writer gives back once it is stored), emitted as it is."""
         block_size = self._policy.block
         take = min(len(view), self._file_left)
         self._file_left -= take
         piece, view = view[:take], view[take:]
         while piece:
-            if not self._filled and len(piece) >= block_size:
-                self._emit(bytes(piece[:block_size]))
-                piece = piece[block_size:]
-                continue
             if self._slot is None:
-                self._slot = bytearray(block_size)
+                self._slot = self.pool.take()
             n = min(len(piece), block_size - self._filled)
             self._slot[self._filled:self._filled + n] = piece[:n]
             self._filled += n
@@ -138,7 +159,11 @@ class TarCutter:
     def _emit_block(self) -> None:
         if self._slot is not None and self._filled:
             slot, filled, self._slot, self._filled = self._slot, self._filled, None, 0
-            self._emit(slot if filled == len(slot) else bytes(memoryview(slot)[:filled]))
+            if filled == len(slot):
+                self._emit(slot)
+            else:  # a file's last, short block: its own bytes, and the block back to the pool
+                self._emit(bytes(memoryview(slot)[:filled]))
+                self.pool.give_back(slot)
 
     def _cut_some(self) -> None:
         """Cut what is pending once there is plenty: every chunk but the last, which the

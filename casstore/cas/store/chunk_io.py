@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 
 import zstandard
 
-from casstore.cas.backends.base import BlobStat, BlobStore, DamageCheck, Ingest
+from casstore.cas.backends.base import BlobStat, BlobStore, ChunkData, DamageCheck, Ingest
 from casstore.cas.backends.layout import CHUNKS
 from casstore.cas.chunks.manifest import ChunkRef, iter_manifest
 from casstore.cas.damage import clear_damage, damaged_ids, record_damage
@@ -64,6 +64,7 @@ class ChunkStager:
     next ones are written, and at `finish`). gc, which re-reads the leases after moving its
     candidates aside, never deletes a chunk this write names. `add` and `finish` return
     the chunks settled so far, in the order they were added; call them from one thread.
+    `add` keeps no reference to the batch's bytes once it returns (the writer reuses them).
     Use as a context manager: leaving it drops every chunk not yet published."""
 
     def __init__(self, chunks: BlobStore, codec: str, level: int, lease: Lease):
@@ -89,7 +90,7 @@ class ChunkStager:
             ingest.abort()
         self._pending.clear()
 
-    def add(self, batch: list[tuple[str, bytes | bytearray]]) -> list[StoredChunk]:
+    def add(self, batch: list[tuple[str, ChunkData]]) -> list[StoredChunk]:
         sizes = {chunk_id: len(data) for chunk_id, data in batch}
         found = {chunk_id: self._chunks.find(chunk_id) for chunk_id in sizes if chunk_id not in self._settled}
         if self._suspects is None:
@@ -124,14 +125,14 @@ class ChunkStager:
         self._settle_published(wait=True)
         return self._ready()
 
-    def _stage(self, data: bytes | bytearray) -> Ingest:
+    def _stage(self, data: ChunkData) -> Ingest:
         ingest = self._chunks.begin_ingest()
         try:
             if self._codec == "zstd":
                 compressor = getattr(self._local, "zstd", None)
                 if compressor is None:
                     compressor = self._local.zstd = zstandard.ZstdCompressor(level=self._level)
-                data = compressor.compress(data)
+                data = compressor.compress(memoryview(data))
             ingest.write_whole(data)
             ingest.start_writeback()  # the disk writes overlap the staging of the next chunks
         except BaseException:

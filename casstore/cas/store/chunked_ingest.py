@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from casstore.cas.backends.base import BlobStore, Ingest
+from casstore.cas.backends.base import BlobStore, ChunkData, Ingest
 from casstore.cas.chunks.cutter import TarCutter
 from casstore.cas.chunks.manifest import MAGIC, chunk_line, end_line
 from casstore.cas.chunks.policy import ChunkPolicy
@@ -45,10 +45,10 @@ class ChunkedWrite:
         self._policy = policy
         self.small: bytearray | None = bytearray()  # the stream while it is under whole_below
         self._cutter: TarCutter | None = None
-        self._batch: list[tuple[str, bytes | bytearray]] = []
+        self._batch: list[tuple[str, ChunkData]] = []
         self._batch_bytes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="casstore-chunks")
-        self._in_flight: deque[Future[list[StoredChunk]]] = deque()
+        self._in_flight: deque[tuple[Future[list[StoredChunk]], list[ChunkData]]] = deque()  # and its blocks
         self._manifest: Ingest | None = None
         self._stager = ChunkStager(self._chunks, codec, level, lease)
         self._count = 0
@@ -85,7 +85,7 @@ class ChunkedWrite:
             return None
         self._cutter.finish()
         self._send_batch()
-        self._in_flight.append(self._pool.submit(self._stager.finish))
+        self._in_flight.append((self._pool.submit(self._stager.finish), []))
         while self._in_flight:
             self._record_next()
         if self._total != size:
@@ -94,8 +94,8 @@ class ChunkedWrite:
         manifest, self._manifest = self._manifest, None
         return manifest
 
-    def _chunk(self, data: bytes | bytearray) -> None:
-        self._batch.append((digest_bytes(data, self._algorithm), data))
+    def _chunk(self, data: ChunkData) -> None:
+        self._batch.append((digest_bytes(memoryview(data), self._algorithm), data))
         self._batch_bytes += len(data)
         if self._batch_bytes >= BATCH_BYTES:
             self._send_batch()
@@ -105,12 +105,17 @@ class ChunkedWrite:
             return
         while len(self._in_flight) >= IN_FLIGHT:
             self._record_next()
-        self._in_flight.append(self._pool.submit(self._stager.add, self._batch))
+        blocks = [data for _, data in self._batch]
+        self._in_flight.append((self._pool.submit(self._stager.add, self._batch), blocks))
         self._batch, self._batch_bytes = [], 0
 
     def _record_next(self) -> None:
-        assert self._manifest is not None
-        for stored in self._in_flight.popleft().result():
+        assert self._manifest is not None and self._cutter is not None
+        future, blocks = self._in_flight.popleft()
+        settled = future.result()
+        for data in blocks:  # the stager has taken their bytes: the cutter may refill them
+            self._cutter.pool.give_back(data)
+        for stored in settled:
             self._manifest.write(chunk_line(stored.ref))
             self._count += 1
             self._total += stored.ref.size
