@@ -213,8 +213,11 @@ class BlobStore(ABC):
         return blobs_of(self.list_objects(self.ns.prefix), strangers, self.ns)
 
     @abstractmethod
-    def put_object(self, key: str, data: bytes) -> None:
-        """Write a small object atomically (readers see the old or the new content)."""
+    def put_object(self, key: str, data: bytes, durable: bool = True) -> None:
+        """Write a small object atomically (readers see the old or the new content), and
+        durably unless `durable` is False: for an object only live processes need (a
+        lease), whose loss in a machine crash costs nothing, since every writer it served
+        died in it, and which readers take as expired if torn (leases.read_leases)."""
 
     @abstractmethod
     def get_object(self, key: str, *, max_bytes: int) -> bytes | None:

@@ -172,7 +172,7 @@ class FsspecBlobStore(BlobStore):
     def delete_blob(self, blob_id: str, codec: str) -> None:
         self.delete_object(self.ns.blob_key(blob_id, codec))
 
-    def put_object(self, key: str, data: bytes) -> None:
+    def put_object(self, key: str, data: bytes, durable: bool = True) -> None:
         """One write of the whole object."""
         self._generic(self.fs.pipe_file, self._path(key), bytes(data))
 

@@ -138,8 +138,9 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             pass
 
-    def put_object(self, key: str, data: bytes) -> None:
-        """As the interface says; refused (DatastoreError) if a folder on the way to `key`
+    def put_object(self, key: str, data: bytes, durable: bool = True) -> None:
+        """As the interface says (not `durable`: no fsync, the rename is still atomic for
+        every other process); refused (DatastoreError) if a folder on the way to `key`
         is a symlink: nothing is written outside the datastore."""
         self._refuse_through_symlink(key, "writes")
         path = self._path(key)
@@ -148,14 +149,16 @@ class LocalBlobStore(BlobStore):
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         try:
             os.replace(tmp, path)
         except (IsADirectoryError, NotADirectoryError) as exc:
             os.unlink(tmp)
             raise UnreadableObject(f"{key!r} is a folder in datastore {self.root}, not an object: "
                                    "not written (remove the folder)") from exc
-        fsync_dir(os.path.dirname(path))
+        if durable:
+            fsync_dir(os.path.dirname(path))
 
     def get_object(self, key: str, *, max_bytes: int) -> bytes | None:
         try:

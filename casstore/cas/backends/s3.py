@@ -122,7 +122,7 @@ class S3BlobStore(FsspecBlobStore):
     def begin_ingest(self) -> Ingest:
         return _S3Ingest(self)
 
-    def put_object(self, key: str, data: bytes) -> None:
+    def put_object(self, key: str, data: bytes, durable: bool = True) -> None:
         """One PUT: S3 replaces an object atomically (readers see the old or the new)."""
         self._call("put_object", Key=self._key(key), Body=bytes(data))
 

@@ -87,7 +87,9 @@ class Lease:
                                    "host": socket.gethostname(), "pid": os.getpid()}
         if since is not None:
             body["since"] = since
-        self._blobs.put_object(key, json.dumps(body).encode())
+        # Not durable: a lease only matters to processes alive with its writer (P8); a
+        # machine crash ends the writer, and a lease torn by it reads as expired.
+        self._blobs.put_object(key, json.dumps(body).encode(), durable=False)
 
     def release(self) -> None:
         if self.blob_ids or self._parts:
