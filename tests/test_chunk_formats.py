@@ -74,6 +74,44 @@ def test_a_large_file_is_cut_in_blocks_from_its_first_byte_whatever_its_name(siz
     assert all(block in chunks for block in blocks)
 
 
+
+def member_starts(files: list[bytes]) -> set[int]:
+    """The offsets in tar_like(files) where a header starts, and its end."""
+    starts, at = set(), 0
+    for data in files:
+        starts.add(at)
+        at += 512 + len(data) + len(padding(len(data)))
+    return starts | {at, at + 512, at + 1024}
+
+
+@settings(max_examples=150, deadline=None)
+@given(files=st.lists(st.binary(max_size=300), max_size=40), pieces=pieces_st)
+def test_small_files_are_cut_only_where_a_member_starts(files, pieces):
+    data = tar_like(files)
+    ends, at = set(), 0
+    for chunk in cut(data, pieces):
+        at += len(chunk)
+        ends.add(at)
+    assert ends <= member_starts(files)
+
+
+@settings(max_examples=150, deadline=None)
+@given(files=files_st, pieces=pieces_st)
+def test_no_chunk_is_larger_than_the_largest_size_of_the_policy(files, pieces):
+    assert max(map(len, cut(tar_like(files), pieces)), default=0) <= max(POLICY.cdc_max, POLICY.block)
+
+
+def test_a_small_file_added_changes_at_most_the_chunks_around_it():
+    def tar(files: dict[str, bytes]) -> bytes:
+        return b"".join(header(name.encode(), b"0", 0o644, len(data)) + data + padding(len(data))
+                        for name, data in sorted(files.items())) + bytes(1024)
+
+    files = {f"f{i:04d}": bytes([i % 251]) * (40 + i * 7 % 200) for i in range(400)}
+    before = cut(tar(files), [])
+    after = cut(tar({**files, "f0200-new": b"a new file"}), [])
+    assert len(before) > 20 and len(set(after) - set(before)) <= 2
+
+
 def test_a_policy_outside_fastcdcs_bounds_is_refused():
     with pytest.raises(InvalidInput):
         ChunkPolicy(cdc_min=32)

@@ -2,10 +2,16 @@
 
 The cutter follows the TAR's structure as the bytes go by (headers are 512-byte blocks that
 give each member's size), so it can cut a large file's data apart from its header, in fixed
-blocks from the file's first byte, and everything else by content (FastCDC). Where the
-stream does not parse as a TAR (a header whose numbers do not read), the rest is cut by
-content: the cut points only decide what can be shared, never what is stored, since the
-chunks concatenated are always the stream."""
+blocks from the file's first byte, and everything else at member boundaries: before a header
+once the chunk holds `cdc_min` bytes, where a hash of that header says so (about one chunk
+of `cdc_avg` bytes, whatever the members' sizes), and always once it holds `cdc_max`. The
+cuts depend only on the bytes (a header's hash and the sizes of the members before it), so a
+small file added or removed changes the chunk around it only; and they cost no pass over the
+data, which content-defined chunking of every byte did (about as much CPU as the disk
+write it saves). A stretch between two such cuts that grows over `cdc_max` (a member larger
+than that under the large-file line), and a stream that stops parsing as a TAR (a header
+whose numbers do not read), are cut by content (FastCDC). The cut points only decide what
+can be shared, never what is stored: the chunks concatenated are always the stream."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import mmap
 from typing import Callable
 
 from pyfastcdc import FastCDC
+from xxhash import xxh3_64_intdigest
 
 from casstore.cas.backends.base import ChunkData
 from casstore.cas.chunks.policy import ChunkPolicy
@@ -21,7 +28,7 @@ from casstore.cas.tar.read import number_field
 from casstore.errors import CorruptBlob
 
 Emit = Callable[[ChunkData], None]  # a chunk, handed over: the cutter keeps no reference
-_ZERO_BLOCK = bytes(BLOCK)
+_FILE_KIND_CODES = frozenset(kind[0] for kind in FILE_KINDS)
 POOL_MAX = 32  # free blocks kept for reuse (64 MiB at the default block size)
 
 
@@ -56,7 +63,10 @@ class TarCutter:
         self.pool = pool or BlockPool(policy.block)  # large files' blocks are taken from it
         self._cdc = FastCDC(policy.cdc_avg, min_size=policy.cdc_min, max_size=policy.cdc_max)
         self._cut_at = 2 * policy.cdc_max
-        self._pending = bytearray()  # bytes to cut by content
+        self._span = max(1, policy.cdc_avg - policy.cdc_min)
+        self._pending = bytearray()  # bytes of the chunk being gathered
+        self._stretch = 0  # bytes since the last cut at a member boundary (pending and cut by content)
+        self._record = 0  # bytes of the member whose header came last (header, data, padding)
         self._head = bytearray()  # a header block being gathered
         self._skip = 0  # bytes of member data (and padding) before the next header
         self._file_left = 0  # bytes left of a large file's data, cut in blocks
@@ -70,7 +80,7 @@ class TarCutter:
             if self._file_left:
                 view = self._take_file(view)
             elif self._lost:
-                self._pending += view
+                self._append(view)
                 break
             elif self._head or (not self._skip and len(view) < BLOCK):
                 view = self._take_header(view)
@@ -80,30 +90,35 @@ class TarCutter:
 
     def finish(self) -> None:
         self._emit_block()
-        self._pending += self._head
+        self._append(self._head)
         self._head.clear()
-        self._cut_all()
+        self._cut_stretch()
 
     def _take_members(self, view: memoryview) -> memoryview:
         """Members' data and headers parsed in place, up to a large file's data, a header
-        split across writes or the end of `view`, then added to what is cut by content in one
-        copy: a folder of small files costs one append a write, not two a member."""
-        pos, end = 0, len(view)
+        split across writes or the end of `view`, added to the chunk being gathered in one
+        copy a chunk: a folder of small files costs one append a write, not two a member."""
+        pos, end, start = 0, len(view), 0
         while pos < end:
             if self._skip:
                 take = min(end - pos, self._skip)
                 self._skip -= take
                 pos += take
             elif end - pos >= BLOCK:
+                block = view[pos:pos + BLOCK]
+                if self._cuts_before(block, self._stretch + pos - start):
+                    self._append(view[start:pos])
+                    self._cut_stretch()
+                    start = pos
                 pos += BLOCK
-                self._after_header(view[pos - BLOCK:pos])
+                self._after_header(block)
                 if self._file_left or self._lost:
                     break
             else:
                 break
-        self._pending += view[:pos]
+        self._append(view[start:pos])
         if self._file_left:
-            self._cut_all()  # a large file's header ends what is cut by content before its blocks
+            self._cut_stretch()  # a large file's header ends the chunk before its blocks
         return view[pos:]
 
     def _take_header(self, view: memoryview) -> memoryview:
@@ -112,29 +127,75 @@ class TarCutter:
         self._head += view[:need]
         if len(self._head) < BLOCK:
             return view[need:]
-        block = bytes(self._head)
+        block = memoryview(bytes(self._head))
         self._head.clear()
-        self._pending += block
-        self._after_header(memoryview(block))
+        if self._cuts_before(block, self._stretch):
+            self._cut_stretch()
+        self._append(block)
+        self._after_header(block)
         if self._file_left:
-            self._cut_all()
+            self._cut_stretch()
         return view[need:]
+
+    def _cuts_before(self, header: memoryview, stretch: int) -> bool:
+        """Whether the chunk ends before `header`, `stretch` bytes after the last cut at a
+        member boundary: never under cdc_min, always from cdc_max, in between with a
+        chance of (the last member's bytes) / (cdc_avg - cdc_min), drawn from the header's
+        hash, so that a chunk holds about cdc_avg bytes."""
+        if stretch < self._policy.cdc_min:
+            return False
+        if stretch >= self._policy.cdc_max:
+            return True
+        return xxh3_64_intdigest(header) * self._span < self._record << 64
+
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
+        self._pending += data
+        self._stretch += len(data)
+
+    def _cut_stretch(self) -> None:
+        """Cut at a member boundary (or the end): the chunk being gathered is emitted as it
+        is, or, if the stretch since the last such cut is over cdc_max, cut by content as
+        the whole stretch would be (see _cut_some)."""
+        if self._stretch > self._policy.cdc_max:
+            self._cut_all()
+        elif self._pending:
+            chunk, self._pending = self._pending, bytearray()
+            self._emit(chunk)
+        self._stretch = 0
 
     def _after_header(self, block: memoryview) -> None:
         """What the header `block` says follows it: a large file's data (cut in blocks), a
-        small member's data (skipped into what is cut by content), or nothing parseable."""
-        if block == _ZERO_BLOCK:
-            return
-        try:
-            size = number_field(bytes(block[124:136]))
-        except CorruptBlob:
+        small member's data (skipped into the chunk being gathered), or nothing parseable
+        (an end-of-archive block reads as an empty member)."""
+        field = bytes(block[124:136])
+        try:  # the form casstore writes (11 octal digits and a NUL) read at once, others in full
+            size = int(field[:11], 8) if field[11] == 0 and field[:11].isdigit() else number_field(field)
+        except (ValueError, CorruptBlob):
             self._lost = True
             return
-        if bytes(block[156:157]) in FILE_KINDS and size >= self._policy.large_file:
+        if block[156] in _FILE_KIND_CODES and size >= self._policy.large_file:
             self._file_left = size
             self._skip = -size % BLOCK
         else:
             self._skip = size + -size % BLOCK
+        self._record = BLOCK + self._skip
+
+    def lend(self, n: int) -> memoryview | None:
+        """Where the stream's next bytes go if they are a large file's data (at most `n`,
+        and at most the rest of the block being filled); None elsewhere (tar/write.Lender)."""
+        if not self._file_left:
+            return None
+        if self._slot is None:
+            self._slot = self.pool.take()
+        n = min(n, self._file_left, self._policy.block - self._filled)
+        return memoryview(self._slot)[self._filled:self._filled + n]
+
+    def took(self, n: int) -> None:
+        """The first `n` bytes of what `lend` gave hold the stream's next bytes."""
+        self._filled += n
+        self._file_left -= n
+        if self._filled == self._policy.block or not self._file_left:
+            self._emit_block()
 
     def _take_file(self, view: memoryview) -> memoryview:
         """A large file's data in blocks, each copied once into a block of the pool (which

@@ -11,9 +11,11 @@ The default, and why (docs/datastore.md, "Chunked blobs"):
   `arc_dir`, or in another folder, gives the same chunks; a change in place or an append
   re-stores only the blocks it touches. Cutting costs nothing here (content-defined
   chunking costs about as much CPU as the disk write it saves on a first persist).
-- Everything else (headers, small files, the padding and the end of the archive) is cut by
-  content (FastCDC, `cdc_min`..`cdc_max`, about `cdc_avg`): a small file added or removed
-  changes the chunks around it only, not the ones after it."""
+- Everything else (headers, small files, the padding and the end of the archive) is cut at
+  member boundaries chosen by content (`cdc_min`..`cdc_max`, about `cdc_avg`; cutter.py):
+  a small file added or removed changes the chunks around it only, not the ones after it.
+  A stretch over `cdc_max` between two such cuts, and bytes that are no TAR, are cut by
+  FastCDC with the same sizes."""
 
 from __future__ import annotations
 

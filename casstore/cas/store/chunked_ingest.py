@@ -78,6 +78,14 @@ class ChunkedWrite:
             head, self.small = self.small, None
             self._cutter.write(head)
 
+    def lend(self, n: int) -> memoryview | None:
+        """The cutter's block for a large file's next bytes, once cutting (tar/write.Lender)."""
+        return self._cutter.lend(n) if self._cutter is not None else None
+
+    def took(self, n: int) -> None:
+        assert self._cutter is not None
+        self._cutter.took(n)
+
     def finish(self, blob_id: str, size: int) -> Ingest | None:
         """The manifest, every chunk it names stored, ready to be committed under
         `blob_id`; None if the stream stayed under whole_below (then `small` holds it)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 from casstore.cas.tar.header import BLOCK, CHUNK, FILE, end_of_archive, header
 from casstore.cas.tar.scan import Entry
@@ -19,6 +19,18 @@ class Sink(Protocol):
     """Where a TAR stream goes: a hasher, a file, a buffer (anything with `write`)."""
 
     def write(self, data: bytes | memoryview, /) -> object: ...
+
+
+@runtime_checkable
+class Lender(Sink, Protocol):
+    """A sink that can lend the buffer where the next bytes of the stream go (the chunked
+    writer's block of a large file), so that a file's data is read straight into it:
+    `lend(n)` gives a writable view of at most `n` bytes, or None; `took(k)` says that its
+    first `k` bytes now hold the stream's next bytes (which the other sinks get as usual)."""
+
+    def lend(self, n: int, /) -> memoryview | None: ...
+
+    def took(self, n: int, /) -> None: ...
 
 
 class BufferedSink:
@@ -32,6 +44,25 @@ class BufferedSink:
         self._sinks = list(sinks)
         self.buf = bytearray()
         self._flushed = 0
+        self._lender = next((s for s in self._sinks if isinstance(s, Lender)), None)
+
+    def lend(self, n: int, fallback: memoryview) -> tuple[memoryview, bool]:
+        """Where to read the stream's next (at most `n`) bytes, and whether it is lent: a
+        lending sink's buffer, or `fallback[:n]`. Flushes first: what is buffered comes
+        before them."""
+        self.flush()
+        lent = self._lender.lend(n) if self._lender is not None else None
+        return (lent, True) if lent is not None else (fallback[:n], False)
+
+    def write_read(self, data: memoryview, lent: bool) -> None:
+        """`data`, read into what `lend` gave, to every sink (a lender that lent it only
+        takes note)."""
+        for sink in self._sinks:
+            if lent and sink is self._lender:
+                self._lender.took(len(data))
+            else:
+                sink.write(data)
+        self._flushed += len(data)
 
     @property
     def count(self) -> int:
@@ -113,10 +144,11 @@ def _copy_file(e: Entry, out: BufferedSink, view: memoryview, progress: Callable
         elif size:
             remaining = size
             while remaining:
-                n = os.readv(fd, [view[:min(remaining, CHUNK)]])
+                target, lent = out.lend(remaining, view)
+                n = os.readv(fd, [target])
                 if n == 0:
                     raise SourceChanged(f"{e.path} shrank while it was archived")
-                out.write(view[:n])
+                out.write_read(target[:n], lent)
                 remaining -= n
                 if progress is not None:
                     progress(n)
