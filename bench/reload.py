@@ -2,7 +2,7 @@
 
 For each data set (20,000 small files; 1 GB in 5 files of random bytes) one experiment is
 persisted, then, per run: the target is removed and loaded fresh; loaded again at once
-(nothing touched: only the files the fresh load wrote in its last 100 ms are racy, read and
+(nothing touched: only the files the fresh load wrote in its last 20 ms are racy, read and
 hashed; nothing is written); loaded a third time at once. Medians of --runs runs, with the
 ratio to the fresh load. Every load is timed in this process around `load_experiment`, page cache warm.
 

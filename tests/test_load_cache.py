@@ -222,6 +222,19 @@ def test_racy_members_are_checked_by_content_once_then_by_stat(cs, stored, targe
     assert hashed == []
 
 
+
+def test_a_load_whose_last_files_are_large_waits_out_the_tick_so_the_next_load_reads_none(
+        cs, tmp_path, target, monkeypatch):
+    make_folder(tmp_path / "big", {"model.bin": os.urandom(extract_cache.RACY_WAIT_BYTES), "b.txt": b"b"})
+    facts = put(cs, tmp_path / "big")
+    hashed: list[bytes] = []
+    real = extract_cache._file_digest
+    monkeypatch.setattr(extract_cache, "_file_digest", lambda path, fact: hashed.append(path) or real(path, fact))
+    cs.extract(facts.blob_id, str(target), size=facts.size)
+    cs.extract(facts.blob_id, str(target), size=facts.size)
+    assert hashed == []
+
+
 # ---------------------------------------------------------------------------------------
 # what is never trusted
 

@@ -39,9 +39,13 @@ from casstore.cas.tar.header import CHUNK, DIRECTORY, SYMLINK
 
 _FACT = struct.Struct("<cIQqqQQ16s")  # kind, st_mode, size, mtime_ns, ctime_ns, inode, device, digest
 _NO_DIGEST = bytes(16)
-RACY_TICK_NS = 100_000_000
-"""Members stamped this close before the probe are racy: more than the coarse clock's tick
-that Linux file systems stamp with (one jiffy, 10 ms at most), with room to spare."""
+RACY_TICK_NS = 20_000_000
+"""Members stamped this close before the probe are racy: twice the coarse clock's tick that
+Linux file systems stamp with (one jiffy, 10 ms at most; a coarse stamp may lag a
+fine-grained one by that much)."""
+RACY_WAIT_BYTES = 16 << 20
+"""A record whose racy members hold this many bytes waits out the tick and is made again, so
+that the next load need not read them back: reading 16 MiB costs more than the wait."""
 _PARENT = b"P"  # a folder made on the way to a member, not a member: checked, not listed
 Fact = tuple[bytes, int, int, int, int, int, int, bytes]
 
@@ -92,7 +96,20 @@ class ExtractCache:
             names.append(name)
             facts.append((kind, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
                           bytes.fromhex(digest) if digest else _NO_DIGEST))
-        self._save(self._racy_from(), names, facts)
+        self._save(self._racy_from_after(facts), names, facts)
+
+    def _racy_from_after(self, facts: list[Fact]) -> int:
+        """`_racy_from`, once the tick is waited out if the racy members hold RACY_WAIT_BYTES
+        or more (a few tries: the file system's clock is coarse)."""
+        files = [(max(f[3], f[4]), f[2]) for f in facts if f[0] not in (DIRECTORY, _PARENT)]
+        racy_from = self._racy_from()
+        for _ in range(3):
+            racy = [(stamp, size) for stamp, size in files if stamp >= racy_from]
+            if sum(size for _, size in racy) < RACY_WAIT_BYTES:
+                break
+            time.sleep((max(stamp for stamp, _ in racy) - racy_from) / 1e9 + 0.002)
+            racy_from = self._racy_from()
+        return racy_from
 
     def _racy_from(self) -> int:
         """The stamp from which a member is racy: RACY_TICK_NS before the file system's
@@ -170,8 +187,9 @@ def _file_digest(path: bytes, fact: Fact) -> str:
         if _facts(os.fstat(fd)) != fact[1:7]:
             raise OSError(f"{path!r} changed")
         hasher = new_file_hasher()
-        while data := os.read(fd, CHUNK):
-            hasher.update(data)
+        buffer = memoryview(bytearray(CHUNK))
+        while n := os.readv(fd, [buffer]):
+            hasher.update(buffer[:n])
         return hasher.hexdigest()
     finally:
         os.close(fd)
