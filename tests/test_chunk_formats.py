@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casstore.cas.chunks.cutter import BlockPool, TarCutter
+from casstore.cas.buffers import BufferPool
+from casstore.cas.chunks.cutter import TarCutter
 from casstore.cas.chunks.manifest import MAGIC, ChunkRef, chunk_line, end_line, iter_manifest
 from casstore.cas.chunks.policy import ChunkPolicy
 from casstore.cas.digest import digest_bytes
@@ -167,8 +168,8 @@ def test_a_manifest_whose_chunks_add_up_to_more_than_the_blob_is_refused_before_
         next(reader)
 
 
-def test_the_block_pool_reuses_a_block_given_back_and_ignores_other_chunks():
-    pool = BlockPool(4096)
+def test_a_buffer_pool_reuses_a_buffer_given_back_and_ignores_other_chunks():
+    pool = BufferPool(4096)
     block = pool.take()
     pool.give_back(block)
     pool.give_back(b"x" * 4096)

@@ -22,6 +22,7 @@ from pyfastcdc import FastCDC
 from xxhash import xxh3_64_intdigest
 
 from casstore.cas.backends.base import ChunkData
+from casstore.cas.buffers import BufferPool
 from casstore.cas.chunks.policy import ChunkPolicy
 from casstore.cas.tar.header import BLOCK, FILE_KINDS
 from casstore.cas.tar.read import number_field
@@ -29,38 +30,15 @@ from casstore.errors import CorruptBlob
 
 Emit = Callable[[ChunkData], None]  # a chunk, handed over: the cutter keeps no reference
 _FILE_KIND_CODES = frozenset(kind[0] for kind in FILE_KINDS)
-POOL_MAX = 32  # free blocks kept for reuse (64 MiB at the default block size)
-
-
-class BlockPool:
-    """Page-aligned buffers of one block's size, reused. Why: a fresh 2 MiB buffer for every
-    block of a large file costs a page fault per 4 KiB on first touch, which was most of a
-    chunked first persist's extra time on this VM (docs/performance.md); and an mmap can go
-    to the disk with O_DIRECT as it is (local_ingest.direct_write). A block given back must
-    no longer be referenced by anyone: the writer gives back a batch's blocks only once the
-    datastore has taken their bytes (ChunkStager.add returned)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._free: list[mmap.mmap] = []
-
-    def take(self) -> mmap.mmap:
-        return self._free.pop() if self._free else mmap.mmap(-1, self.size)
-
-    def give_back(self, chunk: ChunkData) -> None:
-        """Keep `chunk` for reuse if it is one of this pool's blocks (other chunks are
-        left to the garbage collector)."""
-        if isinstance(chunk, mmap.mmap) and len(chunk) == self.size and len(self._free) < POOL_MAX:
-            self._free.append(chunk)
 
 
 class TarCutter:
     """Feed it the stream (`write`), then `finish`; every chunk goes to `emit`, in order."""
 
-    def __init__(self, policy: ChunkPolicy, emit: Emit, pool: BlockPool | None = None):
+    def __init__(self, policy: ChunkPolicy, emit: Emit, pool: BufferPool | None = None):
         self._policy = policy
         self._emit = emit
-        self.pool = pool or BlockPool(policy.block)  # large files' blocks are taken from it
+        self.pool = pool or BufferPool(policy.block)  # large files' blocks, given back by the writer once stored
         self._cdc = FastCDC(policy.cdc_avg, min_size=policy.cdc_min, max_size=policy.cdc_max)
         self._cut_at = 2 * policy.cdc_max
         self._span = max(1, policy.cdc_avg - policy.cdc_min)

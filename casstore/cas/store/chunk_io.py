@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import mmap
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ import zstandard
 
 from casstore.cas.backends.base import BlobStat, BlobStore, ChunkData, DamageCheck, Ingest
 from casstore.cas.backends.layout import CHUNKS
+from casstore.cas.buffers import BufferPool
 from casstore.cas.chunks.manifest import ChunkRef, iter_manifest
 from casstore.cas.damage import clear_damage, damaged_ids, record_damage
 from casstore.cas.digest import digest_bytes, parse_id
@@ -53,6 +55,10 @@ the first, each finds its data written), then linked, then each folder fsynced o
 
 
 STAGE_THREADS = 2
+
+READ_BUFFER = (4 << 20) + 1
+"""A reader's reused buffers: a raw chunk of up to 4 MiB (the default policy's largest) and
+the byte over it that shows a chunk is too long; a larger chunk is read into its own."""
 
 
 class ChunkStager:
@@ -203,11 +209,16 @@ def _differs(f: BinaryIO, copy: BlobStat, *, chunk_id: str, size: int) -> bool:
         return True
 
 
-def chunk_bytes(f: BinaryIO, copy: BlobStat, size: int) -> bytes:
+def chunk_bytes(f: BinaryIO, copy: BlobStat, size: int, into: mmap.mmap | None = None) -> bytes | memoryview:
     """The uncompressed bytes of the chunk copy open in `f`, which must be `size` bytes
-    (CorruptBlob "chunk" otherwise); the digest is the caller's to check."""
+    (CorruptBlob "chunk" otherwise); the digest is the caller's to check. A raw chunk is
+    read into `into` if given (of more than `size` bytes), and is a view of it."""
     what = f"chunk {copy.blob_id}"
-    if copy.codec == "none":
+    data: bytes | memoryview
+    if copy.codec == "none" and into is not None:
+        view = memoryview(into)
+        data = view[:_read_into(f, view[:size + 1])]
+    elif copy.codec == "none":
         data = f.read(size + 1)
     else:
         compressed = f.read(zstd_bound(size) + 1)
@@ -226,8 +237,17 @@ def chunk_bytes(f: BinaryIO, copy: BlobStat, size: int) -> bytes:
     return data
 
 
-def read_chunk(chunks: BlobStore, ref: ChunkRef, blob_id: str) -> bytes:
-    """The bytes of chunk `ref` of blob `blob_id`, checked against the chunk's id."""
+def _read_into(f: BinaryIO, view: memoryview) -> int:
+    """Fill `view` from `f` up to its end or `f`'s; the bytes read."""
+    done = 0
+    while done < len(view) and (n := f.readinto(view[done:])):  # type: ignore[attr-defined]
+        done += n
+    return done
+
+
+def read_chunk(chunks: BlobStore, ref: ChunkRef, blob_id: str, into: mmap.mmap | None = None) -> bytes | memoryview:
+    """The bytes of chunk `ref` of blob `blob_id`, checked against the chunk's id (read into
+    `into`, as chunk_bytes says, if given)."""
     try:
         f, found = chunks.open_blob(ref.chunk_id, lambda copy: copy.codec == ref.codec)
     except BlobNotFound:
@@ -236,7 +256,7 @@ def read_chunk(chunks: BlobStore, ref: ChunkRef, blob_id: str) -> bytes:
         raise CorruptBlob(f"blob {blob_id}: its chunk {ref.chunk_id} cannot be read: {exc}", "chunk") from exc
     with f:
         try:
-            data = chunk_bytes(f, found, ref.size)
+            data = chunk_bytes(f, found, ref.size, into)
         except CorruptBlob as exc:
             _note_damage(chunks, found, str(exc))
             raise CorruptBlob(f"blob {blob_id}: {exc}", "chunk") from exc
@@ -274,7 +294,8 @@ class ChunkedReader:
         self._current = memoryview(b"")
         self._failed: CorruptBlob | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: deque[Future[bytes]] = deque()
+        self._ahead: deque[Future[bytes | memoryview]] = deque()
+        self._buffers = BufferPool(READ_BUFFER)  # raw chunks are read into these, reused
 
     def __enter__(self) -> ChunkedReader:
         return self
@@ -298,7 +319,8 @@ class ChunkedReader:
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._chunks.read_ahead, thread_name_prefix="casstore-read")
-            self._ahead.append(self._pool.submit(read_chunk, self._chunks, ref, self._blob_id))
+            into = self._buffers.take() if ref.codec == "none" and ref.size < READ_BUFFER else None
+            self._ahead.append(self._pool.submit(read_chunk, self._chunks, ref, self._blob_id, into))
 
     def _fill(self) -> bool:
         """Load the next chunk if the current one is read. A chunk that failed fails every
@@ -308,6 +330,7 @@ class ChunkedReader:
             raise self._failed
         try:
             while not self._current:
+                self._buffers.give_back(self._current.obj)  # read and copied out: reusable
                 self._top_up()
                 if not self._ahead:
                     return False
@@ -317,6 +340,14 @@ class ChunkedReader:
             self.close()
             raise
         return True
+
+    def read_view(self, n: int) -> memoryview:
+        """The stream's next bytes (at most `n`, empty at its end) without a copy: a view of
+        the chunk being read, valid until the next read."""
+        if not self._fill():
+            return memoryview(b"")
+        view, self._current = self._current[:n], self._current[n:]
+        return view
 
     def read(self, n: int = -1, /) -> bytes:
         if not self._fill():

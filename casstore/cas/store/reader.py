@@ -63,6 +63,21 @@ class VerifyingReader:
         self._hasher.update(data)
         return data
 
+    def read_view(self, n: int) -> memoryview | None:
+        """The next bytes (at most `n`) as a view into the copy's own buffer, hashed, where
+        the copy reads that way (a chunked blob: no copy out of its chunks); None where it
+        does not (then use readinto). The view is valid until the next read."""
+        read_view = getattr(self._raw, "read_view", None)
+        if read_view is None:
+            return None
+        view: memoryview = read_view(n)
+        self.count += len(view)
+        self._check_bound()
+        if self._progress is not None:
+            self._progress(len(view))
+        self._hasher.update(view)
+        return view
+
     def readinto(self, buffer: bytearray | memoryview) -> int:
         """Read into `buffer` (at most its length) and hash what was read: no new bytes
         object per read, which for 1 MiB reads costs an mmap and page faults each time."""

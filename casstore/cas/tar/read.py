@@ -159,19 +159,23 @@ class TarStream:
         """Write the data of the member just yielded to file descriptor `fd`, and hand each
         piece to `on_data` (a hasher's update: the file's digest without reading it again).
 
-        Reads with `readinto` into one buffer of this stream (allocated on first use, at
-        most CHUNK bytes) where the stream has it, instead of a new bytes object per read."""
+        Takes views of the stream's own buffer where it lends them (`read_view`: a chunked
+        blob's chunks), else reads with `readinto` into one buffer of this stream (allocated
+        on first use, at most CHUNK bytes) where the stream has it, instead of a new bytes
+        object per read."""
         readinto = getattr(self._stream, "readinto", None)
         if readinto is None:
             self._copy_data_by_read(member, fd, on_data)
             return
         remaining = member.size
+        read_view = getattr(self._stream, "read_view", None)
         buffer = self._chunk_buffer() if remaining else _NO_BUFFER
         while remaining:
-            n = readinto(buffer[:min(remaining, CHUNK)])
+            lent = read_view(min(remaining, CHUNK)) if read_view is not None else None
+            n = readinto(buffer[:min(remaining, CHUNK)]) if lent is None else len(lent)
             if not n:
                 raise CorruptBlob(f"archive truncated inside member {member.name!r}")
-            view = buffer[:n]
+            view = buffer[:n] if lent is None else lent
             if on_data is not None:
                 on_data(view)
             while view:
