@@ -663,6 +663,14 @@ class ForkServer:
     def kill(self) -> None:
         os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still our child's
 
+    def close(self) -> None:
+        self.__exit__()
+
+    def kill_and_reap(self) -> list[dict]:
+        """SIGKILL the child (if it still runs), reap it; the events it printed since the last read."""
+        self.kill()
+        return self.reap()[1]
+
     def reap(self) -> tuple[int, list[dict]]:
         """Let the server reap the child (after it ended or was killed); its wait status
         and the events it printed since the last read."""
