@@ -14,7 +14,8 @@ descriptors themselves, passed over a Unix socket), its working folder, its envi
 - `prefix` starts the server under a command (setpriv dropping capabilities): its children
   run under it too.
 - `modules`: what the server imports before it serves (the command's by default).
-- `run_script(code, cwd, env)`: a child that exec()s `code` (as `python -c` would).
+- `run_script(code, cwd, env)`: a child that exec()s `code` (as `python -c` would);
+  `start(script_request(...), fds)` starts one and returns its `Child` (pid, wait()).
 
 The tests of the console script itself (tests/test_cli.py, tests/test_house.py) still start
 the real one."""
@@ -42,7 +43,8 @@ socket.send_fds(s, [len(message).to_bytes(8, "big") + message], [0, 1, 2])
 reply = b""
 while chunk := s.recv(64):
     reply += chunk
-sys.exit(int(reply) if reply else 1)
+lines = reply.split()
+sys.exit(int(lines[1]) if len(lines) == 2 else 1)
 """
 
 
@@ -106,6 +108,7 @@ def serve(path: str, modules: list[str]) -> None:
         pid = os.fork()
         if pid == 0:
             listener.close()
+            conn.sendall(b"%d\n" % os.getpid())
             code = 1
             try:
                 code = _child(request, fds)
@@ -116,7 +119,7 @@ def serve(path: str, modules: list[str]) -> None:
                     except BaseException:
                         pass
                 try:
-                    conn.sendall(str(code).encode())
+                    conn.sendall(b"%d\n" % code)
                 finally:
                     os._exit(code if 0 <= code < 256 else 1)
         for fd in fds:
@@ -171,23 +174,24 @@ class CommandServer:
         env["PATH"] = self.bin + os.pathsep + env.get("PATH", "")
         return env
 
+    def start(self, request: dict, fds: list[int], timeout: float = 120) -> "Child":
+        """Start one request in a child with `fds` as its stdin, stdout and stderr."""
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(timeout)
+        s.connect(self.socket)
+        message = json.dumps(request).encode()
+        socket.send_fds(s, [len(message).to_bytes(8, "big") + message], fds)
+        return Child(s)
+
     def request(self, request: dict, stdin: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
         """Run one request in a child; its exit code, stdout and stderr (text)."""
         with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             fin.write(stdin)
             fin.seek(0)
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(timeout)
-                s.connect(self.socket)
-                message = json.dumps(request).encode()
-                socket.send_fds(s, [len(message).to_bytes(8, "big") + message],
-                                [fin.fileno(), out.fileno(), err.fileno()])
-                reply = b""
-                while chunk := s.recv(64):
-                    reply += chunk
+            code = self.start(request, [fin.fileno(), out.fileno(), err.fileno()], timeout).wait()
             out.seek(0)
             err.seek(0)
-            return subprocess.CompletedProcess(request["argv"], int(reply) if reply else 1,
+            return subprocess.CompletedProcess(request["argv"], 1 if code is None else code,
                                                out.read().decode(errors="replace"),
                                                err.read().decode(errors="replace"))
 
@@ -201,8 +205,31 @@ class CommandServer:
                    timeout: float = 120) -> subprocess.CompletedProcess:
         """`python -c CODE` in a child (sys.path: the server's, plus `env`'s PYTHONPATH as it
         was when the server started)."""
-        return self.request({"argv": ["-c"], "code": code, "cwd": cwd,
-                             "env": dict(os.environ if env is None else env)}, timeout=timeout)
+        return self.request(self.script_request(code, cwd, env), timeout=timeout)
+
+    def script_request(self, code: str, cwd: str, env: dict | None = None) -> dict:
+        return {"argv": ["-c"], "code": code, "cwd": cwd, "env": dict(os.environ if env is None else env)}
+
+
+class Child:
+    """A request running in a child of the server: its pid (a real process: SIGKILL it), and
+    its exit code once it ended (None if it was killed)."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._reply = b""
+        while b"\n" not in self._reply:
+            chunk = sock.recv(64)
+            assert chunk, "the fork server did not start the child"
+            self._reply += chunk
+        self.pid = int(self._reply.split(b"\n", 1)[0])
+
+    def wait(self) -> int | None:
+        with self._sock:
+            while chunk := self._sock.recv(64):
+                self._reply += chunk
+        lines = self._reply.split()
+        return int(lines[1]) if len(lines) == 2 else None
 
 
 if __name__ == "__main__":
