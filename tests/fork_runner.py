@@ -183,6 +183,17 @@ class CommandServer:
         socket.send_fds(s, [len(message).to_bytes(8, "big") + message], fds)
         return Child(s)
 
+    def popen(self, request: dict, stderr_path: str | None = None) -> "ForkedProcess":
+        """Start one request in a child, its stdout a pipe (text), its stderr the file
+        `stderr_path` (or nothing): as subprocess.Popen(stdout=PIPE, text=True) would."""
+        out, into = os.pipe()
+        try:
+            with open(stderr_path or os.devnull, "wb") as err, open(os.devnull, "rb") as null:
+                child = self.start(request, [null.fileno(), into, err.fileno()])
+        finally:
+            os.close(into)
+        return ForkedProcess(child, os.fdopen(out))
+
     def request(self, request: dict, stdin: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
         """Run one request in a child; its exit code, stdout and stderr (text)."""
         with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -232,5 +243,33 @@ class Child:
         return int(lines[1]) if len(lines) == 2 else None
 
 
+
+class ForkedProcess:
+    """A Child with the part of subprocess.Popen's interface the tests use: stdout, pid,
+    send_signal, kill, wait and returncode (-signal if it was signalled through here)."""
+
+    def __init__(self, child: Child, stdout):
+        self.child = child
+        self.pid = child.pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self._signal: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            self._signal = sig
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.child._sock.settimeout(timeout)
+            code = self.child.wait()
+            self.returncode = code if code is not None else -(self._signal or 9)
+        return self.returncode
 if __name__ == "__main__":
     serve(sys.argv[1], json.loads(sys.argv[2]))
