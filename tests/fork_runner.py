@@ -235,7 +235,8 @@ class Child:
             self._reply += chunk
         self.pid = int(self._reply.split(b"\n", 1)[0])
 
-    def wait(self) -> int | None:
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._sock.settimeout(timeout)
         with self._sock:
             while chunk := self._sock.recv(64):
                 self._reply += chunk
@@ -267,8 +268,7 @@ class ForkedProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            self.child._sock.settimeout(timeout)
-            code = self.child.wait()
+            code = self.child.wait(timeout)
             self.returncode = code if code is not None else -(self._signal or 9)
         return self.returncode
 if __name__ == "__main__":
