@@ -31,6 +31,16 @@ def workdir(tmp_path, monkeypatch):
         options().copy_from(saved)
 
 
+@pytest.fixture(scope="session")
+def command_server(tmp_path_factory):
+    """fork_runner.CommandServer: `casstore` commands in processes forked from a server that
+    imported casstore once (its client script first on PATH runs them from a shell)."""
+    from fork_runner import CommandServer
+
+    with CommandServer(str(tmp_path_factory.mktemp("command-server"))) as server:
+        yield server
+
+
 # ---------------------------------------------------------------------------------------
 # A content store over a local datastore (test_contentstore, test_statcache, test_leases).
 

@@ -424,10 +424,23 @@ class Project:
         return os.path.join(self.archivestore, str(experiment.id_experiment))
 
 
-def start(command: str, cfg: dict, stderr_path: str | None = None, prefix: list[str] | None = None, **popen):
+SERVED = ("reliability_worker", "casstore.cas.gc", "casstore.mltraq.migrate", "casstore.storage.archivestore",
+          "alembic.runtime.migration", "alembic.script", "sqlalchemy.dialects.sqlite")
+"""What a fork_runner.CommandServer of workers imports once (`start(..., server=)`)."""
+
+
+def start(command: str, cfg: dict, stderr_path: str | None = None, prefix: list[str] | None = None,
+          server=None, **popen):
     """Start a worker; stdout is a text pipe of JSON lines, stderr goes to a file.
-    `prefix`: a command to run the worker under (e.g. setpriv dropping capabilities)."""
+    `prefix`: a command to run the worker under (e.g. setpriv dropping capabilities).
+    `server`: a fork_runner.CommandServer (modules SERVED) whose child runs the worker, a
+    process of its own that starts in milliseconds instead of paying Python's start-up."""
     import subprocess
+
+    if server is not None:
+        assert prefix is None and not popen, "a forked worker runs as its server does"
+        return server.popen({"argv": [WORKER, command, json.dumps(cfg)], "cwd": os.getcwd(), "env": dict(os.environ),
+                             "code": "import reliability_worker\nreliability_worker.main()"}, stderr_path)
 
     err = open(stderr_path, "w") if stderr_path else subprocess.DEVNULL
     try:
@@ -662,6 +675,14 @@ class ForkServer:
 
     def kill(self) -> None:
         os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still our child's
+
+    def close(self) -> None:
+        self.__exit__()
+
+    def kill_and_reap(self) -> list[dict]:
+        """SIGKILL the child (if it still runs), reap it; the events it printed since the last read."""
+        self.kill()
+        return self.reap()[1]
 
     def reap(self) -> tuple[int, list[dict]]:
         """Let the server reap the child (after it ended or was killed); its wait status

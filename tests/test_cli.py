@@ -668,12 +668,15 @@ def test_verify_deep_progress_bar_on_a_terminal_only(project, monkeypatch):
 
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
-def test_docs_examples_run(tmp_path):
-    """Every ```sh block of docs/cli.md, in order, in a fresh folder, as a reader would paste them."""
+def test_docs_examples_run(tmp_path, command_server):
+    """Every ```sh block of docs/cli.md, in order, in a fresh folder, as a reader would paste them.
+    Each `casstore` they run is a process of its own, forked from a server that imported casstore
+    once (tests/fork_runner.py): 34 commands, ~1.5 s of imports each otherwise."""
     blocks = re.findall(r"```sh\n(.*?)```", DOCS.read_text(), re.S)
     assert len(blocks) >= 8
     script = "set -euo pipefail\n" + "\n".join(blocks)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = command_server.path_env(env)
     env.pop("CASSTORE_DB", None)
     env.pop("CASSTORE_DATASTORE", None)
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -107,20 +107,22 @@ def test_doc_has_examples(doc: str) -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
-def test_example_runs(example: Example, tmp_path: Path) -> None:
+def test_example_runs(example: Example, tmp_path: Path, command_server) -> None:
+    """A bash example's `casstore` commands, and a python example, are processes forked from a
+    server that imported casstore once (tests/fork_runner.py), not new interpreters that import
+    it each time."""
     scripts = tmp_path / "scripts"
     work = tmp_path / "work"
     scripts.mkdir()
     work.mkdir()
-    if example.language == "bash":
-        script = scripts / "example.sh"
-        command = ["bash", "-e", str(script)]
-    else:
-        script = scripts / "example.py"
-        command = [sys.executable, str(script)]
+    env = _environment(tmp_path)
+    script = scripts / f"example.{'sh' if example.language == 'bash' else 'py'}"
     script.write_text(example.code, encoding="utf-8")
-    result = subprocess.run(command, cwd=work, env=_environment(tmp_path), capture_output=True,
-                            text=True, timeout=TIMEOUT_S)
+    if example.language == "bash":
+        result = subprocess.run(["bash", "-e", str(script)], cwd=work, env=command_server.path_env(env),
+                                capture_output=True, text=True, timeout=TIMEOUT_S)
+    else:
+        result = command_server.run_script(example.code, cwd=str(work), env=env, timeout=TIMEOUT_S)
     assert result.returncode == 0, (
         f"example at {example.id} exited {result.returncode}\n"
         f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")

@@ -2,8 +2,8 @@
 shortcut, MLtraq's error names, Session.persist_experiment, reload, extract(members=...),
 ls's table_name, the order run-level archives extract in.
 
-Each side-by-side test runs one script twice, in a fresh process: with `casstore` imports,
-and with `mltraq` imports under real MLtraq 0.1.165 (helpers.MLTRAQ_PYTHON: this Python,
+Each side-by-side test runs one script twice, in a fresh process (a child forked from a server
+that imported the package once): with `casstore` imports, and with `mltraq` imports under real MLtraq 0.1.165 (helpers.MLTRAQ_PYTHON: this Python,
 which the test extra gives mltraq, or the one CASSTORE_MLTRAQ_PYTHON names), and checks both
 print the expected JSON. Without mltraq the MLtraq half is skipped and casstore is still
 checked against the values MLtraq printed."""
@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from fork_runner import COMMAND_MODULES, CommandServer
 from helpers import MLTRAQ_PYTHON, NO_MLTRAQ
 from sqlalchemy import insert
 
@@ -45,12 +46,35 @@ folder("src", {"a.txt": "A", "sub/b.txt": "B"})
 """
 
 
+SERVERS: dict[str, CommandServer] = {}
+SERVED = {"casstore": (*COMMAND_MODULES, "casstore.storage.archivestore", "pandas"),
+          "mltraq": ("mltraq", "mltraq.storage.archivestore", "pandas", "sqlalchemy.dialects.sqlite")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_servers():
+    yield
+    while SERVERS:
+        SERVERS.popitem()[1].close()
+
+
+def server(impl: str) -> CommandServer:
+    """The fork server of `impl`'s scripts: `impl` (and pandas) imported once, each script a
+    child forked from it (tests/fork_runner.py), so a script does not pay MLtraq's ~2 s of imports."""
+    if impl not in SERVERS:
+        python = sys.executable if impl == "casstore" else MLTRAQ_PYTHON
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+        SERVERS[impl] = CommandServer(tempfile.mkdtemp(prefix=f"dropin-{impl}-"), modules=SERVED[impl],
+                                      python=python, env=env)
+    return SERVERS[impl]
+
+
 def side_by_side(impl: str, script: str, cwd: Path) -> object:
-    """Run `script` with `PKG` replaced by `impl`; the JSON its last line printed."""
-    python = sys.executable if impl == "casstore" else MLTRAQ_PYTHON
+    """Run `script` with `PKG` replaced by `impl` in a fresh process (a child of `impl`'s fork
+    server, as `python -c` with PYTHONPATH on this checkout); the JSON its last line printed."""
     code = (PRELUDE + textwrap.dedent(script)).replace("PKG", impl)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    done = subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    done = server(impl).run_script(code, cwd=str(cwd), env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

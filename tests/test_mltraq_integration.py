@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -21,6 +20,7 @@ mltraq = pytest.importorskip("mltraq")
 
 import casstore.mltraq as integration  # noqa: E402
 from casstore.cas.live.refs import MAX_REF_BYTES, parse_named_ref  # noqa: E402
+from fork_runner import COMMAND_MODULES, CommandServer  # noqa: E402
 from helpers import run_cli  # noqa: E402
 from make_legacy_fixture import tree_record  # noqa: E402
 from mltraq.experiment import Experiment  # noqa: E402
@@ -321,17 +321,25 @@ WORKER = textwrap.dedent("""
 """)
 
 
+WORKER_MODULES = ("casstore.mltraq", "mltraq", "mltraq.storage.archivestore", "pandas", *COMMAND_MODULES)
+
+
 def kill_campaign(root: Path, kills: int, seed: int) -> None:
+    """WORKER killed `kills` times in a persist: each time a new process, forked from a server
+    that imported MLtraq and casstore once (tests/fork_runner.py)."""
     rng = random.Random(seed)
-    (root / "worker.py").write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=root, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-        proc.stdout.readline()  # one persist done: imports are behind it, the next persist is under way
-        time.sleep(rng.uniform(0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    with CommandServer(str(root.parent / "worker-server"), modules=WORKER_MODULES, env=env) as server, \
+            open(os.devnull, "r+b") as devnull:
+        for _ in range(kills):
+            out, into = os.pipe()
+            child = server.start(server.script_request(WORKER, str(root), env), [devnull.fileno(), into, devnull.fileno()])
+            os.close(into)
+            with os.fdopen(out) as stdout:
+                stdout.readline()  # one persist done: the next persist is under way
+                time.sleep(rng.uniform(0, 0.3))
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait()
     adopt()
     verify_clean()
     blobs = {p.name.split(".")[0] for p in blob_files(root / DATASTORE)}

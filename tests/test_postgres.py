@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import tempfile
 import time
 import uuid
 
@@ -157,19 +156,35 @@ session.index.dispose()
 """
 
 
+WRITERS: list = []  # the session's fork_runner.CommandServer
+
+
+@pytest.fixture(autouse=True)
+def _writers(command_server):
+    WRITERS[:] = [command_server]
+
+
 def _run_writers(db: str, datastore: str, jobs_per_process: list[list], storage_options: dict | None = None,
                  env: dict | None = None) -> None:
-    start_at = time.time() + 2.0  # every process imported and waiting: they start together
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER,
-                               json.dumps({"db": db, "datastore": datastore, "jobs": jobs,
-                                           "start_at": start_at, "storage_options": storage_options})],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-             for jobs in jobs_per_process]
+    """Each list of jobs in a process of its own: a child of the session's fork server, which
+    imported casstore once (tests/fork_runner.py); they all start persisting at one instant."""
+    start_at = time.time() + 0.5  # every process forked and waiting: they start together
+    server, children = WRITERS[0], []
+    for jobs in jobs_per_process:
+        args = json.dumps({"db": db, "datastore": datastore, "jobs": jobs, "start_at": start_at,
+                           "storage_options": storage_options})
+        err = tempfile.TemporaryFile()
+        with open(os.devnull, "r+b") as null:
+            request = server.script_request(_WORKER, os.getcwd(), {**os.environ, **(env or {})})
+            children.append((server.start({**request, "argv": ["-c", args]}, [null.fileno(), null.fileno(),
+                                                                               err.fileno()]), err))
     failures = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        if p.returncode != 0:
-            failures.append(err.decode()[-2000:])
+    for child, err in children:
+        code = child.wait(timeout=300)
+        with err:
+            err.seek(0)
+            if code != 0:
+                failures.append(err.read().decode()[-2000:])
     assert not failures, "\n---\n".join(failures)
 
 

@@ -7,7 +7,10 @@ the interrupted operation again completes; gc then reclaims the killed writer's 
 
 A killed writer's lease is not expired (24 h TTL): it only keeps blobs alive, which is the
 safe side. The reliability worker (tests/reliability_worker.py) does the persisting and the
-collecting in a real subprocess."""
+collecting in a real subprocess: a child of its fork server (rw.ForkServer), killed with
+SIGKILL, which starts in milliseconds instead of paying Python's start-up and casstore's
+imports (~1.5 s) at each kill. The first persist of a fresh project is killed in a worker
+started from scratch, so that its kills can land in the imports too."""
 
 from __future__ import annotations
 
@@ -106,14 +109,14 @@ def test_persist_killed_at_random_instants_loses_nothing(tmp_path, fmt):
     rnd = random.Random(SEED)
     seen: set = set()
     interrupted_count = 0
+    server = rw.ForkServer(str(tmp_path / "server.err"))
     for round_ in range(PERSIST_KILLS):
         codecs = ["none", "zstd"] if round_ % 2 else ["zstd", "none"]
-        proc = rw.start("persist-loop", project.cfg(src=src, prefix=f"r{round_}", count=100000, codecs=codecs,
-                                                    slots=SLOTS),
-                        stderr_path=str(tmp_path / f"persist-{round_}.err"))
-        assert rw.wait_ready(proc)["event"] == "ready"
+        server.run("persist-loop", project.cfg(src=src, prefix=f"r{round_}", count=100000, codecs=codecs,
+                                               slots=SLOTS))
+        server.until("ready")
         time.sleep(rnd.uniform(0.0, 0.3))
-        events = rw.kill_and_read(proc)
+        events = server.kill_and_reap()
         interrupted = None
         for i, e in enumerate(events):
             if e["event"] != "start":
@@ -157,6 +160,7 @@ def test_persist_killed_at_random_instants_loses_nothing(tmp_path, fmt):
         assert os.listdir(os.path.join(project.datastore, "casstore", "tmp")) == [], \
             "gc left a temp file of the killed writer behind"
         assert_no_damage(project, s)
+    server.close()
     assert interrupted_count >= PERSIST_KILLS // 2, "the kills did not land inside persists"
     assert_no_damage(project, s, deep=True)
     assert rw.check_every_blob(store) > 0
@@ -222,6 +226,7 @@ def test_gc_killed_at_random_instants_loses_no_referenced_blob(tmp_path, fmt):
     # Time one collect of 300 unreferenced blobs to spread the kills over its duration.
     fillers = 300
     outcomes: list[str] = []
+    server = rw.ForkServer(str(tmp_path / "server.err"))
     for round_ in range(GC_KILLS + 1):
         # Unreferenced blobs: fillers, and a folder whose experiment was deleted (revived below).
         for k in range(fillers):
@@ -239,10 +244,10 @@ def test_gc_killed_at_random_instants_loses_no_referenced_blob(tmp_path, fmt):
             window = max(0.01, 1.5 * (time.perf_counter() - started))
             print(f"one gc of {fillers} blobs: {window / 1.5:.3f}s")
             continue
-        proc = rw.start("gc-once", project.cfg(grace=0.0), stderr_path=str(tmp_path / f"gc-{round_}.err"))
-        assert rw.wait_ready(proc)["event"] == "ready"
+        server.run("gc-once", project.cfg(grace=0.0))
+        server.until("ready")
         time.sleep(rnd.uniform(0.0, window))
-        done = [e for e in rw.kill_and_read(proc) if e["event"] == "done"]
+        done = [e for e in server.kill_and_reap() if e["event"] == "done"]
         finished = bool(done)
         if done:  # too late: aim within the worker's own duration (it varies with load)
             window = max(0.005, done[0]["seconds"])
@@ -269,6 +274,7 @@ def test_gc_killed_at_random_instants_loses_no_referenced_blob(tmp_path, fmt):
         assert rw.manifest_holes(store) == []
         for name in ("kept0", "kept1", "kept2", again.name):  # all of them at the end
             assert rw.tree(project.target(s.load_experiment(name))) == kept[name], name
+    server.close()
     for name, expected in kept.items():
         assert rw.tree(project.target(s.load_experiment(name))) == expected, name
     print("gc kills:", outcomes)
@@ -307,15 +313,16 @@ def killed_loads(tmp_path_factory, request):
         target = project.target(e)
         rnd = random.Random(SEED + 3)
         torn = []
-        for round_ in range(LOAD_KILLS):
-            proc = rw.start("load-loop", project.cfg(name="loaded", count=100000),
-                            stderr_path=str(tmp_path / f"load-{round_}.err"))
-            assert rw.wait_ready(proc)["event"] == "ready"
+        server = rw.ForkServer(str(tmp_path / "server.err"))
+        for _round in range(LOAD_KILLS):
+            server.run("load-loop", project.cfg(name="loaded", count=100000))
+            server.until("ready")
             time.sleep(rnd.uniform(0.0, 0.08))
-            rw.kill_and_read(proc)
+            server.kill_and_reap()
             # whatever the instant, every published file is complete (staged, then renamed)
             torn += [rel for rel, (_kind, content) in rw.tree(target).items()
                      if not rel.startswith(b".casstore-extract-") and static.get(rel) != content]
+        server.close()
         yield project, target, static, torn
     finally:
         options().copy_from(saved)
@@ -431,21 +438,29 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
     if not os.path.isdir(LEGACY_FIXTURE):
         pytest.skip("no legacy fixture")
     reference = legacy_copy(tmp_path / "reference", fmt)  # migrated by a worker, uninterrupted
-    rc, events = rw.finish(rw.start("migrate", reference.cfg(), stderr_path=str(tmp_path / "reference.err")))
-    assert rc == 0, (tmp_path / "reference.err").read_text()
-    stages = sum(e["event"] == "progress" for e in events)
+    server = rw.ForkServer(str(tmp_path / "server.err"))
+    server.run("migrate", reference.cfg())
+    events = server.until("done")
+    status, after = server.reap()
+    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "server.err").read_text()
+    stages = sum(e["event"] == "progress" for e in events + after)
     expected = migrated_state(reference)  # chunked: see the test below
     rnd = random.Random(SEED + 4)
     interrupted = 0
     progress: list[int] = []  # references still legacy after each kill
     for round_ in range(MIGRATE_KILLS):
         project = legacy_copy(tmp_path / f"killed{round_}", fmt)
-        proc = rw.start("migrate", project.cfg(), stderr_path=str(tmp_path / f"migrate-{round_}.err"))
-        assert rw.wait_ready(proc)["event"] == "ready", (tmp_path / f"migrate-{round_}.err").read_text()
+        server.run("migrate", project.cfg())
+        server.until("ready")
         # a random point of the migration: after k of its stage events, plus a random delay
-        rw.read_until(proc, rnd.randrange(stages))
+        finished = False
+        for _ in range(rnd.randrange(stages)):
+            if server.until("progress", "done")[-1]["event"] == "done":
+                finished = True
+                break
         time.sleep(rnd.uniform(0.0, 0.004))
-        interrupted += not any(e["event"] == "done" for e in rw.kill_and_read(proc))
+        finished = any(e["event"] == "done" for e in server.kill_and_reap()) or finished
+        interrupted += not finished
         # nothing legacy is deleted before its new copy is committed
         project.configure()
         left = migrate.plan(project.url, project.datastore).refs
@@ -457,6 +472,7 @@ def test_migrate_killed_at_random_instants_then_rerun_ends_as_an_uninterrupted_o
         assert migrated_state(project) == expected, f"kill {round_}: the resumed migration ended elsewhere"
         assert_no_damage(project, project.session(), deep=True)
         assert rw.manifest_holes(project.store()) == []
+    server.close()
     print("legacy references left after each kill:", progress)
     assert interrupted >= MIGRATE_KILLS // 2, "the kills did not land inside migrations"
 

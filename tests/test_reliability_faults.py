@@ -29,6 +29,7 @@ from typing import Iterator
 import pytest
 
 import reliability_worker as rw
+from fork_runner import CommandServer
 from casstore import ArchiveStore, ArchiveStoreIO, create_session, options
 from casstore.cas.gc import collect, parse_duration
 from casstore.cas.verify import verify
@@ -575,21 +576,30 @@ def set_journal_mode(db: str, mode: str) -> None:
         conn.close()
 
 
+@pytest.fixture
+def unprivileged_commands(tmp_path) -> Iterator[CommandServer]:
+    """`casstore` commands run as unprivileged() (permission bits apply), each in a process
+    of its own forked from a server that imported casstore once (tests/fork_runner.py)."""
+    with CommandServer(str(tmp_path / "commands"), prefix=unprivileged()) as server:
+        yield server
+
+
 @pytest.mark.parametrize("journal", ["wal", "delete"])
-def test_read_commands_work_on_a_read_only_database_file(closed_project, tmp_path, journal):
+def test_read_commands_work_on_a_read_only_database_file(closed_project, tmp_path, journal, unprivileged_commands):
     project, blob_id = closed_project
     set_journal_mode(project.db, journal)
     before = open(project.db, "rb").read()
     with read_only(project.db):
         for command in read_commands(project, blob_id, str(tmp_path / "target")):
-            proc = run_command(*command, prefix=unprivileged())
+            proc = unprivileged_commands.run(command, timeout=COMMAND_TIMEOUT_S)
             assert proc.returncode == 0, (command, proc.stderr)
     assert open(project.db, "rb").read() == before
     assert rw.tree(tmp_path / "target") == {b"a.txt": ("file", b"version one")}
 
 
 @pytest.mark.parametrize("journal", ["wal", "delete"])
-def test_read_commands_work_on_a_database_on_a_read_only_mount(closed_project, tmp_path, journal):
+def test_read_commands_work_on_a_database_on_a_read_only_mount(closed_project, tmp_path, journal,
+                                                               unprivileged_commands):
     """Neither the file nor its folder writable (as on a read-only mount): SQLite cannot create
     the -shm file a WAL database needs, and the database is read as immutable."""
     project, blob_id = closed_project
@@ -597,7 +607,7 @@ def test_read_commands_work_on_a_database_on_a_read_only_mount(closed_project, t
     before = open(project.db, "rb").read()
     with read_only(project.db, project.root):
         for command in read_commands(project, blob_id, str(tmp_path / "target")):
-            proc = run_command(*command, prefix=unprivileged())
+            proc = unprivileged_commands.run(command, timeout=COMMAND_TIMEOUT_S)
             assert proc.returncode == 0, (command, proc.stderr)
     assert open(project.db, "rb").read() == before
     assert sorted(os.listdir(project.root)) == ["datastore", "project.db"]

@@ -51,3 +51,25 @@ def test_an_engine_on_a_memory_uri_opens_whatever_spelling_of_uri_it_has(flag):
     with deadline(20), engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "memory"
     engine.dispose()
+
+
+def test_a_new_database_file_switches_to_wal_at_once(tmp_path, monkeypatch):
+    """The switch to WAL succeeds at the first try when no other connection holds the file: no
+    pause for a retry (it paused 50 ms on every new database, not seeing "wal" as success)."""
+    import time
+    import types
+
+    from sqlalchemy import text
+
+    from casstore.cas.index import engine as engine_module
+
+    def no_pause(seconds: float) -> None:
+        raise AssertionError(f"paused {seconds} s switching a database nobody else holds to WAL")
+
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=no_pause))
+    engine = engine_module.make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        engine.dispose()

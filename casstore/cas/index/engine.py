@@ -166,8 +166,10 @@ def _use_wal(dbapi_conn: sqlite3.Connection, database: str) -> None:
         try:
             if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 return
-            if dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "memory":
-                return  # an in-memory database (however its URL spells it) keeps its journal in memory
+            # "wal": switched; "memory": an in-memory database (however its URL spells it) keeps
+            # its journal in memory; the old mode: another connection held the lock, retry.
+            if dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() in ("wal", "memory"):
+                return
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 dbapi_conn.close()
