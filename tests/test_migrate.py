@@ -388,10 +388,10 @@ def test_a_run_stopped_before_the_reference_is_written_leaves_the_tar_for_the_ne
 
     real_put = LocalBlobStore.put_object
 
-    def stopped(self, key, data):
+    def stopped(self, key, data, durable=True):
         if key == rel:
             raise Stop(f"killed before writing {key}")
-        real_put(self, key, data)
+        real_put(self, key, data, durable)
 
     monkeypatch.setattr(LocalBlobStore, "put_object", stopped)
     with pytest.raises(Stop):
