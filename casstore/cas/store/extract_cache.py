@@ -107,7 +107,8 @@ class ExtractCache:
             racy = [(stamp, size) for stamp, size in files if stamp >= racy_from]
             if sum(size for _, size in racy) < RACY_WAIT_BYTES:
                 break
-            time.sleep((max(stamp for stamp, _ in racy) - racy_from) / 1e9 + 0.002)
+            wait_ns = max(stamp for stamp, _ in racy) - racy_from + 2_000_000
+            time.sleep(min(wait_ns, 2 * RACY_TICK_NS) / 1e9)  # never the 1 s window of a failed probe
             racy_from = self._racy_from()
         return racy_from
 
