@@ -20,7 +20,7 @@ from casstore.cas.backends.layout import (BLOBS, BULK_PREFIXES, FORMAT_KEY, FORM
 from casstore.errors import BlobNotFound, CorruptBlob, DatastoreError, UnreadableObject
 
 ChunkData = bytes | bytearray | mmap.mmap
-"""A chunk's bytes in memory: an mmap is page-aligned (a pooled block, chunks/cutter.py),
+"""A chunk's bytes in memory: an mmap is page-aligned (a pooled block, cas/buffers.py),
 which a local write can hand to the disk as it is."""
 
 PUBLISH_TRIES = 100
