@@ -8,7 +8,6 @@ import functools
 import mmap
 import os
 import sys
-import threading
 from typing import BinaryIO, Callable
 
 from casstore.cas.backends.base import BlobStat, ChunkData, DamageCheck, Ingest
@@ -41,19 +40,16 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 DIRECT_ALIGN = 4096  # O_DIRECT wants buffer, offset and length aligned to the logical block size
 DIRECT_MIN = 256 << 10
-_direct = threading.local()
 _direct_refused: set[int] = set()  # devices whose file system refused O_DIRECT
 
 
-def direct_write(path: str, fd: int, data: ChunkData) -> bool:
-    """Write `data` into the empty file `path`, its bytes up to the last whole
-    DIRECT_ALIGN with O_DIRECT (the disk reads them from `data` itself if it is an mmap,
-    page-aligned, else from an aligned buffer of this thread,
-    nothing goes through the page cache), the few after through the page cache (on `fd`,
-    the file opened as usual); False,
-    having written nothing, where that cannot be done: under DIRECT_MIN bytes, no O_DIRECT
-    (not Linux), or a file system that refuses it. Makes nothing durable: the fsync at
-    commit does (it also flushes the disk's cache)."""
+def direct_write(path: str, fd: int, data: mmap.mmap) -> bool:
+    """Write `data` (page-aligned: an mmap) into the empty file `path`, its bytes up to the
+    last whole DIRECT_ALIGN with O_DIRECT (the disk reads them from `data` itself, nothing
+    goes through the page cache), the few after through the page cache (on `fd`, the file
+    opened as usual); False, having written nothing, where that cannot be done: under
+    DIRECT_MIN bytes, no O_DIRECT (not Linux), or a file system that refuses it. Makes
+    nothing durable: the fsync at commit does (it also flushes the disk's cache)."""
     size = len(data)
     aligned = size - size % DIRECT_ALIGN
     flag = getattr(os, "O_DIRECT", 0)
@@ -67,13 +63,8 @@ def direct_write(path: str, fd: int, data: ChunkData) -> bool:
     except OSError:
         return False
     try:
-        if isinstance(data, mmap.mmap):  # page-aligned already: no copy
-            buffer = data
-        else:
-            buffer = _aligned_buffer(aligned)
-            buffer[:aligned] = memoryview(data)[:aligned]
         try:
-            done = os.write(direct, memoryview(buffer)[:aligned])
+            done = os.write(direct, memoryview(data)[:aligned])
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -84,16 +75,6 @@ def direct_write(path: str, fd: int, data: ChunkData) -> bool:
     while done < size:  # the unaligned tail, and the rest of a short write
         done += os.pwrite(fd, memoryview(data)[done:], done)
     return True
-
-
-def _aligned_buffer(size: int) -> mmap.mmap:
-    """This thread's page-aligned buffer, at least `size` bytes (kept for the next chunk)."""
-    buffer: mmap.mmap | None = getattr(_direct, "buffer", None)
-    if buffer is None or len(buffer) < size:
-        if buffer is not None:
-            buffer.close()
-        buffer = _direct.buffer = mmap.mmap(-1, size)
-    return buffer
 
 
 class LocalIngest(Ingest):
@@ -135,12 +116,14 @@ class LocalIngest(Ingest):
             self._kicked = self._written
 
     def write_whole(self, data: ChunkData) -> None:
-        """Write `data`, the whole file, around the page cache where the size allows it
-        (`direct_write`): a chunk is written once and rarely read soon, and copying it
-        into the page cache was most of a chunked persist's time (docs/performance.md).
-        Elsewhere, or if the file system refuses, as `write`."""
+        """Write `data`, the whole file: a large file's block (a pooled mmap) around the
+        page cache (`direct_write`), other chunks through it, as `write`. Why: copying a
+        gigabyte of blocks into the page cache cost most of a chunked first persist's
+        kernel time, but the small files' chunks (1 MiB on average) written with O_DIRECT
+        wait for the disk one by one: 190 of them took 0.64-0.77 s against 0.42-0.46 s
+        through the page cache (docs/performance.md)."""
         assert self._file is not None
-        if self._written == 0 and direct_write(self.path, self._file.fileno(), data):
+        if self._written == 0 and isinstance(data, mmap.mmap) and direct_write(self.path, self._file.fileno(), data):
             self._written = self._kicked = self._file.seek(len(data))  # a later write appends
             return
         self.write(memoryview(data))
