@@ -56,12 +56,16 @@ class VerifyingReader:
             data = self._raw.read(n if n is not None and n >= 0 else CHUNK)
         except zstandard.ZstdError as exc:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
+        self._took(data)
+        return data
+
+    def _took(self, data: bytes | memoryview) -> None:
+        """Count, bound, report and hash the bytes a read gave."""
         self.count += len(data)
         self._check_bound()
         if self._progress is not None:
             self._progress(len(data))
         self._hasher.update(data)
-        return data
 
     def read_view(self, n: int) -> memoryview | None:
         """The next bytes (at most `n`) as a view into the copy's own buffer, hashed, where
@@ -71,11 +75,7 @@ class VerifyingReader:
         if read_view is None:
             return None
         view: memoryview = read_view(n)
-        self.count += len(view)
-        self._check_bound()
-        if self._progress is not None:
-            self._progress(len(view))
-        self._hasher.update(view)
+        self._took(view)
         return view
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
@@ -90,12 +90,8 @@ class VerifyingReader:
             n: int = readinto(buffer)
         except zstandard.ZstdError as exc:
             raise CorruptBlob(f"blob {self._blob_id}: zstd stream is corrupt: {exc}") from exc
-        self.count += n
-        self._check_bound()
-        if self._progress is not None:
-            self._progress(n)
         with memoryview(buffer) as view, view[:n] as part:
-            self._hasher.update(part)
+            self._took(part)
         return n
 
     def verify(self) -> None:
