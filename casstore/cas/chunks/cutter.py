@@ -176,23 +176,14 @@ class TarCutter:
             self._emit_block()
 
     def _take_file(self, view: memoryview) -> memoryview:
-        """A large file's data in blocks, each copied once into a block of the pool (which
-        the writer gives back once it is stored), emitted as it is."""
-        block_size = self._policy.block
-        take = min(len(view), self._file_left)
-        self._file_left -= take
-        piece, view = view[:take], view[take:]
-        while piece:
-            if self._slot is None:
-                self._slot = self.pool.take()
-            n = min(len(piece), block_size - self._filled)
-            self._slot[self._filled:self._filled + n] = piece[:n]
-            self._filled += n
-            piece = piece[n:]
-            if self._filled == block_size:
-                self._emit_block()
-        if not self._file_left:
-            self._emit_block()
+        """A large file's data written to the cutter: copied once into the block `lend`
+        gives, as the writer would have read it there; the rest of `view` is returned."""
+        while view and self._file_left:
+            block = self.lend(len(view))
+            assert block is not None
+            block[:] = view[:len(block)]
+            self.took(len(block))
+            view = view[len(block):]
         return view
 
     def _emit_block(self) -> None:
