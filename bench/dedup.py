@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 from dedup_report import render
 from dedup_tools import Casstore, CasstoreWhole, Tool, cas_worker, ensure_borg, ensure_dvc, ensure_restic
-from run import _filesystem, _tree_bytes, _write_small, reusable_data
+from run import _filesystem, _tree_bytes, _write_small, fill_page_cache, reusable_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20
@@ -41,6 +41,7 @@ SIZES = {
     "quick": {"big_files": 10, "big_mib": 8, "small_files": 2_000, "small_bytes": 17_400_000,
               "ckpt_mib": 4, "epochs": 5},
 }
+DISK_NEEDED = {"full": 12 << 30, "quick": 2 << 30}  # the most one run writes (stores, work folders, copies)
 # The manifest allowance of the small-file targets ("≤ 4 MiB plus the manifest"): a manifest
 # entry per file of at most this many bytes.
 MANIFEST_PER_FILE = 128
@@ -263,6 +264,8 @@ class Bench:
         for i in range(self.args.runs):
             t0 = time.perf_counter()
             order = tools[i % len(tools):] + tools[:i % len(tools)]  # who goes first changes per run
+            if not self.args.no_warm:  # see fill_page_cache: first touches of free memory are slow, at random
+                fill_page_cache(self.runs_dir, DISK_NEEDED[self.kind] + (10 << 30), self.log)
             for sc in chosen:
                 t1 = time.perf_counter()
                 self.run_scenario(i, sc, order)
@@ -299,6 +302,8 @@ def main() -> int:
     parser.add_argument("--dvc-venv", default=os.path.join(HERE, ".dvc-venv"), help="DVC's own venv")
     parser.add_argument("--only", default="", help="comma-separated scenarios: big,rename,small,training")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (stores, work folders)")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="do not fill free memory with a page-cache ballast before each run (as run.py does)")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3 (figures are medians)")

@@ -334,32 +334,10 @@ class Bench:
         self.add("zstd_size", self.samples["cas_zstd_size"][-1] / self.samples["tar_zstd_size"][-1])
 
     def warm_memory(self) -> None:
-        """Keep the page cache full while the benchmark runs: fill free memory with ballast.
-
-        On this kind of VM (Firecracker, with free-page reporting) the first touch of a guest
-        page costs a fault in the host: writing a file into free memory runs at ~0.4 GB/s,
-        into recycled page cache at ~3 GB/s, and which one an operation gets depends on how
-        much memory happens to be free. With the page cache full, every operation allocates
-        by reclaim, as on a machine that has been up for a while. Before each run, the memory
-        that is free (the first time nearly all of it; later what the deleted folders of the
-        previous run gave back) is filled with a new ballast file, written once so that it
-        sits on the inactive list (re-reading an old one would make it outrank the blobs the
-        runs just wrote). Deleted run folders and new ballast balance out on disk; the
-        ballast leaves at least 10 GiB of disk free beyond what the runs need."""
-        if self.args.no_warm:
-            return
-        free = _meminfo("MemFree")
-        extra = min(free - (1 << 30), shutil.disk_usage(self.runs_dir).free - self.disk_needed() - (10 << 30))
-        if extra < (1 << 30):
-            return
-        t0 = time.perf_counter()
-        path = os.path.join(self.runs_dir, f"ballast-{time.time_ns()}")
-        block = bytes(8 * MIB)
-        with open(path, "wb") as f:
-            for _ in range(extra // len(block)):
-                f.write(block)
-        os.sync()
-        self.log(f"  warm-up: {extra / 2**30:.1f} GiB of page cache ballast in {time.perf_counter() - t0:.1f} s")
+        """Fill free memory with a page-cache ballast (fill_page_cache), leaving the disk the
+        runs need plus 10 GiB to others."""
+        if not self.args.no_warm:
+            fill_page_cache(self.runs_dir, self.disk_needed() + (10 << 30), self.log)
 
     def disk_needed(self) -> int:
         """Bytes the runs write at most: one run's big-file and CSV folders (dropped after each
@@ -527,6 +505,33 @@ def _write_small(folder: str, count: int, total: int, rng: random.Random) -> Non
         size = rng.randint(0, 2 * mean)
         with open(os.path.join(path, f"f{n:05d}.bin"), "wb") as f:
             f.write(os.urandom(size))
+
+
+def fill_page_cache(folder: str, keep_disk: int, log: Callable[[str], None]) -> None:
+    """Keep the page cache full while a benchmark runs: fill free memory with a ballast file
+    in `folder`, leaving `keep_disk` bytes of its disk free.
+
+    On this kind of VM (Firecracker, with free-page reporting) the first touch of a guest
+    page costs a fault in the host: writing a file into free memory runs at ~0.4 GB/s,
+    into recycled page cache at ~3 GB/s, and which one an operation gets depends on how
+    much memory happens to be free. With the page cache full, every operation allocates
+    by reclaim, as on a machine that has been up for a while. Called before each run, it
+    fills the memory that is free (the first time nearly all of it; later what the deleted
+    folders of the previous run gave back) with a new ballast file, written once so that it
+    sits on the inactive list (re-reading an old one would make it outrank the blobs the
+    runs just wrote). Deleted run folders and new ballast balance out on disk."""
+    free = _meminfo("MemFree")
+    extra = min(free - (1 << 30), shutil.disk_usage(folder).free - keep_disk)
+    if extra < (1 << 30):
+        return
+    t0 = time.perf_counter()
+    path = os.path.join(folder, f"ballast-{time.time_ns()}")
+    block = bytes(8 * MIB)
+    with open(path, "wb") as f:
+        for _ in range(extra // len(block)):
+            f.write(block)
+    os.sync()
+    log(f"  warm-up: {extra / 2**30:.1f} GiB of page cache ballast in {time.perf_counter() - t0:.1f} s")
 
 
 def _meminfo(field: str) -> int:
