@@ -10,10 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from helpers import blob_files, db_url, make_folder
 
 from casstore import ArchiveStore, ArchiveStoreIO, ExperimentNotFound, InvalidInput, Session
-from casstore.cas.tar.header import NAME_MAX, PATH_MAX
+from casstore.cas.tar.header import NAME_MAX, PATH_MAX, name_length_problem
 from casstore.cas.tar.scan import Entry, check_extractable
 
 DB = Path("bad.sqlite")
@@ -116,6 +118,22 @@ def test_a_member_name_component_over_name_max_is_not_extractable():
     entry = Entry(b"data/" + b"x" * 256 + b"/f", b"0", 0o644, 4, path="src/f")
     with pytest.raises(InvalidInput, match="component of 256 bytes"):
         check_extractable([entry], "/target")
+
+
+_LENGTHS = st.sampled_from([1, NAME_MAX - 1, NAME_MAX, NAME_MAX + 1, 1000, PATH_MAX - 300, PATH_MAX - 1, PATH_MAX])
+
+
+@given(names=st.lists(st.lists(_LENGTHS, min_size=1, max_size=3), min_size=1, max_size=4),
+       under=st.sampled_from(["", "/", "/t", "/t/", "/" + "u" * 200 + "/" + "v" * 200, "/" + "w/" * 1900]))
+def test_check_extractable_refuses_exactly_the_listings_with_a_name_the_file_system_would_refuse(names, under):
+    entries = [Entry(b"/".join(b"x" * n for n in parts), b"0", 0o644, 0, path="src/f") for parts in names]
+    expected = any(name_length_problem(e.name, os.fsencode(under)) is not None for e in entries)
+    try:
+        check_extractable(entries, under)
+    except InvalidInput:
+        assert expected
+    else:
+        assert not expected
 
 
 def test_archivestoreio_create_refuses_a_member_its_target_would_make_too_long_and_writes_nothing():

@@ -13,7 +13,7 @@ import stat
 import sys
 from typing import NamedTuple
 
-from casstore.cas.tar.header import FILE, HARDLINK, NAME_MAX, SYMLINK, name_length_problem
+from casstore.cas.tar.header import FILE, HARDLINK, NAME_MAX, PATH_MAX, SYMLINK, name_length_problem
 from casstore.cas.tar.match import (Matcher, Patterns, check_src_dir, exclude_matchers, excluded, globs,
                                     is_default_include)
 from casstore.errors import InvalidInput
@@ -64,9 +64,14 @@ def check_arc_dir(arc_dir: str) -> str:
 
 def check_extractable(entries: list[Entry], under: str) -> None:
     """InvalidInput unless every member of `entries` can be extracted below folder `under`:
-    no name component over NAME_MAX bytes, no path of PATH_MAX bytes or more (header.py)."""
+    no name component over NAME_MAX bytes, no path of PATH_MAX bytes or more (header.py).
+    A name of at most `safe` bytes passes both checks, so only longer ones are looked into
+    (the checks of every name cost a third of a repeat persist of 20,000 files' scan)."""
     prefix = os.fsencode(under)
+    safe = min(NAME_MAX, PATH_MAX - 1 - (len(prefix.rstrip(b"/")) + 1 if prefix else 0))
     for entry in entries:
+        if len(entry.name) <= safe:
+            continue
         problem = name_length_problem(entry.name, prefix)
         if problem is not None:
             raise InvalidInput(f"{_short(os.fsdecode(entry.name))!r} (from {_short(entry.path)!r}) {problem}, so it "
