@@ -503,7 +503,7 @@ def _write_small(folder: str, count: int, total: int, rng: random.Random) -> Non
             f.write(os.urandom(size))
 
 
-def fill_page_cache(folder: str, keep_disk: int, log: Callable[[str], None]) -> str | None:
+def fill_page_cache(folder: str, keep_disk: int, log: Callable[[str], None]) -> None:
     """Keep the page cache full while a benchmark runs: fill free memory with a ballast file
     in `folder`, leaving `keep_disk` bytes of its disk free.
 
@@ -515,12 +515,11 @@ def fill_page_cache(folder: str, keep_disk: int, log: Callable[[str], None]) -> 
     fills the memory that is free (the first time nearly all of it; later what the deleted
     folders of the previous run gave back) with a new ballast file, written once so that it
     sits on the inactive list (re-reading an old one would make it outrank the blobs the
-    runs just wrote). Deleted run folders and new ballast balance out on disk. Returns the
-    ballast's path (None if there was too little free memory or disk to write one)."""
+    runs just wrote). Deleted run folders and new ballast balance out on disk."""
     free = _meminfo("MemFree")
     extra = min(free - (1 << 30), shutil.disk_usage(folder).free - keep_disk)
     if extra < (1 << 30):
-        return None
+        return
     t0 = time.perf_counter()
     path = os.path.join(folder, f"ballast-{time.time_ns()}")
     block = bytes(8 * MIB)
@@ -529,8 +528,6 @@ def fill_page_cache(folder: str, keep_disk: int, log: Callable[[str], None]) -> 
             f.write(block)
     os.sync()
     log(f"  warm-up: {extra / 2**30:.1f} GiB of page cache ballast in {time.perf_counter() - t0:.1f} s")
-    return path
-
 
 
 def read_tree(path: str) -> None:
@@ -540,6 +537,7 @@ def read_tree(path: str) -> None:
             with open(os.path.join(folder, name), "rb", buffering=0) as f:
                 while f.read(8 * MIB):
                     pass
+
 
 def _meminfo(field: str) -> int:
     """A /proc/meminfo field in bytes (0 where there is none)."""
