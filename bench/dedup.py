@@ -69,6 +69,7 @@ class Scenario:
     name: str
     source: Optional[str]  # folder of the generated data copied in as the first version's folder
     steps: list[Step]
+    loads: bool = False  # time casstore's loads of the first version (load_tables), cold and warm
 
 
 def _nothing(data: str, size: dict) -> int:
@@ -147,7 +148,7 @@ def scenarios(size: dict) -> list[Scenario]:
     rename_text = "≤ 1% of folder + 4 MiB"
     small_text = f"≤ 4 MiB + manifest ({MANIFEST_PER_FILE} B/file)"
     return [
-        Scenario("big", "big", [
+        Scenario("big", "big", loads=True, steps=[
             Step("A", f"A, first version ({big})", _nothing),
             Step("B", "B, 1 file rewritten + 1 added", _rewrite_and_add, target=_within_new,
                  target_text="≤ 1.05x changed + added"),
@@ -160,7 +161,7 @@ def scenarios(size: dict) -> list[Scenario]:
             Step("renamed", "A with its large files renamed", _rename_large, target=_rename_bound,
                  target_text=rename_text),
         ]),
-        Scenario("small", "small", [
+        Scenario("small", "small", loads=True, steps=[
             Step("S", f"{size['small_files']:,} small files, first version", _nothing),
             Step("unchanged", "the same folder, unchanged", _nothing, target=_zero, target_text="0"),
             Step("add", "one small file added", _add_small, target=_small_bound, target_text=small_text),
@@ -175,6 +176,17 @@ def scenarios(size: dict) -> list[Scenario]:
 
 
 # --------------------------------------------------------------------------- the run
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page cache (needs root); whether it was dropped."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
 
 def _files(path: str) -> int:
     return sum(len(files) for _, _, files in os.walk(path))
@@ -246,10 +258,27 @@ class Bench:
                 self.record(sc.name, step.name, tool.name, _tree_bytes(tool.store_dir()) - before, seconds)
                 if isinstance(tool, Casstore) and tool.name == "casstore":
                     self.record(sc.name, step.name, "casstore (subprocess wall)", 0, tool.last_wall)
+        if sc.loads:
+            self.time_loads(sc, base, [t for t in tools if isinstance(t, Casstore)])
         for tool in tools:
             self.record(sc.name, "total", tool.name, _tree_bytes(tool.store_dir()), None)
         if not self.args.keep:
             shutil.rmtree(base)
+
+    def time_loads(self, sc: Scenario, base: str, tools: list[Casstore]) -> None:
+        """Each casstore tool loads the first version into an empty folder twice: "cold",
+        with the page cache dropped first (the datastore read from the disk; skipped where
+        /proc/sys/vm/drop_caches is not writable), then "warm" (what the cold load read is
+        cached)."""
+        first = f"{sc.name}-{sc.steps[0].name}"
+        for tool in tools:
+            for kind in ("cold", "warm"):
+                if kind == "cold" and not drop_page_cache():
+                    continue
+                target = os.path.join(base, f"load-{kind}")
+                seconds = tool.load(first, target)
+                self.record(sc.name, f"load-{kind}", tool.name, 0, seconds)
+                shutil.rmtree(target)
 
     def tools(self) -> list[Tool]:
         found: list[Optional[Tool]] = [Casstore(), CasstoreWhole(), ensure_dvc(os.path.abspath(self.args.dvc_venv), self.log),

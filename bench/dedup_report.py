@@ -73,6 +73,27 @@ def scenario_tables(sc: Any, names: list[str], samples: dict, info: dict) -> lis
     return lines + [""]
 
 
+WHOLE = "casstore whole"
+LOADS = (("load-cold", "load, page cache dropped first"), ("load-warm", "load again, datastore in the page cache"))
+
+
+def load_tables(sc: Any, samples: dict) -> list[str]:
+    """casstore's loads of the first version against a whole datastore's (issue 13: ≤ 1.0x)."""
+    rows = [(label, samples.get(step, {})) for step, label in LOADS if samples.get(step)]
+    if not rows:
+        return []
+    lines = ["Load of the first version into an empty folder, in-process around load_experiment() (median)", "",
+             f"| load | {CAS} | {WHOLE} | ÷ whole | target | |", "|---|---|---|---|---|---|"]
+    for label, cells in rows:
+        cas, whole = cells.get(CAS, {}).get("seconds", []), cells.get(WHOLE, {}).get("seconds", [])
+        if not cas or not whole:
+            continue
+        value = statistics.median(c / w for c, w in zip(cas, whole))
+        lines.append(f"| {label} | {fmt_seconds(statistics.median(cas))} | {fmt_seconds(statistics.median(whole))} "
+                     f"| {value:.2f}x | ≤ 1.0x | {'PASS' if value <= 1.0 else 'MISS'} |")
+    return lines + [""]
+
+
 def render(info: dict, names: list[str], chosen: list[Any], samples: dict, steps: dict) -> str:
     size = info["sizes"]
     lines = [
@@ -97,5 +118,6 @@ def render(info: dict, names: list[str], chosen: list[Any], samples: dict, steps
     ]
     for sc in chosen:
         lines += scenario_tables(sc, names, samples.get(sc.name, {}), steps.get(sc.name, {}))
+        lines += load_tables(sc, samples.get(sc.name, {}))
     lines.append(f"total benchmark time: {info['total_seconds']} s")
     return "\n".join(lines)

@@ -89,14 +89,32 @@ class Casstore(Tool):
     def store_dir(self) -> str:
         return os.path.join(self.root, "datastore")
 
+    def load(self, step: str, target: str) -> float:
+        """Load the experiment of `step` into the empty folder `target`; seconds around
+        load_experiment() in a worker subprocess."""
+        spec = {"root": self.root, "name": step, "load_into": target}
+        _, out = run_child([sys.executable, os.path.join(HERE, "dedup.py"), "--worker", json.dumps(spec)],
+                           cwd=self.root)
+        return float(out["seconds"])
+
 
 def cas_worker(spec: dict) -> dict:
-    """In the worker process: persist `src` as a new experiment `name`; seconds around persist()."""
+    """In the worker process: persist `src` as a new experiment `name` (seconds around
+    persist()), or, given `load_into`, load experiment `name` there (seconds around
+    load_experiment())."""
     from casstore import ArchiveStore, create_session, options
 
     from casstore.cas.backends.local import LocalBlobStore
 
     root = spec["root"]
+    if "load_into" in spec:
+        options().set("datastore.url", os.path.join(root, "datastore"))
+        options().set("archivestore.url", "file:///" + spec["load_into"])
+        options().set("statcache.path", os.path.join(root, "statcache.sqlite"))
+        session = create_session("sqlite:///" + os.path.join(root, "db.sqlite"))
+        t0 = time.perf_counter()
+        session.load_experiment(spec["name"])
+        return {"seconds": time.perf_counter() - t0}
     blobs = LocalBlobStore(os.path.join(root, "datastore"))
     if not blobs.exists():
         os.makedirs(blobs.root, exist_ok=True)
